@@ -223,11 +223,14 @@ class GPT2ReproForCausalLM(GPT2ReproPreTrainedModel, GenerationMixin):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        shift_labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """With `labels` (Hugging Face semantics: labels = input_ids, shifted inside, -100 ignored) returns the loss."""
+        """Returns the loss given `labels` (Hugging Face semantics: labels = input_ids, shifted inside, -100
+        ignored) or `shift_labels` (already aligned: position t predicts shift_labels[:, t]; the trainer's
+        (T+1)-token windows use this so that every token is a target)."""
         outputs = self.transformer(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -242,8 +245,10 @@ class GPT2ReproForCausalLM(GPT2ReproPreTrainedModel, GenerationMixin):
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep, :])[..., : self.config.vocab_size]
         loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        if labels is not None or shift_labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, shift_labels=shift_labels, vocab_size=self.config.vocab_size, **kwargs
+            )
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
 
     # ---- interop with OpenAI's GPT-2 as packaged by transformers (GPT2LMHeadModel) ----

@@ -306,3 +306,13 @@ def test_auto_classes_registered_for_in_repo_use(tiny_config, tmp_path):
     assert type(AutoConfig.from_pretrained(tmp_path)) is GPT2ReproConfig
     assert type(AutoModelForCausalLM.from_pretrained(tmp_path)) is GPT2ReproForCausalLM
     assert type(AutoModel.from_pretrained(tmp_path)).__name__ == "GPT2ReproModel"
+
+
+def test_shift_labels_make_every_token_of_a_window_a_target(tiny_config):
+    model = GPT2ReproForCausalLM(tiny_config).eval()
+    window = tokens(2, 13)  # the trainer's (T+1)-token windows
+    out = model(window[:, :-1], shift_labels=window[:, 1:])
+    expected = torch.nn.functional.cross_entropy(out.logits.reshape(-1, VOCAB_SIZE), window[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss, expected)
+    # labels= drops the last target (HF semantics); shift_labels keeps it, so the two differ
+    assert not torch.allclose(model(window[:, :-1], labels=window[:, :-1]).loss, out.loss)
