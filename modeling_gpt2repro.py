@@ -246,6 +246,7 @@ class GPT2ReproForCausalLM(GPT2ReproPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden_states[:, keep, :])[..., : self.config.vocab_size]
         loss = None
         if labels is not None or shift_labels is not None:
+            shift_labels = shift_labels.contiguous() if shift_labels is not None else None  # a window slice is not
             loss = self.loss_function(
                 logits=logits, labels=labels, shift_labels=shift_labels, vocab_size=self.config.vocab_size, **kwargs
             )
