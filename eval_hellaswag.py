@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from token_shards import read_shard
@@ -165,15 +166,17 @@ def lm_eval_query_and_choices(item: dict) -> tuple[str, list[str]]:
 def encode_requests(tokenizer, items: list[dict]) -> dict:
     """Context and ending token ids of both conventions, plus lm-eval's character counts."""
 
-    def encode(texts):
-        return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    def encode(texts, **kwargs):
+        return tokenizer(list(texts), **kwargs)["input_ids"]
 
-    # completion style: two separate encodings, " " + ending so the ending's first word is " word"
-    completion_contexts = encode(item["ctx"] for item in items)
-    completion_endings = encode(" " + ending for item in items for ending in item["endings"])
+    # completion style (tiktoken's encode: no special tokens): two separate encodings, and
+    # " " + ending so that the ending's first word is the token " word"
+    completion_contexts = encode((item["ctx"] for item in items), add_special_tokens=False)
+    completion_endings = encode((" " + e for item in items for e in item["endings"]), add_special_tokens=False)
 
-    # lm-eval style (HFLM._encode_pair): trailing spaces of the context move to the continuation, then
-    # the continuation is whatever follows the context's tokens in the joint encoding.
+    # lm-eval style (HFLM._encode_pair, with the tokenizer's own special tokens: none for GPT-2):
+    # trailing spaces of the context move to the continuation, and the continuation is whatever
+    # follows the context's tokens in the joint encoding.
     queries, choices = zip(*(lm_eval_query_and_choices(item) for item in items))
     contexts = [query.rstrip() for query in queries]
     continuations = [q[len(c) :] + " " + choice for q, c, cs in zip(queries, contexts, choices) for choice in cs]
@@ -207,9 +210,9 @@ def _plain_module(model, accelerator):
 
 
 def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[target] without materialising the log-softmax over the vocabulary."""
-    logits = logits.float()
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    """log softmax(logits)[target] at each position, in fp32 whatever the model's dtype."""
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    return -F.cross_entropy(flat, targets.reshape(-1), reduction="none").view(targets.shape)
 
 
 def _batch_logliks(model, contexts: torch.Tensor, endings: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -223,11 +226,13 @@ def _batch_logliks(model, contexts: torch.Tensor, endings: torch.Tensor, lengths
     last = out.logits[:, -1]  # (n, V): predicts each ending's first token
     cache = out.past_key_values
     cache.batch_repeat_interleave(4)
-    logits = model(input_ids=endings, past_key_values=cache, use_cache=True).logits[:, :-1]  # (4n, E-1, V)
+    logits = model(input_ids=endings, past_key_values=cache, use_cache=True).logits  # (4n, E, V)
 
     item = torch.arange(endings.shape[0], device=endings.device) // 4
     first = _token_logprobs(last[item], endings[:, 0])  # (4n,)
-    rest = _token_logprobs(logits, endings[:, 1:])  # (4n, E-1)
+    # position t predicts token t + 1; the last position predicts nothing (target 0, masked below),
+    # which keeps the logits contiguous instead of copying them without their last column
+    rest = _token_logprobs(logits, F.pad(endings[:, 1:], (0, 1)))[:, :-1]  # (4n, E-1)
     token_logprobs = torch.cat([first.unsqueeze(1), rest], dim=1)
     in_ending = torch.arange(endings.shape[1], device=endings.device) < lengths.unsqueeze(1)
     return token_logprobs.masked_fill(~in_ending, 0.0).sum(1, dtype=torch.float64)

@@ -293,6 +293,36 @@ def test_validation_loss_is_the_mean_over_exactly_val_tokens_targets(gpt2, val_d
         ev.validation_loss(gpt2, val_dir, 600, seq_len=64)
 
 
+def test_two_processes_shard_and_gather_to_the_single_process_numbers(tmp_path, gpt2, items, scores, val_dir):
+    gpt2.save_pretrained(tmp_path / "model")
+    script = tmp_path / "distributed_eval.py"
+    script.write_text(f"""
+import json, sys
+sys.path.insert(0, {str(REPO)!r})
+from accelerate import Accelerator
+from transformers import GPT2LMHeadModel
+import eval_hellaswag as ev
+from tokenization_gpt2repro import load_tokenizer
+
+accelerator = Accelerator(cpu=True)
+model = accelerator.prepare(GPT2LMHeadModel.from_pretrained({str(tmp_path / "model")!r}).eval())  # DDP-wrapped
+items = ev.load_hellaswag({str(FIXTURE)!r})
+result = ev.score_hellaswag(model, load_tokenizer(), items, batch_size=4, accelerator=accelerator)
+result["val_loss"] = ev.validation_loss(model, {str(val_dir)!r}, 500, seq_len=64, batch_size=2, accelerator=accelerator)
+with open({str(tmp_path)!r} + f"/rank{{accelerator.process_index}}.json", "w") as f:
+    json.dump(result, f)
+""")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    expected_loss = ev.validation_loss(gpt2, val_dir, 500, seq_len=64)
+    for rank in (0, 1):  # every rank returns the whole result
+        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert [item["ind"] for item in result["per_item"]] == [item["ind"] for item in items]
+        assert_same_scores(result, scores)
+        assert result["val_loss"] == pytest.approx(expected_loss, abs=1e-5)
+
+
 # ---- command line ----
 
 
