@@ -24,7 +24,6 @@ import re
 import shutil
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
@@ -39,7 +38,8 @@ from token_shards import read_shard
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 HELLASWAG_VAL_ITEMS = 10_042
 TEXT_FIELDS = ("activity_label", "ctx_a", "ctx_b", "ctx")
-# build-nanogpt's val loss budget (20 steps x 64 x 1024 tokens x 8 GPUs), the one behind GPT-2's 3.29.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+# build-nanogpt's validation budget: 20 steps x 64 sequences x 1024 tokens x 8 GPUs.
 DEFAULT_VAL_TOKENS = 10_485_760
 
 
@@ -52,6 +52,7 @@ class HellaSwagDataError(ValueError):
 
 
 def cache_dir() -> Path:
+    """$GPT2REPRO_CACHE, else $XDG_CACHE_HOME/gpt2repro (~/.cache/gpt2repro)."""
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpt2repro"
     return Path(os.environ.get("GPT2REPRO_CACHE", default))
 
@@ -286,7 +287,8 @@ def summarize(per_item: list[dict]) -> dict:
 
 
 def score_hellaswag(model, tokenizer, items: list[dict], batch_size: int = 16, accelerator=None, *, progress=False):
-    """Both conventions on `items`, sharded across the accelerator's processes and gathered.
+    """Both conventions on `items`, `batch_size` items per forward, sharded across the
+    accelerator's processes and gathered.
 
     Returns {"items", "completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm",
     "per_item"} on every process. The model is used as given (dtype, autocast) and never modified."""
@@ -388,20 +390,22 @@ def load_model(name: str, device: str, dtype: torch.dtype):
         pass
     try:
         model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=True, dtype=dtype)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         if not Path(name).exists():
             raise SystemExit(
                 f"error: cannot load model {name!r}: not a local directory, and not available from the Hugging "
                 "Face Hub (offline?); pass a local checkpoint directory to --model"
             ) from None
         raise SystemExit(f"error: cannot load model from {name}: {str(e).splitlines()[0]}") from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError):  # a weights-only directory: GPT-2 models share the GPT-2 BPE
+    # transformers builds an empty tokenizer for a GPT-2 directory without tokenizer files, so ask
+    # the directory, not AutoTokenizer. Weights-only checkpoints get the GPT-2 BPE they were trained on.
+    if Path(name).is_dir() and not any((Path(name) / f).exists() for f in TOKENIZER_FILES):
         from tokenization_gpt2repro import load_tokenizer
 
-        print(f"note: no tokenizer in {name}; using the shipped GPT-2 tokenizer", file=sys.stderr)
+        print(f"note: no tokenizer files in {name}; using the shipped GPT-2 tokenizer", file=sys.stderr)
         tokenizer = load_tokenizer()
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(name)
     return model.to(device).eval(), tokenizer
 
 
@@ -419,14 +423,16 @@ def format_table(results: dict) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", required=True, help="checkpoint dir, HF model dir or Hub id; repeat")
+    parser.add_argument("--model", action="append", required=True, help="checkpoint, HF dir or Hub id; repeatable")
     parser.add_argument("--data", help="HellaSwag .jsonl (rowanz) or .parquet (Rowan/hellaswag); default: download val")
     parser.add_argument("--limit", type=int, help="score only the first N items")
     parser.add_argument("--batch-size", type=int, default=16, help="items per forward (4 endings each)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weights dtype")
-    parser.add_argument("--val-data", help="also report the mean loss on the *_val_*.bin shards in this directory")
-    parser.add_argument("--val-tokens", type=int, default=DEFAULT_VAL_TOKENS, help="validation tokens (targets)")
+    parser.add_argument("--val-data", help="also report the mean loss on the *_val_*.bin shards in this directory "
+                        "(token ids of the GPT-2 tokenizer: meaningful for GPT-2-tokenizer models)")
+    parser.add_argument("--val-tokens", type=int, default=DEFAULT_VAL_TOKENS,
+                        help="validation targets (default: build-nanogpt's 10,485,760; hours on a CPU at 124M)")
     parser.add_argument("--val-batch-size", type=int, default=4, help="validation windows per forward")
     parser.add_argument("--output", help="write the summary and per-item log-likelihoods to this JSON file")
     args = parser.parse_args()
@@ -434,9 +440,11 @@ def main():
         parser.error("each --model may appear once")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
 
-    try:
+    try:  # bad data fails here, before any model is loaded
         items = load_hellaswag(args.data, args.limit)
-    except HellaSwagDataError as e:
+        if args.val_data:
+            read_val_tokens(args.val_data, args.val_tokens + 1)
+    except (HellaSwagDataError, FileNotFoundError, ValueError) as e:  # ShardError is a ValueError
         raise SystemExit(f"error: {e}") from None
     results = {"data": str(args.data or cache_dir() / "hellaswag_val.jsonl"), "models": {}}
     for name in args.model:

@@ -84,8 +84,9 @@ def main():
     contexts, endings = encode_requests(tokenizer, items)["completion"]
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"model: preset {args.preset} ({config.n_layer} layers, {config.n_embd} wide, {n_params:.1f}M params), fp32")
+    ending_tokens = np.mean([len(e) for four in endings for e in four])
     print(f"items: {len(items)} ({len(fixture)}-item fixture repeated); completion-style tokens per item: "
-          f"context {np.mean([len(c) for c in contexts]):.1f}, ending {np.mean([len(e) for es in endings for e in es]):.1f}")
+          f"context {np.mean([len(c) for c in contexts]):.1f}, ending {ending_tokens:.1f}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
 
