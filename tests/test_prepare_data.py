@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import prepare_data  # noqa: E402
-from token_shards import ShardedTokenLoader, load_manifest, read_shard  # noqa: E402
+from token_shards import ShardedTokenLoader, ShardError, load_manifest, read_shard  # noqa: E402
 from tokenization_gpt2repro import EOT_ID, get_encoding  # noqa: E402
 
 SHAKESPEARE = (REPO / "assets" / "tinyshakespeare.txt").read_text()
@@ -102,7 +102,7 @@ def test_resume_after_interruption_gives_the_same_bytes(corpus, tmp_path, monkey
     root, _ = corpus
     prepare(root, "--out", tmp_path / "reference", "--num-proc", 1, *SETTINGS)
     out = tmp_path / "out"
-    real = getattr(prepare_data, crash_in)
+    real, real_write_shard = getattr(prepare_data, crash_in), prepare_data.write_shard
     calls = []
 
     def crash_on_fifth_call(path, data):
@@ -123,7 +123,9 @@ def test_resume_after_interruption_gives_the_same_bytes(corpus, tmp_path, monkey
     monkeypatch.setattr(prepare_data, crash_in, real)
 
     written = []
-    monkeypatch.setattr(prepare_data, "write_shard", lambda path, data: written.append(path) or real_write(path, data))
+    monkeypatch.setattr(
+        prepare_data, "write_shard", lambda path, data: written.append(path) or real_write_shard(path, data)
+    )
     prepare(root, "--out", out, "--num-proc", 1, *SETTINGS)
     assert shard_files(out) == shard_files(tmp_path / "reference")
     assert load_manifest(out) == load_manifest(tmp_path / "reference")
@@ -131,15 +133,13 @@ def test_resume_after_interruption_gives_the_same_bytes(corpus, tmp_path, monkey
     assert not list(out.glob("*.tmp"))
 
 
-real_write = prepare_data.write_shard
-
-
 def test_parts_split_the_stream_and_read_as_one_dataset(corpus, tmp_path):
     root, texts = corpus
-    for index in (0, 1):
-        prepare(
-            root, "--out", tmp_path / "parts", "--num-shards", 2, "--shard-index", index, "--num-proc", 1, *SETTINGS
-        )
+    part_args = [root, "--out", tmp_path / "parts", "--num-shards", 2, "--num-proc", 1, *SETTINGS]
+    prepare(*part_args, "--shard-index", 0)
+    with pytest.raises(ShardError, match="incomplete set of parts"):
+        load_manifest(tmp_path / "parts")
+    prepare(*part_args, "--shard-index", 1)
     parts = [tmp_path / "parts" / f"part-0000{i}-of-00002" for i in (0, 1)]
     assert np.array_equal(np.concatenate([stream(p) for p in parts]), expected_stream(texts))
     assert load_manifest(parts[1])["splits"]["val"]["tokens"] == 0  # validation comes from part 0 only
@@ -148,6 +148,43 @@ def test_parts_split_the_stream_and_read_as_one_dataset(corpus, tmp_path):
     loader = ShardedTokenLoader(tmp_path / "parts", "train", batch_size=1, seq_len=64)
     train_tokens = len(expected_stream(texts)) - 7000
     assert loader.windows_per_epoch == (train_tokens - 1) // 64
+
+
+def test_hub_path_streams_a_dataset_and_splits_it_by_files(tmp_path, monkeypatch):
+    """--dataset goes through datasets.load_dataset(streaming=True); a local dataset dir keeps it offline."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    texts = [SHAKESPEARE[i : i + 700] for i in range(0, 7000, 700)]
+    for name, rows in (("a.jsonl", texts[:6]), ("b.jsonl", texts[6:])):
+        write(tmp_path / "hub" / name, "".join(json.dumps({"text": t}) + "\n" for t in rows))
+    prepare("--dataset", tmp_path / "hub", "--out", tmp_path / "whole", "--val-tokens", 100, "--num-proc", 1)
+    assert np.array_equal(stream(tmp_path / "whole"), expected_stream(texts))
+    for index in (0, 1):
+        prepare(
+            "--dataset",
+            tmp_path / "hub",
+            "--out",
+            tmp_path / "parts",
+            "--num-shards",
+            2,
+            "--shard-index",
+            index,
+            "--val-tokens",
+            100,
+        )
+    assert np.array_equal(stream(tmp_path / "parts"), expected_stream(texts))
+
+
+def test_parquet_files_including_binary_text(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write(tmp_path / "in" / "a.txt", "")  # an empty document is still a document: <|endoftext|> alone
+    pq.write_table(pa.table({"text": ["first row", "second row"]}), tmp_path / "in" / "b.parquet")
+    pq.write_table(pa.table({"text": [b"third \xe2\x9c\x93", b"bad \xff"]}), tmp_path / "in" / "c.parquet")
+    prepare(tmp_path / "in", "--out", tmp_path / "out", "--val-tokens", 3, "--num-proc", 1)
+    assert np.array_equal(stream(tmp_path / "out"), expected_stream(["", "first row", "second row", "third ✓"]))
+    assert load_manifest(tmp_path / "out")["skipped_documents"] == 1
 
 
 def test_default_run_prepares_the_shipped_shakespeare(tmp_path):
