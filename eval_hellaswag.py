@@ -1,0 +1,460 @@
+"""HellaSwag and validation loss for any causal LM, side by side with the official GPT-2.
+
+    python eval_hellaswag.py --model runs/x/final --model gpt2 [--data hellaswag_val.jsonl]
+        [--limit N] [--batch-size 16] [--device auto] [--dtype float32] [--val-data data/]
+        [--output results.json]
+
+HellaSwag picks which of 4 endings continues a context. Two scoring conventions are quoted in
+public and give different numbers for the same model, so every row reports both:
+- completion style (build-nanogpt, llm.c): raw `ctx` and " " + ending tokenized separately;
+  acc = highest summed log-likelihood of the ending, acc_norm = highest per ending token.
+- lm-eval style (lm-evaluation-harness `hellaswag`): "label: ctx_a Ctx_b" and the endings cleaned
+  of WikiHow's [tags]; context and continuation tokenized jointly; acc_norm divides the
+  log-likelihood by the ending's length in characters.
+Official GPT-2 124M: completion 28.59 / 29.55, lm-eval 28.92 / 31.14.
+
+train.py imports load_hellaswag, score_hellaswag and validation_loss: one implementation.
+"""
+
+import argparse
+import inspect
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from token_shards import read_shard
+
+HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+HELLASWAG_VAL_ITEMS = 10_042
+TEXT_FIELDS = ("activity_label", "ctx_a", "ctx_b", "ctx")
+# build-nanogpt's val loss budget (20 steps x 64 x 1024 tokens x 8 GPUs), the one behind GPT-2's 3.29.
+DEFAULT_VAL_TOKENS = 10_485_760
+
+
+class HellaSwagDataError(ValueError):
+    """HellaSwag data that cannot be used: the message says where and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------
+# data: a local jsonl / parquet, or the validation set downloaded once
+
+
+def cache_dir() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpt2repro"
+    return Path(os.environ.get("GPT2REPRO_CACHE", default))
+
+
+def download_hellaswag() -> Path:
+    """The rowanz validation jsonl in the cache, downloaded on first use."""
+    path = cache_dir() / "hellaswag_val.jsonl"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: concurrent ranks never collide
+    try:
+        with urllib.request.urlopen(HELLASWAG_VAL_URL, timeout=60) as response, open(tmp, "wb") as f:
+            shutil.copyfileobj(response, f)
+        with open(tmp, "rb") as f:
+            n_items = sum(1 for line in f if line.strip())
+        if n_items != HELLASWAG_VAL_ITEMS:  # a cut connection must not become a cached "dataset"
+            raise HellaSwagDataError(f"downloaded {n_items} HellaSwag items, expected {HELLASWAG_VAL_ITEMS}; retry")
+        os.replace(tmp, path)
+    except OSError as e:  # URLError, timeouts, DNS failures
+        reason = getattr(e, "reason", None) or e.strerror or e
+        raise HellaSwagDataError(
+            f"cannot download HellaSwag from {HELLASWAG_VAL_URL} ({reason}); offline? pass a local copy with "
+            "--data hellaswag_val.jsonl (rowanz format) or --data validation.parquet (Rowan/hellaswag)"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _read_rows(path: Path):
+    """(where, row) per record; `where` names the line or row in errors, a bad line yields a message."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for number, row in enumerate(pq.read_table(path).to_pylist(), 1):
+            yield f"row {number}", row
+        return
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield f"line {number}", json.loads(line)
+            except json.JSONDecodeError as e:
+                yield f"line {number}", f"not valid JSON ({e.msg})"
+
+
+def _problem(row) -> str | None:
+    """What is wrong with one HellaSwag record, or None."""
+    if not isinstance(row, dict):
+        return row if isinstance(row, str) else "not a JSON object"
+    missing = [k for k in ("ind", *TEXT_FIELDS, "endings", "label") if k not in row]
+    if missing:
+        return "missing field(s): " + ", ".join(missing)
+    if not isinstance(row["ind"], int) or isinstance(row["ind"], bool):
+        return f"ind {row['ind']!r} is not an integer"
+    if not all(isinstance(row[k], str) for k in TEXT_FIELDS) or not row["ctx"]:
+        return "activity_label, ctx_a, ctx_b must be strings and ctx a non-empty string"
+    endings = row["endings"]
+    if not (isinstance(endings, list) and len(endings) == 4 and all(isinstance(e, str) and e for e in endings)):
+        return "endings must be a list of 4 non-empty strings"
+    if not all(lm_eval_preprocess(e) for e in endings):
+        return "an ending is empty once lm-eval's preprocessing removes its [tags]"
+    # rowanz stores labels as ints, the Hub's parquet as strings ("" on the unlabeled test split).
+    if str(row["label"]) not in ("0", "1", "2", "3"):
+        return f"label {row['label']!r} is not 0, 1, 2 or 3"
+    return None
+
+
+def load_hellaswag(path: str | Path | None = None, limit: int | None = None) -> list[dict]:
+    """Validated HellaSwag items (the first `limit`); `path` None means the downloaded validation set."""
+    path = Path(path) if path is not None else download_hellaswag()
+    if not path.is_file():
+        raise HellaSwagDataError(f"{path}: no such file (expected a HellaSwag .jsonl or .parquet)")
+    items, problems = [], []
+    for where, row in _read_rows(path):
+        if limit is not None and len(items) + len(problems) >= limit:
+            break
+        problem = _problem(row)
+        if problem:
+            problems.append(f"{where}: {problem}")
+            continue
+        item = {k: row[k] for k in TEXT_FIELDS}
+        items.append({"ind": row["ind"], **item, "endings": list(row["endings"]), "label": int(row["label"])})
+    if problems:
+        shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise HellaSwagDataError(f"{path}: {len(problems)} malformed HellaSwag item(s):\n  {shown}")
+    if not items:
+        raise HellaSwagDataError(f"{path}: no HellaSwag items")
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+# the two conventions, as token ids: per item one context and 4 endings
+
+
+def lm_eval_preprocess(text: str) -> str:
+    """lm-evaluation-harness's hellaswag `preprocess`, verbatim (one pass of the double-space fix)."""
+    text = text.strip()
+    text = text.replace(" [title]", ". ")  # brackets are WikiHow artifacts
+    text = re.sub("\\[.*?\\]", "", text)
+    return text.replace("  ", " ")
+
+
+def lm_eval_query_and_choices(item: dict) -> tuple[str, list[str]]:
+    """lm-eval's `process_docs`: the query and the cleaned endings it scores."""
+    ctx = item["ctx_a"] + " " + item["ctx_b"].capitalize()  # capitalize() also lower-cases the rest
+    return lm_eval_preprocess(item["activity_label"] + ": " + ctx), [lm_eval_preprocess(e) for e in item["endings"]]
+
+
+def encode_requests(tokenizer, items: list[dict]) -> dict:
+    """Context and ending token ids of both conventions, plus lm-eval's character counts."""
+
+    def encode(texts):
+        return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+    # completion style: two separate encodings, " " + ending so the ending's first word is " word"
+    completion_contexts = encode(item["ctx"] for item in items)
+    completion_endings = encode(" " + ending for item in items for ending in item["endings"])
+
+    # lm-eval style (HFLM._encode_pair): trailing spaces of the context move to the continuation, then
+    # the continuation is whatever follows the context's tokens in the joint encoding.
+    queries, choices = zip(*(lm_eval_query_and_choices(item) for item in items))
+    contexts = [query.rstrip() for query in queries]
+    continuations = [q[len(c) :] + " " + choice for q, c, cs in zip(queries, contexts, choices) for choice in cs]
+    lm_eval_contexts = encode(contexts)
+    whole = encode(contexts[i // 4] + cont for i, cont in enumerate(continuations))
+    lm_eval_endings = [ids[len(lm_eval_contexts[i // 4]) :] for i, ids in enumerate(whole)]
+
+    def by_item(flat):
+        return [flat[i : i + 4] for i in range(0, len(flat), 4)]
+
+    return {
+        "completion": (completion_contexts, by_item(completion_endings)),
+        "lm_eval": (lm_eval_contexts, by_item(lm_eval_endings)),
+        "lm_eval_chars": [[len(choice) for choice in cs] for cs in choices],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring: summed log-probabilities of endings, many items per forward
+
+
+def _plain_module(model, accelerator):
+    """The bare nn.Module: DDP's forward syncs across ranks (which run different numbers of
+    forwards here) and a compiled module would recompile for every new shape."""
+    if accelerator is not None:
+        model = accelerator.unwrap_model(model, keep_torch_compile=False)
+    model = getattr(model, "_orig_mod", model)
+    if model.training:
+        raise ValueError("evaluate a model in eval mode (model.eval()): dropout would make scores random")
+    return model
+
+
+def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target] without materialising the log-softmax over the vocabulary."""
+    logits = logits.float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+
+def _batch_logliks(model, contexts: torch.Tensor, endings: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Summed log p(ending | context) for (n, L) contexts of one length and their (4n, E) endings.
+
+    Each context runs once; its KV cache is repeated for its 4 endings, which continue from it:
+    the same computation as 4 full sequences, with 4x less work on the context. Endings are
+    right-padded and attention is causal, so padding is never seen by a real token."""
+    keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    out = model(input_ids=contexts, use_cache=True, **keep_last)
+    last = out.logits[:, -1]  # (n, V): predicts each ending's first token
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(4)
+    logits = model(input_ids=endings, past_key_values=cache, use_cache=True).logits[:, :-1]  # (4n, E-1, V)
+
+    item = torch.arange(endings.shape[0], device=endings.device) // 4
+    first = _token_logprobs(last[item], endings[:, 0])  # (4n,)
+    rest = _token_logprobs(logits, endings[:, 1:])  # (4n, E-1)
+    token_logprobs = torch.cat([first.unsqueeze(1), rest], dim=1)
+    in_ending = torch.arange(endings.shape[1], device=endings.device) < lengths.unsqueeze(1)
+    return token_logprobs.masked_fill(~in_ending, 0.0).sum(1, dtype=torch.float64)
+
+
+@torch.no_grad()
+def ending_logliks(model, contexts, endings, batch_size: int = 16, progress=None) -> np.ndarray:
+    """(n_items, 4) summed log-likelihoods of each item's endings (token id lists) given its context.
+
+    Items whose contexts have the same length share a forward (no padding inside the context);
+    within such a group, items are sorted by ending length so little padding is wasted."""
+    device = next(model.parameters()).device
+    groups = defaultdict(list)
+    for i, context in enumerate(contexts):
+        groups[len(context)].append(i)
+    result = np.zeros((len(contexts), 4))
+    for group in groups.values():
+        group.sort(key=lambda i: max(map(len, endings[i])))
+        for start in range(0, len(group), batch_size):
+            batch = group[start : start + batch_size]
+            flat = [torch.tensor(e) for i in batch for e in endings[i]]
+            scores = _batch_logliks(
+                model,
+                torch.tensor([contexts[i] for i in batch], device=device),
+                pad_sequence(flat, batch_first=True).to(device),
+                torch.tensor([len(e) for e in flat], device=device),
+            )
+            result[batch] = scores.view(-1, 4).cpu().numpy()
+            if progress is not None:
+                progress.update(len(batch))
+    return result
+
+
+def summarize(per_item: list[dict]) -> dict:
+    """Accuracies of both conventions from per-item log-likelihoods (ties go to the first ending)."""
+    labels = np.array([it["label"] for it in per_item])
+
+    def accuracy(scores):
+        return float((np.argmax(scores, axis=1) == labels).mean())
+
+    def column(key):
+        return np.array([it[key] for it in per_item], dtype=np.float64)
+
+    return {
+        "items": len(per_item),
+        "completion_acc": accuracy(column("completion_loglik")),
+        "completion_acc_norm": accuracy(column("completion_loglik") / column("completion_tokens")),
+        "lm_eval_acc": accuracy(column("lm_eval_loglik")),
+        "lm_eval_acc_norm": accuracy(column("lm_eval_loglik") / column("lm_eval_chars")),
+    }
+
+
+def score_hellaswag(model, tokenizer, items: list[dict], batch_size: int = 16, accelerator=None, *, progress=False):
+    """Both conventions on `items`, sharded across the accelerator's processes and gathered.
+
+    Returns {"items", "completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm",
+    "per_item"} on every process. The model is used as given (dtype, autocast) and never modified."""
+    model = _plain_module(model, accelerator)
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    mine = list(range(rank, len(items), world))  # strided: every rank gets both kinds of items
+    requests = encode_requests(tokenizer, [items[i] for i in mine])
+    logliks = {}
+    for convention in ("completion", "lm_eval"):
+        contexts, endings = requests[convention]
+        bar = None
+        if progress and rank == 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(mine), desc=f"HellaSwag {convention}", unit="item", leave=False)
+        logliks[convention] = ending_logliks(model, contexts, endings, batch_size, bar)
+        if bar is not None:
+            bar.close()
+
+    per_item = [
+        {
+            "ind": items[index]["ind"],
+            "label": items[index]["label"],
+            "completion_loglik": logliks["completion"][k].tolist(),
+            "completion_tokens": [len(e) for e in requests["completion"][1][k]],
+            "lm_eval_loglik": logliks["lm_eval"][k].tolist(),
+            "lm_eval_tokens": [len(e) for e in requests["lm_eval"][1][k]],
+            "lm_eval_chars": requests["lm_eval_chars"][k],
+        }
+        for k, index in enumerate(mine)
+    ]
+    if accelerator is not None and world > 1:
+        from accelerate.utils import gather_object
+
+        # ranks hold strided slices: the positions in `items` restore the order
+        per_item = [item for _, item in sorted(gather_object(list(zip(mine, per_item))), key=lambda pair: pair[0])]
+    return {**summarize(per_item), "per_item": per_item}
+
+
+# ---------------------------------------------------------------------------------------------
+# validation loss on prepare_data.py's shards
+
+
+def read_val_tokens(data_dir: str | Path, n_tokens: int) -> np.ndarray:
+    """The first `n_tokens` tokens of the validation shards (DIR/*_val_*.bin, in name order)."""
+    paths = sorted(Path(data_dir).glob("*_val_*.bin"))
+    if not paths:
+        raise FileNotFoundError(f"{data_dir}: no validation shards (*_val_*.bin); write them with prepare_data.py")
+    parts, have = [], 0
+    for path in paths:
+        shard = read_shard(path)
+        parts.append(np.asarray(shard[: n_tokens - have], dtype=np.int64))
+        have += len(parts[-1])
+        if have == n_tokens:
+            return np.concatenate(parts)
+    raise ValueError(f"{data_dir}: the validation shards hold {have:,} tokens, {n_tokens:,} needed; lower --val-tokens")
+
+
+@torch.no_grad()
+def validation_loss(model, data_dir, val_tokens: int, seq_len: int = 1024, batch_size: int = 8, accelerator=None):
+    """Mean next-token loss over the first `val_tokens` targets of the validation shards.
+
+    Windows of `seq_len` inputs (the last one possibly shorter) in a fixed order, dealt to ranks
+    round-robin; every rank returns the same token-weighted mean."""
+    model = _plain_module(model, accelerator)
+    device = next(model.parameters()).device
+    tokens = torch.from_numpy(read_val_tokens(data_dir, val_tokens + 1))  # +1: the last target
+    vocab_size = model.config.vocab_size
+    if int(tokens.max()) >= vocab_size:
+        raise ValueError(f"validation token id {int(tokens.max())} is outside the model's {vocab_size}-id vocabulary")
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    starts = list(range(0, val_tokens, seq_len))[rank::world]
+
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for i in range(0, len(starts), batch_size):
+        batch = [s for s in starts[i : i + batch_size] if s + seq_len <= val_tokens]
+        tail = [s for s in starts[i : i + batch_size] if s + seq_len > val_tokens]  # at most one short window
+        for group, length in ((batch, seq_len), (tail, val_tokens % seq_len)):
+            if group:
+                window = tokens[torch.tensor(group).unsqueeze(1) + torch.arange(length + 1)].to(device)
+                logits = model(input_ids=window[:, :-1], use_cache=False).logits
+                loss_sum -= _token_logprobs(logits, window[:, 1:]).sum(dtype=torch.float64)
+    if accelerator is not None and world > 1:
+        loss_sum = accelerator.reduce(loss_sum, reduction="sum")
+    return float(loss_sum) / val_tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def load_model(name: str, device: str, dtype: torch.dtype):
+    """A causal LM and its tokenizer from a checkpoint dir, any HF model dir, or a Hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:  # registers our classes with the Auto* factories, for checkpoints saved without code
+        import modeling_gpt2repro  # noqa: F401
+    except ImportError:
+        pass
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=True, dtype=dtype)
+    except OSError as e:
+        if not Path(name).exists():
+            raise SystemExit(
+                f"error: cannot load model {name!r}: not a local directory, and not available from the Hugging "
+                "Face Hub (offline?); pass a local checkpoint directory to --model"
+            ) from None
+        raise SystemExit(f"error: cannot load model from {name}: {str(e).splitlines()[0]}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError):  # a weights-only directory: GPT-2 models share the GPT-2 BPE
+        from tokenization_gpt2repro import load_tokenizer
+
+        print(f"note: no tokenizer in {name}; using the shipped GPT-2 tokenizer", file=sys.stderr)
+        tokenizer = load_tokenizer()
+    return model.to(device).eval(), tokenizer
+
+
+def format_table(results: dict) -> str:
+    header = f"{'model':<32} {'items':>6} {'compl acc':>9} {'acc_norm':>8} {'lm-eval acc':>11} {'acc_norm':>8}"
+    with_val = any("val_loss" in r["summary"] for r in results["models"].values())
+    lines = [header + (f" {'val loss':>8}" if with_val else "")]
+    for name, result in results["models"].items():
+        s = result["summary"]
+        accs = [100 * s[k] for k in ("completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm")]
+        line = f"{name[-32:]:<32} {s['items']:>6} {accs[0]:>9.2f} {accs[1]:>8.2f} {accs[2]:>11.2f} {accs[3]:>8.2f}"
+        lines.append(line + (f" {s['val_loss']:>8.4f}" if "val_loss" in s else ""))
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", required=True, help="checkpoint dir, HF model dir or Hub id; repeat")
+    parser.add_argument("--data", help="HellaSwag .jsonl (rowanz) or .parquet (Rowan/hellaswag); default: download val")
+    parser.add_argument("--limit", type=int, help="score only the first N items")
+    parser.add_argument("--batch-size", type=int, default=16, help="items per forward (4 endings each)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weights dtype")
+    parser.add_argument("--val-data", help="also report the mean loss on the *_val_*.bin shards in this directory")
+    parser.add_argument("--val-tokens", type=int, default=DEFAULT_VAL_TOKENS, help="validation tokens (targets)")
+    parser.add_argument("--val-batch-size", type=int, default=4, help="validation windows per forward")
+    parser.add_argument("--output", help="write the summary and per-item log-likelihoods to this JSON file")
+    args = parser.parse_args()
+    if len(set(args.model)) != len(args.model):
+        parser.error("each --model may appear once")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+
+    try:
+        items = load_hellaswag(args.data, args.limit)
+    except HellaSwagDataError as e:
+        raise SystemExit(f"error: {e}") from None
+    results = {"data": str(args.data or cache_dir() / "hellaswag_val.jsonl"), "models": {}}
+    for name in args.model:
+        model, tokenizer = load_model(name, device, getattr(torch, args.dtype))
+        started = time.perf_counter()
+        scores = score_hellaswag(model, tokenizer, items, args.batch_size, progress=True)
+        per_item = scores.pop("per_item")
+        summary = {**scores, "device": device, "dtype": args.dtype, "seconds": round(time.perf_counter() - started, 1)}
+        if args.val_data:
+            seq_len = min(1024, getattr(model.config, "max_position_embeddings", 1024))
+            summary["val_loss"] = validation_loss(model, args.val_data, args.val_tokens, seq_len, args.val_batch_size)
+            summary["val_tokens"] = args.val_tokens
+        results["models"][name] = {"summary": summary, "items": per_item}
+        print(f"{name}: {len(items)} items in {summary['seconds']} s", file=sys.stderr)
+        del model
+
+    print(format_table(results))
+    if args.output:
+        tmp = Path(args.output).with_name(Path(args.output).name + ".tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        os.replace(tmp, args.output)  # never a half-written results file
+        print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

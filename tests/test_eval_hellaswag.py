@@ -1,0 +1,332 @@
+"""eval_hellaswag: data, both HellaSwag conventions, batching, sharding, validation loss, CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import REPO
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import eval_hellaswag as ev
+from token_shards import write_shard
+from tokenization_gpt2repro import load_tokenizer
+
+FIXTURE = REPO / "tests" / "fixtures" / "hellaswag_tiny.jsonl"
+LOGLIK_KEYS = ("completion_loglik", "lm_eval_loglik")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def items():
+    return ev.load_hellaswag(FIXTURE)
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    torch.manual_seed(0)
+    # A wide init makes log-probabilities vary by several nats between tokens, so a score taken at
+    # the wrong position or from the wrong row is far off, not within rounding of the right one.
+    config = GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=128, initializer_range=0.3)
+    return GPT2LMHeadModel(config).eval()
+
+
+@pytest.fixture(scope="module")
+def scores(gpt2, tokenizer, items):
+    return ev.score_hellaswag(gpt2, tokenizer, items, batch_size=16)
+
+
+def logliks(result):
+    return {key: np.array([item[key] for item in result["per_item"]]) for key in LOGLIK_KEYS}
+
+
+def assert_same_scores(result, expected):
+    for key in LOGLIK_KEYS:
+        np.testing.assert_allclose(logliks(result)[key], logliks(expected)[key], rtol=0, atol=1e-4, err_msg=key)
+    for key in ("completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm"):
+        assert result[key] == expected[key], key
+
+
+# ---- data ----
+
+
+def test_fixture_has_both_sources(items):
+    assert len(items) == 12
+    assert sum(item["ctx_a"].startswith("[header]") for item in items) == 6  # WikiHow
+    assert {item["label"] for item in items} == {0, 1, 2, 3}
+
+
+def test_malformed_jsonl_items_are_reported_by_line(tmp_path):
+    good = FIXTURE.read_text().splitlines()[0]
+    row = json.loads(good)
+    lines = [
+        good,
+        "{not json",
+        json.dumps({k: v for k, v in row.items() if k != "endings"}),
+        json.dumps({**row, "label": 5}),
+        "",
+        json.dumps({**row, "endings": row["endings"][:3]}),
+        good,
+        json.dumps({**row, "label": ""}),
+        json.dumps({**row, "endings": ["[substeps]", "b", "c", "d"]}),
+    ]
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ev.HellaSwagDataError) as error:
+        ev.load_hellaswag(path)
+    message = str(error.value)
+    assert "6 malformed" in message
+    for expected in (
+        "line 2: not valid JSON",
+        "line 3: missing field(s): endings",
+        "line 4: label 5 is not 0, 1, 2 or 3",
+        "line 6: endings must be a list of 4",
+        "line 8: label '' is not",
+        "line 9: an ending is empty",
+    ):
+        assert expected in message
+    assert "line 1:" not in message and "line 7:" not in message
+    assert len(ev.load_hellaswag(path, limit=1)) == 1  # the limit stops before the bad lines
+
+
+def test_parquet_in_hub_format_loads_like_jsonl(tmp_path, items):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in FIXTURE.read_text().splitlines()]
+    for row in rows:
+        row["label"] = str(row["label"])  # Rowan/hellaswag stores labels as strings
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "validation.parquet")
+    assert ev.load_hellaswag(tmp_path / "validation.parquet") == items
+
+    rows[1]["label"] = "4"
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "bad.parquet")
+    with pytest.raises(ev.HellaSwagDataError, match="row 2: label '4'"):
+        ev.load_hellaswag(tmp_path / "bad.parquet")
+
+
+def test_default_data_is_downloaded_once_into_the_cache(tmp_path, monkeypatch, items):
+    source = tmp_path / "served.jsonl"
+    source.write_bytes(FIXTURE.read_bytes())
+    monkeypatch.setenv("GPT2REPRO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ev, "HELLASWAG_VAL_URL", source.as_uri())
+    monkeypatch.setattr(ev, "HELLASWAG_VAL_ITEMS", 12)
+    assert ev.load_hellaswag() == items
+    source.unlink()  # a second load must not fetch again
+    assert ev.load_hellaswag(limit=3) == items[:3]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["hellaswag_val.jsonl"]
+
+
+def test_truncated_or_failed_download_leaves_no_cache(tmp_path, monkeypatch):
+    source = tmp_path / "served.jsonl"
+    source.write_bytes(FIXTURE.read_bytes())
+    monkeypatch.setenv("GPT2REPRO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ev, "HELLASWAG_VAL_URL", source.as_uri())  # 12 items, 10,042 expected
+    with pytest.raises(ev.HellaSwagDataError, match="expected 10042"):
+        ev.load_hellaswag()
+    monkeypatch.setattr(ev, "HELLASWAG_VAL_URL", "http://127.0.0.1:9/hellaswag_val.jsonl")  # nothing listens
+    with pytest.raises(ev.HellaSwagDataError) as error:
+        ev.load_hellaswag()
+    assert "\n" not in str(error.value) and "--data hellaswag_val.jsonl" in str(error.value)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+# ---- the two conventions, hand-computed ----
+
+
+@pytest.mark.parametrize(
+    "raw, cleaned",
+    [
+        # strip happens before the tags go, so a removed leading tag leaves its space
+        ("  [header] How to x [title] Do y. [step] Z  ", " How to x. Do y. Z"),
+        ("Iron it. [title] Wear it.", "Iron it.. Wear it."),
+        # one pass of the double-space fix: three spaces become two
+        ("paper. [step] [substeps] Cut it.", "paper.  Cut it."),
+        ("no tags here", "no tags here"),
+    ],
+)
+def test_lm_eval_preprocess(raw, cleaned):
+    assert ev.lm_eval_preprocess(raw) == cleaned
+
+
+def test_lm_eval_queries_and_choices(items):
+    by_ind = {item["ind"]: item for item in items}
+    query, choices = ev.lm_eval_query_and_choices(by_ind[9002])
+    assert query == "Playing badminton: Two players stand on either side of a net in a gym. The man in the red shirt"
+    query, choices = ev.lm_eval_query_and_choices(by_ind[9004])  # empty ctx_b; an ending with a trailing space
+    assert query == "Tug of war: Two teams hold a long rope on a grassy field while a referee raises a flag."
+    assert choices[0] == "The rope turns into a snake and the teams run away."
+    query, choices = ev.lm_eval_query_and_choices(by_ind[9103])
+    assert query == (
+        "Finance and Business: How to make a monthly budget. Gather your bank statements.  "
+        "Collect the statements from the last three months."
+    )
+    assert choices[1] == "Burn the statements in the fireplace.. Spend whatever you like."
+    query, _ = ev.lm_eval_query_and_choices(by_ind[9102])  # the removed trailing [step] leaves a space
+    assert query == "Home and Garden: How to fold a fitted sheet. Turn the sheet inside out. "
+
+
+def test_token_ids_of_both_conventions(tokenizer, items):
+    requests = ev.encode_requests(tokenizer, items)
+    k = [item["ind"] for item in items].index(9102)
+    query, choices = ev.lm_eval_query_and_choices(items[k])
+    context, endings = requests["lm_eval"][0][k], requests["lm_eval"][1][k]
+    # lm-eval moves the context's trailing space into the continuation
+    assert tokenizer.decode(context) == query.rstrip()
+    assert [tokenizer.decode(e) for e in endings] == ["  " + choice for choice in choices]
+    assert requests["lm_eval_chars"][k] == [len(choice) for choice in choices] == [47, 45, 71, 79]
+    # completion style: the raw ctx, and " " + raw ending tokenized on its own
+    k = [item["ind"] for item in items].index(9003)
+    assert requests["completion"][0][k] == tokenizer.encode(items[k]["ctx"])
+    assert [tokenizer.decode(e) for e in requests["completion"][1][k]][0] == " , the girl puts the tube in an oven and bakes it."
+
+
+def test_accuracies_and_normalisations_by_hand():
+    per_item = [
+        # sums pick 0; per token (-5, -3, -2, -4) picks 2; per character (-2, -0.5, -3, -0.4) picks 3
+        dict(label=2, completion_loglik=[-10, -12, -30, -40], completion_tokens=[2, 4, 15, 10],
+             lm_eval_loglik=[-10, -12, -30, -40], lm_eval_chars=[5, 24, 10, 100]),
+        dict(label=0, completion_loglik=[-1, -5, -6, -7], completion_tokens=[1, 1, 1, 1],
+             lm_eval_loglik=[-1, -5, -6, -7], lm_eval_chars=[1, 1, 1, 1]),
+    ]  # fmt: skip
+    assert ev.summarize(per_item) == {
+        "items": 2, "completion_acc": 0.5, "completion_acc_norm": 1.0, "lm_eval_acc": 0.5, "lm_eval_acc_norm": 0.5,
+    }  # fmt: skip
+
+
+# ---- scoring ----
+
+
+def naive_loglik(model, context, ending):
+    """One full sequence, one forward, sum the ending's log-probabilities: the definition."""
+    ids = torch.tensor([context + ending])
+    with torch.no_grad():
+        log_probs = F.log_softmax(model(ids).logits[0].double(), dim=-1)
+    return sum(log_probs[len(context) - 1 + j, token].item() for j, token in enumerate(ending))
+
+
+def test_scores_equal_a_naive_reference(gpt2, tokenizer, items, scores):
+    for k in (0, 2, 7, 8):  # ActivityNet, ", then" endings, trailing-space query, triple space
+        item, result = items[k], scores["per_item"][k]
+        context = tokenizer.encode(item["ctx"])
+        expected = [naive_loglik(gpt2, context, tokenizer.encode(" " + ending)) for ending in item["endings"]]
+        np.testing.assert_allclose(result["completion_loglik"], expected, rtol=0, atol=1e-4)
+        assert result["completion_tokens"] == [len(tokenizer.encode(" " + ending)) for ending in item["endings"]]
+
+        query, choices = ev.lm_eval_query_and_choices(item)
+        context_text = query.rstrip()
+        context = tokenizer.encode(context_text)
+        expected = []
+        for choice in choices:
+            whole = tokenizer.encode(context_text + query[len(context_text) :] + " " + choice)
+            expected.append(naive_loglik(gpt2, context, whole[len(context) :]))
+        np.testing.assert_allclose(result["lm_eval_loglik"], expected, rtol=0, atol=1e-4)
+
+
+def test_batched_equals_unbatched_and_padding_never_changes_a_score(gpt2, tokenizer, items):
+    # Rotated endings keep each context (same group, same forward) but change every row's neighbours
+    # and padding; each ending must keep its score wherever it sits.
+    rotated = [{**item, "endings": item["endings"][1:] + item["endings"][:1], "label": 0} for item in items]
+    one_by_one = ev.score_hellaswag(gpt2, tokenizer, items + rotated, batch_size=1)
+    batched = ev.score_hellaswag(gpt2, tokenizer, items + rotated, batch_size=64)
+    assert_same_scores(batched, one_by_one)
+    for key in LOGLIK_KEYS:
+        table = logliks(batched)[key]
+        np.testing.assert_allclose(table[12:], np.roll(table[:12], -1, axis=1), rtol=0, atol=1e-4)
+
+
+def test_our_model_from_the_same_weights_gives_the_same_numbers(gpt2, tokenizer, items, scores):
+    modeling = pytest.importorskip("modeling_gpt2repro")
+    ours = modeling.GPT2ReproForCausalLM.from_gpt2(gpt2).eval()
+    assert_same_scores(ev.score_hellaswag(ours, tokenizer, items, batch_size=5), scores)
+
+
+def test_accelerator_path_and_refusals(gpt2, tokenizer, items, scores):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    try:
+        assert_same_scores(ev.score_hellaswag(gpt2, tokenizer, items, accelerator=Accelerator(cpu=True)), scores)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)  # later tests build their own Accelerator
+    gpt2.train()
+    try:
+        with pytest.raises(ValueError, match="eval mode"):
+            ev.score_hellaswag(gpt2, tokenizer, items[:1])
+    finally:
+        gpt2.eval()
+
+
+# ---- validation loss ----
+
+
+@pytest.fixture
+def val_dir(tmp_path):
+    generator = np.random.default_rng(0)
+    write_shard(tmp_path / "tiny_val_000000.bin", generator.integers(0, 50257, 300))
+    write_shard(tmp_path / "tiny_val_000001.bin", generator.integers(0, 50257, 300))
+    write_shard(tmp_path / "tiny_train_000001.bin", generator.integers(0, 50257, 300))  # never read
+    return tmp_path
+
+
+def test_validation_loss_is_the_mean_over_exactly_val_tokens_targets(gpt2, val_dir):
+    shards = [np.fromfile(val_dir / f"tiny_val_00000{i}.bin", np.uint16)[512:] for i in (0, 1)]  # past the header
+    tokens = torch.from_numpy(np.concatenate(shards).astype(np.int64))
+    losses = []
+    with torch.no_grad():
+        for start in range(0, 500, 64):  # 7 windows of 64, one of 52; one crosses the shard boundary
+            window = tokens[start : min(start + 64, 500) + 1]
+            losses.append(F.cross_entropy(gpt2(window[None, :-1]).logits[0], window[1:], reduction="sum").item())
+    expected = sum(losses) / 500
+    for batch_size in (1, 3):
+        loss = ev.validation_loss(gpt2, val_dir, 500, seq_len=64, batch_size=batch_size)
+        assert loss == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ValueError, match="hold 600 tokens, 601 needed"):
+        ev.validation_loss(gpt2, val_dir, 600, seq_len=64)
+
+
+# ---- command line ----
+
+
+def test_hub_id_offline_is_a_one_line_error():
+    # conftest sets HF_HUB_OFFLINE=1: the Hub is unreachable, as on a machine without internet
+    with pytest.raises(SystemExit) as error:
+        ev.load_model("gpt2", "cpu", torch.float32)
+    assert "gpt2" in str(error.value) and "local" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_cli_end_to_end(tmp_path, gpt2, tokenizer, items, scores, val_dir):
+    official = tmp_path / "gpt2-like"
+    gpt2.save_pretrained(official)
+    tokenizer.save_pretrained(official)
+    modeling = pytest.importorskip("modeling_gpt2repro")
+    ours = tmp_path / "ours"  # our checkpoint format (auto_map + code), no tokenizer files: the fallback
+    modeling.GPT2ReproForCausalLM.from_gpt2(gpt2).save_pretrained(ours)
+    output = tmp_path / "results.json"
+    command = [sys.executable, str(REPO / "eval_hellaswag.py"), "--model", str(official), "--model", str(ours),
+               "--data", str(FIXTURE), "--limit", "8", "--batch-size", "3", "--output", str(output),
+               "--val-data", str(val_dir), "--val-tokens", "200"]  # fmt: skip
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf")}  # remote code is copied under HF_HOME/modules
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+
+    results = json.loads(output.read_text())
+    expected = {**scores, "per_item": scores["per_item"][:8]}
+    expected.update(ev.summarize(expected["per_item"]))
+    for name in (str(official), str(ours)):
+        result = results["models"][name]
+        assert result["summary"]["items"] == 8 and len(result["items"]) == 8
+        assert [item["ind"] for item in result["items"]] == [item["ind"] for item in items[:8]]
+        assert_same_scores({**result["summary"], "per_item": result["items"]}, expected)
+        assert result["summary"]["val_loss"] == pytest.approx(ev.validation_loss(gpt2, val_dir, 200, 128), abs=1e-4)
+    table = run.stdout.splitlines()
+    assert table[0].split()[:3] == ["model", "items", "compl"] and len(table) >= 3
+    assert "no tokenizer in" in run.stderr
