@@ -110,10 +110,10 @@ def parse_settings(argv=None) -> Settings:
     parser.add_argument("--config", help="YAML or JSON file of settings (overrides the preset)")
     for field in dataclasses.fields(Settings):
         flag = "--" + field.name.replace("_", "-")
-        if field.type == "bool | None":
+        if field.type == bool | None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         else:
-            parser.add_argument(flag, type={"int": int, "float": float}.get(field.type, str), default=None)
+            parser.add_argument(flag, type=field.type if field.type in (int, float) else str, default=None)
     args = parser.parse_args(argv)
 
     values = dict(PRESETS[args.preset])
@@ -343,8 +343,9 @@ def plot_curves(run_dir: Path, fineweb: bool) -> None:
         ax_hella.plot(*zip(*hella), "o-", label="HellaSwag acc_norm")
     if fineweb or hella:
         ax_hella.axhline(GPT2_124M_HELLASWAG, color="r", ls="--", label="OpenAI GPT-2 124M")
-    ax_hella.set(xlabel="step", ylabel="accuracy", title="HellaSwag")
-    ax_hella.legend()
+    ax_hella.set(xlabel="step", ylabel="accuracy", title="HellaSwag" if hella else "HellaSwag (not evaluated)")
+    if ax_hella.get_legend_handles_labels()[0]:
+        ax_hella.legend()
     fig.tight_layout()
     tmp = run_dir / ".curves.png.tmp"
     fig.savefig(tmp, format="png", dpi=100)
@@ -544,9 +545,9 @@ def main(argv=None):
     accelerator.end_training()
 
 
-def run():
+def run(argv=None):
     try:
-        main()
+        main(argv)
     except (SettingsError, ShardError, RuntimeError) as e:
         sys.exit(f"error: {e}")
 
