@@ -1,10 +1,28 @@
-"""Token shards on disk: the llm.c / modded-nanogpt `.bin` format, written atomically, read validated.
+"""Token shards on disk: the llm.c / modded-nanogpt `.bin` format, its manifest, and the loader.
 
 A shard is a header of 256 int32 (magic 20240520, version 1, token count) followed by the tokens
 as uint16. Shards written here train llm.c and modded-nanogpt, and theirs train us.
+
+`prepare_data.py` writes a directory of shards plus `manifest.json`:
+
+    {"format_version": 1, "name": ..., "source": {...}, "tokenizer": "gpt2-bpe-sha256:...",
+     "settings": {"val_tokens": ..., "shard_tokens": ...},
+     "shards": [{"file": "x_val_000000.bin", "split": "val", "tokens": ..., "documents": ...,
+                 "sha256": ..., "end": [document, token]}, ...],
+     "splits": {"val": {"tokens": ..., "documents": ..., "shards": ...}, "train": {...}},
+     "skipped_documents": ..., "complete": true}
+
+`end` is where the stream stands after the shard (the next document and how many of its tokens
+are already written): it is what lets prepare_data resume. A directory made of `part-*-of-*`
+subdirectories (prepare_data --num-shards) reads as one dataset.
+
+`ShardedTokenLoader` reads (batch_size, seq_len + 1) windows for one rank of a data-parallel run.
 """
 
+import hashlib
+import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,27 +31,37 @@ SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = 1
+SPLITS = ("val", "train")
 
 
 class ShardError(ValueError):
     """A shard that cannot be trusted: the message names the file and what to do."""
 
 
-def write_shard(path: str | Path, tokens) -> None:
-    """Write `tokens` as a shard at `path` via a temp file + rename: a crash never leaves half a shard."""
+def write_shard(path: str | Path, tokens) -> str:
+    """Write `tokens` as a shard at `path` via a temp file + rename: a crash never leaves half a shard.
+
+    Returns the sha256 of the file, for the manifest.
+    """
     path = Path(path)
     tokens = np.asarray(tokens)
     if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
         raise ShardError(f"{path}: token ids must fit in uint16 (0..65535); this vocabulary cannot be stored")
     header = np.zeros(HEADER_INTS, dtype=np.int32)
     header[:3] = (SHARD_MAGIC, SHARD_VERSION, tokens.size)
+    body = tokens.astype(np.uint16, copy=False).tobytes()
+    digest = hashlib.sha256(header.tobytes())
+    digest.update(body)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(header.tobytes())
-        f.write(tokens.astype(np.uint16, copy=False).tobytes())
+        f.write(body)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    return digest.hexdigest()
 
 
 def read_shard_header(path: str | Path) -> int:
@@ -63,3 +91,211 @@ def read_shard(path: str | Path) -> np.ndarray:
     """The shard's tokens as a read-only uint16 memmap (validated first)."""
     n_tokens = read_shard_header(path)
     return np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER_BYTES, shape=(n_tokens,))
+
+
+# --------------------------------------------------------------------------------------------
+# manifest
+
+
+def write_manifest(data_dir: str | Path, manifest: dict) -> None:
+    """Write manifest.json atomically: readers see the old or the new one, never half of one."""
+    path = Path(data_dir) / MANIFEST_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_manifest_file(path: Path) -> dict:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ShardError(f"{path}: unreadable manifest ({e}); rerun prepare_data.py with --overwrite") from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != MANIFEST_VERSION:
+        raise ShardError(f"{path}: not a gpt2repro manifest of format version {MANIFEST_VERSION}")
+    missing = {"source", "tokenizer", "shards", "splits", "complete"} - manifest.keys()
+    if missing:
+        raise ShardError(f"{path}: manifest lacks {', '.join(sorted(missing))}; rerun prepare_data.py")
+    for shard in manifest["shards"]:
+        if not {"file", "split", "tokens"} <= shard.keys() or shard["split"] not in SPLITS:
+            raise ShardError(f"{path}: malformed shard entry {shard}")
+    return manifest
+
+
+def _merge_parts(data_dir: Path, part_dirs: list[Path]) -> dict:
+    """One manifest for the `part-i-of-K` directories that K machines prepared separately."""
+    parts = [_read_manifest_file(d / MANIFEST_NAME) for d in part_dirs]
+    counts = {int(re.fullmatch(r"part-\d+-of-(\d+)", d.name)[1]) for d in part_dirs}
+    if len(counts) != 1 or len(parts) != counts.pop():
+        found = ", ".join(d.name for d in part_dirs)
+        raise ShardError(f"{data_dir}: incomplete set of parts ({found}); prepare the missing ones first")
+    tokenizers = {p["tokenizer"] for p in parts}
+    if len(tokenizers) != 1:
+        raise ShardError(f"{data_dir}: parts were tokenized differently ({', '.join(sorted(tokenizers))})")
+    shards = [dict(s, file=f"{d.name}/{s['file']}") for d, p in zip(part_dirs, parts) for s in p["shards"]]
+    splits = {
+        split: {key: sum(p["splits"][split][key] for p in parts) for key in ("tokens", "documents", "shards")}
+        for split in SPLITS
+    }
+    return dict(
+        parts[0],
+        source=dict(parts[0]["source"], part=None),
+        shards=shards,
+        splits=splits,
+        skipped_documents=sum(p.get("skipped_documents", 0) for p in parts),
+        complete=all(p["complete"] for p in parts),
+    )
+
+
+def load_manifest(data_dir: str | Path) -> dict:
+    """The validated manifest of a prepared data directory (or of a directory of prepared parts)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise ShardError(f"{data_dir}: no such data directory; create it with prepare_data.py")
+    if (data_dir / MANIFEST_NAME).is_file():
+        return _read_manifest_file(data_dir / MANIFEST_NAME)
+    part_dirs = sorted(d for d in data_dir.glob("part-*-of-*") if (d / MANIFEST_NAME).is_file())
+    if part_dirs:
+        return _merge_parts(data_dir, part_dirs)
+    raise ShardError(f"{data_dir}: no {MANIFEST_NAME}; create the shards with prepare_data.py")
+
+
+def check_tokenizer(data_dir: str | Path, expected: str | None = None) -> None:
+    """Refuse shards made with another tokenizer than `expected` (default: this project's GPT-2 BPE)."""
+    if expected is None:
+        from tokenization_gpt2repro import tokenizer_fingerprint
+
+        expected = tokenizer_fingerprint()
+    found = load_manifest(data_dir)["tokenizer"]
+    if found != expected:
+        raise ShardError(
+            f"{data_dir}: shards were tokenized with {found}, but the model expects {expected}; "
+            "re-run prepare_data.py with this project's tokenizer"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# loader
+
+
+class ShardedTokenLoader:
+    """(batch_size, seq_len + 1) token windows for rank `rank` of `world_size`, exact and resumable.
+
+    The split is cut into windows of seq_len + 1 tokens at a stride of seq_len (a window's last
+    token is the next window's first input), so every token is an input exactly once per epoch;
+    windows run across shard boundaries. Only the last (1 to seq_len) tokens of an epoch, which
+    cannot fill a window, are left out. Train order: shards in a seeded random order, then the
+    windows starting in each shard in a seeded random order, both redrawn every epoch; val keeps
+    file order. All ranks compute the same global order; each `next_batch()` consumes the next
+    batch_size * world_size windows of it, rank r taking the r-th contiguous slice. The position
+    is counted in global windows, so a run may resume on another world size and still see exactly
+    the tokens an uninterrupted run would have seen.
+    """
+
+    def __init__(self, data_dir, split="train", batch_size=8, seq_len=1024, rank=0, world_size=1, seed=1337):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        self.data_dir = Path(data_dir)
+        manifest = load_manifest(self.data_dir)
+        if not manifest["complete"]:
+            raise ShardError(f"{self.data_dir}: preparation did not finish; rerun the same prepare_data.py command")
+        check_tokenizer(self.data_dir)
+        entries = [s for s in manifest["shards"] if s["split"] == split]
+        self.shards = [self._open(entry) for entry in entries]
+        self.lengths = np.array([len(s) for s in self.shards], dtype=np.int64)
+        self.split, self.batch_size, self.seq_len = split, batch_size, seq_len
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.shuffle = split == "train"
+        self.windows_per_epoch = (int(self.lengths.sum()) - 1) // seq_len
+        if self.windows_per_epoch < 1:
+            raise ShardError(
+                f"{self.data_dir}: the {split} split has {int(self.lengths.sum())} tokens, "
+                f"fewer than one window of seq_len + 1 = {seq_len + 1}"
+            )
+        # Identifies the data a saved position refers to.
+        checksums = "".join(f"{s.get('sha256')}:{s['tokens']}," for s in entries)
+        self.data_id = hashlib.sha256(checksums.encode()).hexdigest()[:16]
+        self.position = 0  # windows of the global order consumed so far, by all ranks together
+        self._layout_cache = (None, None)  # (epoch, layout): batches walk one epoch at a time
+        self._permutation_cache = (None, None)  # ((epoch, slot), permutation)
+
+    def _open(self, entry: dict) -> np.ndarray:
+        path = self.data_dir / entry["file"]
+        tokens = read_shard(path)
+        if len(tokens) != entry["tokens"]:
+            raise ShardError(
+                f"{path}: holds {len(tokens)} tokens, the manifest says {entry['tokens']}; rerun prepare_data.py"
+            )
+        return tokens
+
+    def _epoch_layout(self, epoch: int):
+        """Shard order of an epoch, where each shard starts in the epoch's token stream, and the
+        index of the first window that starts in each shard."""
+        if self._layout_cache[0] != epoch:
+            n = len(self.shards)
+            order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+            token_starts = np.concatenate([[0], np.cumsum(self.lengths[order])])
+            first_window = np.minimum(-(-token_starts // self.seq_len), self.windows_per_epoch)
+            self._layout_cache = (epoch, (order, token_starts, first_window))
+        return self._layout_cache[1]
+
+    def _window_permutation(self, epoch: int, slot: int, count: int) -> np.ndarray:
+        if self._permutation_cache[0] != (epoch, slot):
+            permutation = np.random.default_rng([self.seed, epoch, slot]).permutation(count)
+            self._permutation_cache = ((epoch, slot), permutation)
+        return self._permutation_cache[1]
+
+    def _window(self, index: int) -> np.ndarray:
+        """Tokens of the `index`-th window of the global order (index counts across epochs)."""
+        epoch, rank_in_epoch = divmod(index, self.windows_per_epoch)
+        order, token_starts, first_window = self._epoch_layout(epoch)
+        window = rank_in_epoch
+        if self.shuffle:
+            slot = int(np.searchsorted(first_window, rank_in_epoch, side="right")) - 1
+            count = int(first_window[slot + 1] - first_window[slot])
+            shuffled = self._window_permutation(epoch, slot, count)
+            window = int(first_window[slot] + shuffled[rank_in_epoch - first_window[slot]])
+        start = window * self.seq_len
+        slot = int(np.searchsorted(token_starts, start, side="right")) - 1
+        offset, pieces, needed = start - int(token_starts[slot]), [], self.seq_len + 1
+        while needed:  # a window may run across one or more shard boundaries
+            piece = self.shards[order[slot]][offset : offset + needed]
+            pieces.append(piece)
+            needed -= len(piece)
+            slot, offset = slot + 1, 0
+        return np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+
+    def next_batch(self):
+        """The next (batch_size, seq_len + 1) LongTensor of this rank: inputs b[:, :-1], targets b[:, 1:]."""
+        # Imported here so prepare_data (and its worker processes) start without torch.
+        import torch
+
+        first = self.position + self.rank * self.batch_size
+        batch = np.array([self._window(first + i) for i in range(self.batch_size)], dtype=np.int64)
+        self.position += self.batch_size * self.world_size
+        return torch.from_numpy(batch)
+
+    def reset(self) -> None:
+        """Back to the first window (e.g. before each validation pass)."""
+        self.position = 0
+
+    def state_dict(self) -> dict:
+        return {
+            "split": self.split,
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+            "data_id": self.data_id,
+            "position_windows": self.position,
+            "position_tokens": self.position * self.seq_len,
+            "epoch": self.position // self.windows_per_epoch,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("split", "seed", "seq_len", "data_id"):
+            if state[key] != getattr(self, key):
+                raise ValueError(
+                    f"cannot resume: the saved loader state has {key}={state[key]!r}, this loader {getattr(self, key)!r}; "
+                    "the position would point at different tokens"
+                )
+        self.position = int(state["position_windows"])

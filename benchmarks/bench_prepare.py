@@ -1,0 +1,122 @@
+"""prepare_data.py against build-nanogpt's fineweb.py method, on the same ~20 MB local corpus.
+
+    python benchmarks/bench_prepare.py [--megabytes 20] [--repeats 3] [--doc-chars N]
+
+The corpus repeats the shipped tiny-Shakespeare as separate documents (--doc-chars cuts each copy
+into documents of about N characters, closer to web pages). The baseline is build-nanogpt's
+method: multiprocessing.Pool(cpu_count() // 2), tiktoken encode_ordinary of each document with
+<|endoftext|> prepended, pool.imap(chunksize=16), uint16 arrays copied into shard buffers and
+saved with np.save. Both must produce the same token stream; the best of --repeats runs of each
+is reported, the two alternating so that load from other processes hits both alike.
+"""
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import prepare_data  # noqa: E402
+from token_shards import load_manifest, read_shard  # noqa: E402
+from tokenization_gpt2repro import EOT_ID, get_encoding  # noqa: E402
+
+SHARD_SIZE = 100_000_000  # fineweb.py's shard size; prepare_data's default
+
+
+def tokenize(doc):
+    # fineweb.py, verbatim but for the encoder (the same GPT-2 BPE, built offline)
+    tokens = [EOT_ID]
+    tokens.extend(get_encoding().encode_ordinary(doc["text"]))
+    tokens_np = np.array(tokens)
+    assert (0 <= tokens_np).all() and (tokens_np < 2**16).all(), "token dictionary too large for uint16"
+    return tokens_np.astype(np.uint16)
+
+
+def baseline(corpus: Path, out_dir: Path) -> list[Path]:
+    """build-nanogpt fineweb.py's main loop, reading the corpus instead of the Hub dataset."""
+    nprocs = max(1, os.cpu_count() // 2)
+    files = []
+    with open(corpus) as f, mp.Pool(nprocs) as pool:
+        docs = (json.loads(line) for line in f)
+        shard_index = 0
+        all_tokens_np = np.empty((SHARD_SIZE,), dtype=np.uint16)
+        token_count = 0
+        for tokens in pool.imap(tokenize, docs, chunksize=16):
+            if token_count + len(tokens) < SHARD_SIZE:
+                all_tokens_np[token_count : token_count + len(tokens)] = tokens
+                token_count += len(tokens)
+            else:
+                files.append(out_dir / f"baseline_{shard_index:06d}.npy")
+                remainder = SHARD_SIZE - token_count
+                all_tokens_np[token_count : token_count + remainder] = tokens[:remainder]
+                np.save(files[-1], all_tokens_np)
+                shard_index += 1
+                all_tokens_np[0 : len(tokens) - remainder] = tokens[remainder:]
+                token_count = len(tokens) - remainder
+        if token_count != 0:
+            files.append(out_dir / f"baseline_{shard_index:06d}.npy")
+            np.save(files[-1], all_tokens_np[:token_count])
+    return files
+
+
+def write_corpus(path: Path, megabytes: float, doc_chars: int | None) -> int:
+    text = (REPO / "assets" / "tinyshakespeare.txt").read_text()
+    copies = max(1, round(megabytes * 1e6 / len(text.encode())))
+    docs = [text[i : i + doc_chars] for i in range(0, len(text), doc_chars)] if doc_chars else [text]
+    with open(path, "w") as f:
+        for _ in range(copies):
+            f.writelines(json.dumps({"text": doc}) + "\n" for doc in docs)
+    return copies * len(docs)
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - start, result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--megabytes", type=float, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--doc-chars", type=int, help="cut each copy into documents of this many characters")
+    parser.add_argument("--num-proc", type=int, default=os.cpu_count(), help="prepare_data --num-proc")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        corpus, ours_out, baseline_out = tmp / "corpus.jsonl", tmp / "ours", tmp / "baseline"
+        baseline_out.mkdir()
+        n_docs = write_corpus(corpus, args.megabytes, args.doc_chars)
+        print(
+            f"corpus: {corpus.stat().st_size / 1e6:.1f} MB, {n_docs:,} documents; {os.cpu_count()} CPUs; "
+            f"baseline Pool({max(1, os.cpu_count() // 2)}), prepare_data --num-proc {args.num_proc}; "
+            f"load average {os.getloadavg()[0]:.2f}"
+        )
+        argv = [str(corpus), "--out", str(ours_out), "--num-proc", str(args.num_proc), "--overwrite"]
+        times = {"baseline (fineweb.py method)": [], "prepare_data": []}
+        for _ in range(args.repeats):
+            times["prepare_data"].append(timed(prepare_data.main, argv)[0])
+            seconds, baseline_files = timed(baseline, corpus, baseline_out)
+            times["baseline (fineweb.py method)"].append(seconds)
+
+        ours = np.concatenate([read_shard(ours_out / s["file"]) for s in load_manifest(ours_out)["shards"]])
+        if not np.array_equal(ours, np.concatenate([np.load(f) for f in baseline_files])):
+            sys.exit("FAIL: prepare_data and the baseline produced different token streams")
+        print(f"same token stream: {len(ours):,} tokens; load average now {os.getloadavg()[0]:.2f}")
+        rates = {name: len(ours) / min(runs) for name, runs in times.items()}
+        for name, runs in times.items():
+            print(f"{name:30s} {rates[name]:12,.0f} tokens/s (best of {', '.join(f'{t:.2f}s' for t in runs)})")
+        print(f"speedup: {rates['prepare_data'] / rates['baseline (fineweb.py method)']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

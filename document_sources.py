@@ -1,0 +1,188 @@
+"""Where documents come from: local .txt/.jsonl/.json/.parquet files, or a streamed Hub dataset.
+
+A .txt file is one document; a .jsonl/.json/.parquet row is one document (its `column` field).
+A Source yields the document texts in the same order on every run, which is what lets
+prepare_data.py resume by skipping the documents it has already written.
+"""
+
+import glob
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+FILE_TYPES = (".txt", ".jsonl", ".json", ".parquet")
+
+
+class SourceError(ValueError):
+    """Input that cannot be read as documents; the message says where and what to do."""
+
+
+@dataclass
+class Source:
+    name: str  # default output directory name and shard file prefix
+    label: str  # for messages
+    description: dict  # recorded in the manifest; a resumed run must match it
+    size_bytes: int | None  # of local files; None for a stream
+    read: Callable[[Callable[[str], None]], Iterator[str]]  # read(not_utf8): the texts behind documents()
+    strict: bool = False  # refuse non-UTF-8 input instead of skipping it
+    skipped: int = 0
+    first_skipped: str = ""
+
+    def documents(self) -> Iterator[str]:
+        """The document texts, in the same order on every run; non-UTF-8 ones skipped and counted."""
+        return self.read(self.not_utf8)
+
+    def not_utf8(self, where: str) -> None:
+        if self.strict:
+            raise SourceError(f"{where}: not valid UTF-8; fix the input, or drop --strict to skip such documents")
+        self.skipped += 1
+        self.first_skipped = self.first_skipped or where
+
+
+def _require_column(columns, column: str, where: str) -> None:
+    if column not in columns:
+        listed = ", ".join(map(str, columns)) or "none"
+        raise SourceError(f"{where}: no column '{column}' (columns: {listed}); pass --text-column NAME")
+
+
+def _text(row, column: str, where: str) -> str:
+    if not isinstance(row, dict):
+        raise SourceError(f"{where}: expected an object with a '{column}' field, found {type(row).__name__}")
+    _require_column(row, column, where)
+    if not isinstance(row[column], str):
+        raise SourceError(f"{where}: column '{column}' holds {type(row[column]).__name__}, not text")
+    return row[column]
+
+
+def _decode(raw: bytes, where: str, not_utf8) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        not_utf8(f"{where} (byte {e.start})")
+        return None
+
+
+def _json_rows(path: Path, not_utf8) -> Iterator[tuple[str, object]]:
+    """(location, row) of a .jsonl file, or of a .json file holding JSON Lines or an array."""
+    with open(path, "rb") as f:
+        is_array = path.suffix == ".json" and f.read(1024).lstrip().startswith(b"[")
+        f.seek(0)
+        if is_array:
+            text = _decode(f.read(), str(path), not_utf8)
+            yield from ((f"{path} item {i}", row) for i, row in enumerate(json.loads(text or "[]"), 1))
+            return
+        for line_number, line in enumerate(f, 1):
+            text = _decode(line, f"{path}:{line_number}", not_utf8)
+            if text and text.strip():
+                try:
+                    yield f"{path}:{line_number}", json.loads(text)
+                except ValueError:
+                    raise SourceError(f"{path}:{line_number}: not valid JSON") from None
+
+
+def _file_documents(path: Path, column: str, not_utf8) -> Iterator[str]:
+    if path.suffix == ".txt":
+        text = _decode(path.read_bytes(), str(path), not_utf8)
+        if text is not None:
+            yield text
+    elif path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(path)
+        _require_column(parquet.schema_arrow.names, column, str(path))
+        row = 0
+        for batch in parquet.iter_batches(columns=[column], batch_size=4096):
+            for value in batch.column(0).to_pylist():
+                row += 1
+                if isinstance(value, bytes):  # a binary column: decode it as the text files are
+                    value = _decode(value, f"{path} row {row}", not_utf8)
+                    if value is None:
+                        continue
+                yield _text({column: value}, column, f"{path} row {row}")
+    else:
+        for where, row in _json_rows(path, not_utf8):
+            yield _text(row, column, where)
+
+
+def _expand(inputs: list[str]) -> list[Path]:
+    files = []
+    for pattern in inputs:
+        path = Path(pattern)
+        if path.is_dir():
+            matches = sorted(p for p in path.rglob("*") if p.suffix in FILE_TYPES and p.is_file())
+        elif path.is_file():
+            if path.suffix not in FILE_TYPES:
+                raise SourceError(f"{path}: unsupported file type; use {', '.join(FILE_TYPES)}")
+            matches = [path]
+        else:
+            matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).suffix in FILE_TYPES)
+        if not matches:
+            raise SourceError(f"{pattern}: no such file, or no {'/'.join(FILE_TYPES)} files in it")
+        files += matches
+    return files
+
+
+def file_source(inputs: list[str], column: str, part: tuple[int, int] | None) -> Source:
+    """Local files; with `part` = (i, K), the i-th of K contiguous slices of the sorted file list."""
+    files = _expand(inputs)
+    if part and len(files) < part[1]:
+        raise SourceError(f"{len(files)} input files cannot be split into --num-shards {part[1]} parts")
+    listing = "".join(f"{f.resolve()}\t{f.stat().st_size}\n" for f in files)
+    size = sum(f.stat().st_size for f in files)
+    name = files[0].stem if len(files) == 1 else Path(os.path.commonpath([f.resolve().parent for f in files])).name
+    mine = files[part[0] * len(files) // part[1] : (part[0] + 1) * len(files) // part[1]] if part else files
+    return Source(
+        name=name,
+        label=" ".join(inputs),
+        description={
+            "type": "files",
+            "inputs": inputs,
+            "files": len(files),
+            "bytes": size,
+            "fingerprint": hashlib.sha256(listing.encode()).hexdigest()[:16],
+            "text_column": column,
+            "part": list(part) if part else None,
+        },
+        size_bytes=size,
+        read=lambda not_utf8: (text for path in mine for text in _file_documents(path, column, not_utf8)),
+    )
+
+
+def hub_source(dataset: str, config: str | None, split: str, column: str, part: tuple[int, int] | None) -> Source:
+    """A streamed Hub dataset; with `part` = (i, K), the i-th of K contiguous slices of its files."""
+
+    def read(not_utf8) -> Iterator[str]:  # the Hub hands out decoded text: nothing to skip
+        from datasets import load_dataset
+
+        try:
+            stream = load_dataset(dataset, config, split=split, streaming=True)
+        except Exception as e:  # offline, unknown id, no such config/split: one message for all
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SourceError(
+                f"cannot open the Hugging Face dataset '{dataset}' ({reason}); without network, pass local "
+                "files instead, e.g. python prepare_data.py path/to/*.parquet --text-column text"
+            ) from None
+        if part:
+            if stream.num_shards < part[1]:
+                raise SourceError(f"{dataset} has {stream.num_shards} files, fewer than --num-shards {part[1]}")
+            stream = stream.shard(num_shards=part[1], index=part[0], contiguous=True)
+        for row_number, row in enumerate(stream):
+            yield _text(row, column, f"{dataset} row {row_number}")
+
+    return Source(
+        name=dataset.rstrip("/").split("/")[-1] + (f"-{config}" if config else ""),
+        label=f"{dataset} ({config or 'default'}, {split})",
+        description={
+            "type": "hub",
+            "dataset": dataset,
+            "name": config,
+            "split": split,
+            "text_column": column,
+            "part": list(part) if part else None,
+        },
+        size_bytes=None,
+        read=read,
+    )

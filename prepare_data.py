@@ -1,0 +1,347 @@
+"""Tokenize a corpus into GPT-2 token shards: fast, in order, resumable.
+
+    python prepare_data.py                              # shipped tiny-Shakespeare -> data/tinyshakespeare
+    python prepare_data.py fineweb-edu-10B              # HuggingFaceFW/fineweb-edu sample-10BT, streamed
+    python prepare_data.py --dataset HuggingFaceFW/fineweb-edu --name sample-10BT
+    python prepare_data.py corpus/ more/*.jsonl --text-column content --out data/mine
+    python prepare_data.py fineweb-edu-100B --num-shards 8 --shard-index 3   # machine 3 of 8
+
+A .txt file is one document; a .jsonl/.json/.parquet row is one document (document_sources.py).
+Each document becomes <|endoftext|> + its tokens, and the stream is cut into llm.c-format shards
+(token_shards.py): the first --val-tokens tokens are the validation split, the rest train. Worker processes tokenize
+batches of documents and the results are written in document order, so the shards are the same
+bytes whatever --num-proc is. After every shard, manifest.json records where the stream stands: a
+rerun after a crash or Ctrl-C continues from the last complete shard, with the same result.
+"""
+
+import argparse
+import collections
+import multiprocessing
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from document_sources import FILE_TYPES, Source, SourceError, file_source, hub_source
+from token_shards import (
+    MANIFEST_NAME,
+    MANIFEST_VERSION,
+    SPLITS,
+    ShardError,
+    load_manifest,
+    read_shard_header,
+    write_manifest,
+    write_shard,
+)
+from tokenization_gpt2repro import EOT_ID, get_encoding, tokenizer_fingerprint
+
+PRESETS = {  # name -> (Hub dataset, configuration)
+    "fineweb-edu-10B": ("HuggingFaceFW/fineweb-edu", "sample-10BT"),
+    "fineweb-edu-100B": ("HuggingFaceFW/fineweb-edu", "sample-100BT"),
+}
+DEFAULT_CORPUS = Path(__file__).resolve().parent / "assets" / "tinyshakespeare.txt"
+HUB_VAL_TOKENS = 10_000_000  # build-nanogpt / llm.c validation size for FineWeb(-Edu)
+BYTES_PER_TOKEN = 4  # English text, for sizing the validation split of a local corpus
+BATCH_CHARS = 1 << 20  # text per worker task: ~0.3 s of work, large enough to amortise the IPC
+
+
+class PrepareError(Exception):
+    """A run that cannot go on (output directory, corpus size): main() prints the message, exits 1."""
+
+
+# --------------------------------------------------------------------------------------------
+# tokenization
+
+
+def encode_documents(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """<|endoftext|> + tokens of each text, as one uint16 array, and each document's token count."""
+    encoding, pieces = get_encoding(), []
+    eot = np.array([EOT_ID], dtype=np.uint32)
+    for text in texts:
+        try:  # encode_to_numpy skips building a Python list of ints: ~15% faster end to end
+            tokens = encoding.encode_to_numpy(text, disallowed_special=())
+        except UnicodeEncodeError:  # lone surrogates: encode_ordinary knows how to repair them
+            tokens = np.array(encoding.encode_ordinary(text), dtype=np.uint32)
+        pieces += (eot, tokens)
+    lengths = np.array([len(p) + 1 for p in pieces[1::2]], dtype=np.int64)
+    return np.concatenate(pieces).astype(np.uint16), lengths
+
+
+def _batches(documents: Iterator[str]) -> Iterator[list[str]]:
+    batch, chars = [], 0
+    for text in documents:
+        batch.append(text)
+        chars += len(text)
+        if chars >= BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+
+
+def tokenized_batches(documents: Iterator[str], num_proc: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """encode_documents() over batches of documents on `num_proc` processes, results in input order.
+
+    At most 2 * num_proc batches are in flight (Pool.imap would read the whole stream ahead)."""
+    if num_proc == 1:
+        yield from map(encode_documents, _batches(documents))
+        return
+    get_encoding()  # loaded once here, inherited by forked workers
+    with multiprocessing.Pool(num_proc, initializer=_ignore_sigint) as pool:
+        pending = collections.deque()
+        for batch in _batches(documents):
+            pending.append(pool.apply_async(encode_documents, (batch,)))
+            if len(pending) >= 2 * num_proc:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+# --------------------------------------------------------------------------------------------
+# shards
+
+
+class ShardWriter:
+    """Cuts the token stream into shards: the first `val_tokens` tokens form the val split, the
+    rest train; shards hold `shard_tokens` except the last of each split. After each shard the
+    manifest records where the stream stands: (next document, its tokens already written)."""
+
+    def __init__(self, out_dir: Path, manifest: dict):
+        self.out_dir, self.manifest = out_dir, manifest
+        self.val_tokens = manifest["settings"]["val_tokens"]
+        self.shard_tokens = manifest["settings"]["shard_tokens"]
+        self.buffer = np.empty(self.shard_tokens, dtype=np.uint16)
+        self.fill = 0
+        self.accepted = sum(s["tokens"] for s in manifest["shards"])  # tokens in shards + buffer
+        self.next_document, offset = manifest["shards"][-1]["end"] if manifest["shards"] else (0, 0)
+        self.stream_position = self.accepted - offset  # where next_document starts in the stream
+
+    def shard_end(self) -> int:
+        start = self.accepted - self.fill
+        if start < self.val_tokens:
+            return min(start + self.shard_tokens, self.val_tokens)
+        return start + self.shard_tokens
+
+    def add(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        starts = self.stream_position + np.cumsum(lengths) - lengths
+        i = self.accepted - self.stream_position  # > 0 only for the first batch after a resume
+        while i < len(tokens):
+            take = min(len(tokens) - i, self.shard_end() - self.accepted)
+            self.buffer[self.fill : self.fill + take] = tokens[i : i + take]
+            self.fill, self.accepted, i = self.fill + take, self.accepted + take, i + take
+            if self.accepted == self.shard_end() and i < len(tokens):
+                document = int(np.searchsorted(starts, self.accepted, side="right")) - 1
+                self.flush(self.next_document + document, self.accepted - int(starts[document]))
+        self.stream_position += len(tokens)
+        self.next_document += len(lengths)
+        if self.fill and self.accepted == self.shard_end():
+            self.flush(self.next_document, 0)
+
+    def flush(self, end_document: int, end_offset: int) -> None:
+        shards = self.manifest["shards"]
+        start = self.accepted - self.fill
+        split = "val" if start < self.val_tokens else "train"
+        file = f"{self.manifest['name']}_{split}_{len(shards):06d}.bin"
+        previous = shards[-1]["end"] if shards else (0, 0)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        sha256 = write_shard(self.out_dir / file, self.buffer[: self.fill])
+        shards.append(
+            {
+                "file": file,
+                "split": split,
+                "tokens": self.fill,
+                # documents whose <|endoftext|> is in this shard
+                "documents": end_document + (end_offset > 0) - previous[0] - (previous[1] > 0),
+                "sha256": sha256,
+                "end": [end_document, end_offset],
+            }
+        )
+        self.manifest["splits"] = {
+            s: {
+                "tokens": sum(e["tokens"] for e in shards if e["split"] == s),
+                "documents": sum(e["documents"] for e in shards if e["split"] == s),
+                "shards": sum(e["split"] == s for e in shards),
+            }
+            for s in SPLITS
+        }
+        write_manifest(self.out_dir, self.manifest)
+        self.fill = 0
+
+    def finish(self) -> None:
+        if self.fill:
+            self.flush(self.next_document, 0)
+
+
+def start_manifest(out_dir: Path, identity: dict, overwrite: bool) -> dict:
+    """The manifest to continue: that of an interrupted run of the same job, or a fresh one."""
+    ours = re.compile(rf"{re.escape(identity['name'])}_(val|train)_\d{{6}}\.bin")
+    files = sorted(out_dir.glob("*.bin*")) if out_dir.is_dir() else []
+    manifest_path = out_dir / MANIFEST_NAME
+    if overwrite:
+        for path in files + [manifest_path]:
+            path.unlink(missing_ok=True)
+    elif manifest_path.exists():
+        try:
+            manifest = load_manifest(out_dir)
+        except ShardError as e:
+            raise PrepareError(f"{e} (or pass --overwrite)") from None
+        differs = [key for key, value in identity.items() if manifest.get(key) != value]
+        if differs:
+            raise PrepareError(
+                f"{out_dir} holds shards of another {' and '.join(differs)} (from {manifest.get('label')}); "
+                "pass --overwrite to replace them, or choose another --out"
+            )
+        listed = {s["file"] for s in manifest["shards"]}
+        for entry in manifest["shards"]:
+            if read_shard_header(out_dir / entry["file"]) != entry["tokens"]:
+                raise PrepareError(f"{out_dir / entry['file']}: does not match the manifest; rerun with --overwrite")
+        for path in files:
+            if path.name in listed:
+                continue
+            if not (path.suffix == ".tmp" or ours.fullmatch(path.name)):
+                raise PrepareError(f"{out_dir} holds {path.name}, not from this job; pass --overwrite or another --out")
+            path.unlink()  # an unfinished temp file, or a shard whose manifest entry was not yet written
+        return manifest
+    elif files:
+        raise PrepareError(f"{out_dir} holds .bin files but no {MANIFEST_NAME}; pass --overwrite or another --out")
+    return dict(identity, shards=[], splits={}, skipped_documents=0, complete=False)
+
+
+def prepare(source: Source, out_dir: Path, val_tokens: int, shard_tokens: int, num_proc: int, overwrite=False) -> dict:
+    """Tokenize `source` into shards in `out_dir`; returns the final manifest."""
+    identity = {
+        "format_version": MANIFEST_VERSION,
+        "name": source.name,
+        "source": source.description,  # JSON types only: compared with the reloaded manifest
+        "tokenizer": tokenizer_fingerprint(),
+        "settings": {"val_tokens": val_tokens, "shard_tokens": shard_tokens},
+    }
+    manifest = start_manifest(out_dir, identity, overwrite)
+    manifest["label"] = source.label  # informative only: the identity above decides what may be resumed
+    if manifest["complete"]:
+        print(f"{out_dir} is already complete; pass --overwrite to prepare it again")
+        return manifest
+    writer = ShardWriter(out_dir, manifest)
+    if writer.accepted:
+        print(f"resuming after {len(manifest['shards'])} shards ({writer.accepted:,} tokens)", file=sys.stderr)
+
+    from tqdm import tqdm
+
+    start_time, resumed_at = time.perf_counter(), writer.accepted
+    # Skipping re-reads the documents already written, without tokenizing them (on the Hub: re-streams).
+    documents = islice(source.documents(), writer.next_document, None)
+    with (
+        closing(tokenized_batches(documents, num_proc)) as batches,  # closing() stops the workers on errors
+        tqdm(unit="tok", unit_scale=True, disable=None, desc=identity["name"]) as progress,
+    ):
+        for tokens, lengths in batches:
+            writer.add(tokens, lengths)
+            progress.update(len(tokens))
+            progress.set_postfix(docs=f"{writer.next_document:,}", refresh=False)
+    if writer.next_document == 0:
+        raise PrepareError(f"no documents in {source.label} ({source.skipped} skipped as non-UTF-8)")
+    if writer.accepted <= val_tokens:
+        raise PrepareError(f"all {writer.accepted:,} tokens went to validation; pass a smaller --val-tokens")
+    writer.finish()
+    manifest.update(skipped_documents=source.skipped, complete=True)
+    write_manifest(out_dir, manifest)
+
+    if source.skipped:
+        first = source.first_skipped
+        print(f"warning: skipped {source.skipped} documents with non-UTF-8 bytes (first: {first})", file=sys.stderr)
+    seconds = time.perf_counter() - start_time
+    splits = manifest["splits"]
+    print(
+        f"{out_dir}: {splits['val']['tokens']:,} val + {splits['train']['tokens']:,} train tokens, "
+        f"{writer.next_document:,} documents, {len(manifest['shards'])} shards "
+        f"({(writer.accepted - resumed_at) / seconds:,.0f} tokens/s)"
+    )
+    return manifest
+
+
+def default_val_tokens(source: Source) -> int:
+    """build-nanogpt's 10M for a stream; about 10% of a local corpus, estimated from its size."""
+    if source.size_bytes is None:
+        return HUB_VAL_TOKENS
+    return min(HUB_VAL_TOKENS, source.size_bytes // BYTES_PER_TOKEN // 10)
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "inputs",
+        nargs="*",
+        help=f"files, directories or globs ({', '.join(FILE_TYPES)}), "
+        f"or a preset: {', '.join(PRESETS)}. Default: the shipped tiny-Shakespeare",
+    )
+    parser.add_argument("--dataset", help="a Hugging Face Hub dataset, streamed (e.g. HuggingFaceFW/fineweb-edu)")
+    parser.add_argument("--name", help="the Hub dataset's configuration (e.g. sample-10BT)")
+    parser.add_argument("--split", default="train", help="the Hub dataset's split")
+    parser.add_argument("--text-column", default="text", help="field holding the document text")
+    parser.add_argument("--out", type=Path, help="output directory (default: data/<name>)")
+    parser.add_argument(
+        "--val-tokens",
+        type=int,
+        help=f"validation split size (default: {HUB_VAL_TOKENS:,} for Hub datasets, ~10%% of a local corpus)",
+    )
+    parser.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard")
+    parser.add_argument("--num-proc", type=int, default=_cpu_count(), help="tokenizer processes (default: all cores)")
+    parser.add_argument("--num-shards", type=int, default=1, help="split the job over K machines ...")
+    parser.add_argument("--shard-index", type=int, default=0, help="... of which this is machine i (0-based)")
+    parser.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
+    parser.add_argument("--strict", action="store_true", help="fail on non-UTF-8 input instead of skipping it")
+    args = parser.parse_args(argv)
+    preset = args.inputs[0] if len(args.inputs) == 1 and args.inputs[0] in PRESETS else None
+    if args.dataset and args.inputs or preset and args.dataset:
+        parser.error("give either --dataset, a preset or local files, not several")
+    if not 0 <= args.shard_index < args.num_shards:
+        parser.error(f"--shard-index must be in 0..{args.num_shards - 1}")
+    if args.shard_tokens < 1 or args.num_proc < 1 or (args.val_tokens or 0) < 0:
+        parser.error("--shard-tokens and --num-proc must be positive, --val-tokens not negative")
+    if preset:
+        args.dataset, args.name, args.inputs = *PRESETS[preset], []
+    args.preset = preset
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    part = (args.shard_index, args.num_shards) if args.num_shards > 1 else None
+    try:
+        if args.dataset:
+            source = hub_source(args.dataset, args.name, args.split, args.text_column, part)
+        else:
+            source = file_source(args.inputs or [str(DEFAULT_CORPUS)], args.text_column, part)
+        source.name = re.sub(r"[^A-Za-z0-9._-]+", "-", args.preset or source.name)
+        source.strict = args.strict
+        out = args.out or Path("data") / source.name
+        val_tokens = default_val_tokens(source) if args.val_tokens is None else args.val_tokens
+        if part:
+            out = out / f"part-{part[0]:05d}-of-{part[1]:05d}"
+            val_tokens = val_tokens if part[0] == 0 else 0  # the validation split comes from part 0 only
+        prepare(source, out, val_tokens, args.shard_tokens, args.num_proc, args.overwrite)
+    except (SourceError, PrepareError, ShardError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to continue from the last complete shard", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""The shard format, the manifest and ShardedTokenLoader: exact coverage, shared order, resume."""
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from token_shards import (  # noqa: E402
+    ShardedTokenLoader,
+    ShardError,
+    check_tokenizer,
+    load_manifest,
+    read_shard,
+    write_manifest,
+    write_shard,
+)
+from tokenization_gpt2repro import tokenizer_fingerprint  # noqa: E402
+
+T = 16  # seq_len
+B = 4  # batch_size
+
+
+def make_dataset(data_dir: Path, lengths: dict[str, list[int]], tokenizer: str | None = None) -> dict:
+    """Shards whose tokens are their positions in the file-order stream (all distinct, < 2**16)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    shards, position = [], 0
+    for split in ("val", "train"):
+        for n in lengths.get(split, []):
+            file = f"synthetic_{split}_{len(shards):06d}.bin"
+            sha = write_shard(data_dir / file, np.arange(position, position + n))
+            shards.append({"file": file, "split": split, "tokens": n, "documents": 1, "sha256": sha, "end": [0, 0]})
+            position += n
+    manifest = {
+        "format_version": 1,
+        "name": "synthetic",
+        "source": {"type": "test"},
+        "tokenizer": tokenizer or tokenizer_fingerprint(),
+        "settings": {},
+        "shards": shards,
+        "splits": {},
+        "complete": True,
+    }
+    write_manifest(data_dir, manifest)
+    return manifest
+
+
+TRAIN = [203, 57, 150, 3, 96]  # uneven, one shard shorter than a window
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    make_dataset(tmp_path / "data", {"val": [40, 35], "train": TRAIN})
+    return tmp_path / "data"
+
+
+def global_windows(data_dir, world_size, steps, split="train", state=None):
+    """Run all ranks for `steps` batches; the rows of each step, rank 0's first: the global order."""
+    loaders = [ShardedTokenLoader(data_dir, split, B, T, rank, world_size, seed=7) for rank in range(world_size)]
+    if state is not None:
+        for loader in loaders:
+            loader.load_state_dict(state)
+    rows = []
+    for _ in range(steps):
+        batches = [loader.next_batch() for loader in loaders]
+        assert all(b.shape == (B, T + 1) and b.dtype.is_floating_point is False for b in batches)
+        rows += [row for batch in batches for row in batch.numpy()]
+    return np.array(rows), loaders
+
+
+def shard_bounds(lengths, first):
+    edges = first + np.concatenate([[0], np.cumsum(lengths)])
+    return set(edges[1:] - 1), set(edges[:-1])  # last tokens, first tokens of shards
+
+
+def test_shard_roundtrip_and_checksum(tmp_path):
+    tokens = np.array([0, 1, 50256, 65535], dtype=np.uint16)
+    sha = write_shard(tmp_path / "a.bin", tokens)
+    assert np.array_equal(read_shard(tmp_path / "a.bin"), tokens)
+    assert sha == hashlib.sha256((tmp_path / "a.bin").read_bytes()).hexdigest()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_truncated_and_foreign_shards_are_named(tmp_path):
+    write_shard(tmp_path / "a.bin", np.arange(100))
+    data = (tmp_path / "a.bin").read_bytes()
+    (tmp_path / "a.bin").write_bytes(data[:-2])
+    with pytest.raises(ShardError, match=r"a\.bin: truncated"):
+        read_shard(tmp_path / "a.bin")
+    (tmp_path / "b.bin").write_bytes(b"\0" * 2048)
+    with pytest.raises(ShardError, match=r"b\.bin: not a token shard"):
+        read_shard(tmp_path / "b.bin")
+
+
+def test_manifest_errors(tmp_path, data_dir):
+    with pytest.raises(ShardError, match="no such data directory"):
+        load_manifest(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ShardError, match="no manifest.json"):
+        load_manifest(tmp_path / "empty")
+    check_tokenizer(data_dir)  # the project's tokenizer: accepted
+    make_dataset(tmp_path / "other", {"train": [100]}, tokenizer="llama-bpe:123")
+    with pytest.raises(ShardError, match=f"llama-bpe:123.*{tokenizer_fingerprint()}"):
+        check_tokenizer(tmp_path / "other")
+    with pytest.raises(ShardError, match="llama-bpe:123"):
+        ShardedTokenLoader(tmp_path / "other")
+
+
+def test_loader_rejects_damaged_or_unfinished_data(data_dir):
+    shard = data_dir / "synthetic_train_000004.bin"
+    shard.write_bytes(shard.read_bytes()[:-4])
+    with pytest.raises(ShardError, match="synthetic_train_000004.bin: truncated"):
+        ShardedTokenLoader(data_dir, seq_len=T)
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    write_manifest(data_dir, dict(manifest, complete=False))
+    with pytest.raises(ShardError, match="did not finish"):
+        ShardedTokenLoader(data_dir, seq_len=T)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_every_token_once_per_epoch(data_dir, world_size):
+    n = sum(TRAIN)
+    first = 75  # train tokens follow the 75 val tokens in file order
+    windows_per_epoch = (n - 1) // T
+    steps = -(-2 * windows_per_epoch // (B * world_size))
+    rows, loaders = global_windows(data_dir, world_size, steps)
+    assert loaders[0].windows_per_epoch == windows_per_epoch
+    last_tokens, first_tokens = shard_bounds(TRAIN, first)
+    orders = []
+    for epoch in range(2):
+        epoch_rows = rows[epoch * windows_per_epoch : (epoch + 1) * windows_per_epoch]
+        inputs = epoch_rows[:, :-1].ravel()
+        assert len(np.unique(inputs)) == len(inputs)  # no token twice, so no overlap between ranks
+        left_out = np.setdiff1d(np.arange(first, first + n), inputs)
+        assert len(left_out) == n - windows_per_epoch * T <= T  # only the epoch's tail, less than a window
+        for window in epoch_rows:  # contiguous, or crossing from a shard's end to another's start
+            for a, b in zip(window[:-1], window[1:]):
+                assert b == a + 1 or (a in last_tokens and b in first_tokens)
+        orders.append(epoch_rows[:, 0])
+    assert not np.array_equal(orders[0], orders[1])  # reshuffled every epoch
+    assert not np.all(np.diff(orders[0]) > 0)  # shuffled at all
+
+
+def test_all_world_sizes_share_one_global_order(data_dir):
+    reference, _ = global_windows(data_dir, 1, 12)
+    for world_size in (2, 3):
+        rows, _ = global_windows(data_dir, world_size, 12 // world_size)
+        assert np.array_equal(rows, reference)
+    other_seed = ShardedTokenLoader(data_dir, "train", B, T, seed=8).next_batch().numpy()
+    assert not np.array_equal(other_seed, reference[:B])
+
+
+def test_val_split_is_read_in_file_order(data_dir):
+    loader = ShardedTokenLoader(data_dir, "val", batch_size=2, seq_len=T)
+    windows = np.concatenate([loader.next_batch().numpy() for _ in range(2)])
+    assert loader.windows_per_epoch == (75 - 1) // T
+    assert np.array_equal(windows[:, :-1].ravel(), np.arange(4 * T))  # across the val shard boundary
+    assert np.array_equal(windows[:, -1], np.arange(1, 5) * T)  # each target follows its input
+    assert np.array_equal(loader.next_batch().numpy()[0], np.arange(T + 1))  # next epoch, no gap
+    loader.reset()
+    assert np.array_equal(loader.next_batch().numpy()[0], np.arange(T + 1))
+
+
+def test_resume_continues_the_exact_sequence_on_another_world_size(data_dir):
+    uninterrupted, _ = global_windows(data_dir, 1, 30)
+    before, loaders = global_windows(data_dir, 2, 5)  # 5 steps of 2 ranks: 40 windows
+    state = json.loads(json.dumps(loaders[1].state_dict()))  # what a checkpoint stores
+    assert state["position_windows"] == 40 and state["position_tokens"] == 40 * T
+    after, _ = global_windows(data_dir, 3, 6, state=state)
+    assert np.array_equal(np.concatenate([before, after]), uninterrupted[: 40 + 72])
+    assert state["epoch"] == 40 // loaders[0].windows_per_epoch
+
+
+def test_resume_refuses_another_layout(data_dir):
+    state = ShardedTokenLoader(data_dir, seq_len=T, seed=7).state_dict()
+    for loader in (
+        ShardedTokenLoader(data_dir, seq_len=2 * T, seed=7),
+        ShardedTokenLoader(data_dir, seq_len=T, seed=8),
+    ):
+        with pytest.raises(ValueError, match="cannot resume"):
+            loader.load_state_dict(state)

@@ -1,0 +1,264 @@
+"""The trainer: it learns, its batch math is exact, DDP and resumption change nothing, bad input is refused."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import REPO
+from safetensors.torch import load_file
+
+import train
+
+SEQ = 32
+# The tiny preset (4 layers, 128 wide) on 32-token windows: a step takes tens of milliseconds.
+TINY = ["--model", "tiny", "--seq-len", str(SEQ), "--log-with", "none", "--mixed-precision", "no",
+        "--eval-every", "0", "--val-tokens", "512", "--warmup-steps", "2", "--lr", "3e-3"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """~30k tokens of Shakespeare as several small shards, through the real prepare_data CLI."""
+    import prepare_data
+
+    root = tmp_path_factory.mktemp("data")
+    corpus = root / "corpus.txt"
+    corpus.write_text((REPO / "assets" / "tinyshakespeare.txt").read_text()[:120_000])
+    out = root / "shards"
+    prepare_data.main([str(corpus), "--out", str(out), "--shard-tokens", "8000", "--val-tokens", "2048", "--num-proc", "1"])
+    return out
+
+
+def run_in_process(*args):
+    """train.main in this process (fast), with Accelerate's process-wide state reset between runs."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train.main([*TINY, *map(str, args)])
+
+
+def run_cli(*args, launcher=(), env=None, **popen):
+    command = [*launcher] if launcher else [sys.executable]
+    command += [str(REPO / "train.py"), *TINY, *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, **popen)
+
+
+def weights(checkpoint):
+    return load_file(str(checkpoint / "model.safetensors"))
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def logged(run_dir, key):
+    return [r[key] for r in metrics(run_dir) if key in r]
+
+
+def assert_same_weights(a, b, atol=0.0):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        if atol:
+            torch.testing.assert_close(wa[name], wb[name], atol=atol, rtol=0, msg=name)
+        else:
+            assert torch.equal(wa[name], wb[name]), name
+
+
+# ---- the schedule and the optimizer ----
+
+
+def test_learning_rate_warms_up_linearly_then_decays_to_ten_percent():
+    s = train.Settings(lr=6e-4, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    lrs = [train.learning_rate(step, s) for step in range(111)]
+    assert lrs[0] == pytest.approx(6e-5) and lrs[9] == pytest.approx(6e-4)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[60] == pytest.approx(0.5 * (6e-4 + 6e-5))  # half-way down the cosine
+    assert lrs[110] == pytest.approx(6e-5)
+
+
+def test_weight_decay_only_on_matrices_and_embeddings():
+    from configuration_gpt2repro import GPT2ReproConfig
+    from modeling_gpt2repro import GPT2ReproForCausalLM
+
+    model = GPT2ReproForCausalLM(GPT2ReproConfig(n_layer=2, n_head=2, n_embd=32, n_positions=32))
+    decay, no_decay = train.make_optimizer(model, train.Settings(), torch.device("cpu")).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert {names[id(p)] for p in decay["params"]} == {n for n, p in model.named_parameters() if p.dim() >= 2}
+    assert all(n.endswith("bias") or ".ln_" in n for n in (names[id(p)] for p in no_decay["params"]))
+
+
+# ---- learning, batch math, DDP ----
+
+
+def test_loss_drops_and_the_run_leaves_its_artefacts(data_dir, tmp_path, capsys):
+    run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 40, "--micro-batch-size", 8,
+                   "--total-batch-tokens", 8 * SEQ, "--eval-every", 20, "--sample-tokens", 8)
+    rows = metrics(tmp_path)
+    losses = [r["loss"] for r in rows if "loss" in r]
+    val = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert len(losses) == 40 and len(val) == 2
+    assert losses[0] > 10.0  # ln(50257) = 10.8 at GPT-2 init
+    assert sum(losses[-5:]) / 5 < losses[0] - 3.0
+    assert val[1] < val[0]
+    out = capsys.readouterr().out
+    assert "step    40 | loss " in out and "| tok/s " in out and "| mfu " in out
+    assert "sample: \"Hello, I'm a language model," in out
+    assert (tmp_path / "settings.yaml").exists() and (tmp_path / "curves.png").stat().st_size > 1000
+    assert (tmp_path / "final" / "model.safetensors").exists()
+
+
+def test_accumulation_matches_one_big_micro_batch(data_dir, tmp_path):
+    # 4 micro-steps of 2 windows vs 1 micro-step of 8 windows: the same tokens, the same update
+    common = ["--data-dir", data_dir, "--max-steps", 2, "--total-batch-tokens", 8 * SEQ]
+    run_in_process(*common, "--run-dir", tmp_path / "accum", "--micro-batch-size", 2)
+    run_in_process(*common, "--run-dir", tmp_path / "big", "--micro-batch-size", 8)
+    # Adam's first steps are ~lr * sign(grad): float-summation order moves weights by a sliver of lr
+    assert_same_weights(tmp_path / "accum" / "final", tmp_path / "big" / "final", atol=3e-5)
+    # Adam hides a mis-scaled gradient; the logged norm does not (e.g. a forgotten 1/accumulation)
+    for key in ("loss", "grad_norm"):
+        assert logged(tmp_path / "accum", key) == pytest.approx(logged(tmp_path / "big", key), rel=1e-5)
+
+
+def test_two_process_ddp_matches_one_process(data_dir, tmp_path):
+    common = ["--data-dir", data_dir, "--max-steps", 2, "--total-batch-tokens", 8 * SEQ, "--micro-batch-size", 4]
+    single = run_cli(*common, "--run-dir", tmp_path / "one")
+    assert single.returncode == 0, single.stderr[-2000:]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                str(REPO / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", "29531"]
+    ddp = run_cli(*common, "--run-dir", tmp_path / "two", launcher=launcher)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "2 process(es)" in ddp.stdout and "x 1 accumulation" in ddp.stdout
+    assert_same_weights(tmp_path / "one" / "final", tmp_path / "two" / "final", atol=3e-5)
+    for key in ("loss", "grad_norm"):  # mean over micro-steps and processes, gradients averaged not summed
+        assert logged(tmp_path / "one", key) == pytest.approx(logged(tmp_path / "two", key), rel=1e-5)
+
+
+# ---- checkpoints and resumption ----
+
+
+def test_resumed_run_is_identical_to_an_uninterrupted_one(data_dir, tmp_path):
+    common = ["--data-dir", data_dir, "--max-steps", 6, "--micro-batch-size", 4, "--total-batch-tokens", 8 * SEQ]
+    run_in_process(*common, "--run-dir", tmp_path / "full", "--save-every", 3, "--keep-checkpoints", 1)
+    checkpoint = tmp_path / "full" / "checkpoint-000003"
+    assert (checkpoint / "training_state" / "trainer_state.json").exists()
+    run_in_process(*common, "--run-dir", tmp_path / "resumed", "--resume", checkpoint)
+    assert_same_weights(tmp_path / "full" / "final", tmp_path / "resumed" / "final")
+    assert logged(tmp_path / "resumed", "loss") == logged(tmp_path / "full", "loss")[3:]
+
+
+def test_resume_on_two_processes_continues_the_token_stream(data_dir, tmp_path):
+    common = ["--data-dir", data_dir, "--max-steps", 4, "--micro-batch-size", 4, "--total-batch-tokens", 8 * SEQ]
+    run_in_process(*common, "--run-dir", tmp_path / "one", "--save-every", 2)
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                str(REPO / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", "29532"]
+    result = run_cli(*common, "--run-dir", tmp_path / "two", "--resume", tmp_path / "one" / "checkpoint-000002",
+                     launcher=launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stdout and "at step 2" in result.stdout
+    # the same tokens at the same weights: the same losses, up to the order of floating-point sums
+    assert logged(tmp_path / "two", "loss") == pytest.approx(logged(tmp_path / "one", "loss")[2:], rel=1e-5)
+    assert_same_weights(tmp_path / "one" / "final", tmp_path / "two" / "final", atol=3e-5)
+
+
+def test_resume_auto_picks_the_newest_complete_checkpoint(data_dir, tmp_path):
+    run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 4, "--micro-batch-size", 4,
+                   "--total-batch-tokens", 4 * SEQ, "--save-every", 1, "--keep-checkpoints", 2)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-000002", "checkpoint-000003"]
+    (tmp_path / ".tmp-checkpoint-000009").mkdir()  # what a kill -9 mid-save leaves: ignored
+    assert train.find_resume_checkpoint("auto", tmp_path) == tmp_path / "final"
+    import shutil
+
+    shutil.rmtree(tmp_path / "final")
+    assert train.find_resume_checkpoint("auto", tmp_path) == tmp_path / "checkpoint-000003"
+
+
+def test_sigterm_finishes_the_step_saves_and_resumes(data_dir, tmp_path):
+    args = [str(REPO / "train.py"), *TINY, "--data-dir", str(data_dir), "--run-dir", str(tmp_path),
+            "--max-steps", "100000", "--micro-batch-size", "4", "--total-batch-tokens", str(4 * SEQ)]
+    process = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+        (tmp_path / "metrics.jsonl").exists() and len(metrics(tmp_path)) >= 3
+    ):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-2000:]
+    saved = train.find_resume_checkpoint("auto", tmp_path)
+    step = json.loads((saved / "training_state" / "trainer_state.json").read_text())["step"]
+    assert step >= 3 and f"saved {saved}" in stdout
+    resumed = run_cli("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", step + 2,
+                      "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"at step {step}" in resumed.stdout and (tmp_path / "final").exists()
+
+
+def test_final_checkpoint_loads_through_auto_classes_elsewhere(data_dir, tmp_path):
+    run_in_process("--data-dir", data_dir, "--run-dir", tmp_path / "run", "--max-steps", 1, "--micro-batch-size", 4,
+                   "--total-batch-tokens", 4 * SEQ)
+    final = tmp_path / "run" / "final"
+    script = (
+        "import sys; sys.path = [p for p in sys.path if p not in ('', %r)]\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "m = AutoModelForCausalLM.from_pretrained(%r, trust_remote_code=True)\n"
+        "t = AutoTokenizer.from_pretrained(%r)\n"
+        "ids = t('Hello', return_tensors='pt')\n"
+        "print(t.decode(m.generate(**ids, max_new_tokens=4, do_sample=False)[0]))\n"
+    ) % (str(REPO), str(final), str(final))
+    (tmp_path / "elsewhere").mkdir()
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path / "elsewhere")
+    assert result.returncode == 0 and result.stdout.startswith("Hello"), result.stderr[-2000:]
+    assert (final / "README.md").read_text().count("tokens seen: 128") == 1
+
+
+# ---- bad input ----
+
+
+def test_bad_settings_each_give_a_one_line_error(data_dir, tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    for shard in data_dir.iterdir():
+        (foreign / shard.name).write_bytes(shard.read_bytes())
+    manifest = json.loads((foreign / "manifest.json").read_text())
+    manifest["tokenizer"] = "some-other-bpe-sha256:0000000000000000"
+    (foreign / "manifest.json").write_text(json.dumps(manifest))
+
+    cases = {
+        "not a multiple of micro-batch x seq-len x processes": ["--data-dir", data_dir, "--micro-batch-size", 3,
+                                                              "--total-batch-tokens", 1000],
+        "exceeds the model's context": ["--data-dir", data_dir, "--seq-len", 4096],
+        "no such directory; create it with python prepare_data.py": ["--data-dir", tmp_path / "missing"],
+        "tokenizer": ["--data-dir", foreign],
+        "not a complete checkpoint": ["--data-dir", data_dir, "--resume", tmp_path / "nope"],
+    }
+    for expected, args in cases.items():
+        result = subprocess.run([sys.executable, str(REPO / "train.py"), *TINY, "--run-dir", str(tmp_path / "r"),
+                                 *map(str, args)], capture_output=True, text=True)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode != 0, expected
+        assert lines and lines[-1].startswith("error: ") and expected in lines[-1], (expected, result.stderr[-1500:])
+        assert not (tmp_path / "r" / "final").exists()
+
+
+def test_diverging_run_skips_bad_updates_then_aborts(data_dir, tmp_path, capsys):
+    with pytest.raises(RuntimeError, match="non-finite steps in a row"):
+        run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 20, "--micro-batch-size", 4,
+                       "--total-batch-tokens", 4 * SEQ, "--lr", 1e30, "--warmup-steps", 1, "--max-bad-steps", 3)
+    assert capsys.readouterr().out.count("update skipped") == 3
+
+
+def test_push_to_hub_offline_fails_clearly_and_keeps_the_checkpoint(data_dir, tmp_path):
+    result = run_cli("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 1, "--micro-batch-size", 4,
+                     "--total-batch-tokens", 4 * SEQ, "--push-to-hub", "someone/gpt2repro-test",
+                     env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: could not push") and "checkpoint is intact" in last
+    assert (tmp_path / "final" / "model.safetensors").exists()
