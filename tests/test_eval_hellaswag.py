@@ -320,6 +320,7 @@ model = accelerator.prepare(GPT2LMHeadModel.from_pretrained({str(tmp_path / "mod
 items = ev.load_hellaswag({str(FIXTURE)!r})
 result = ev.score_hellaswag(model, load_tokenizer(), items, batch_size=4, accelerator=accelerator)
 result["val_loss"] = ev.validation_loss(model, {str(val_dir)!r}, 500, seq_len=64, batch_size=2, accelerator=accelerator)
+result["one_item"] = ev.score_hellaswag(model, load_tokenizer(), items[:1], accelerator=accelerator)  # rank 1 idle
 with open({str(tmp_path)!r} + f"/rank{{accelerator.process_index}}.json", "w") as f:
     json.dump(result, f)
 """)
@@ -327,11 +328,13 @@ with open({str(tmp_path)!r} + f"/rank{{accelerator.process_index}}.json", "w") a
     run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     expected_loss = ev.validation_loss(gpt2, val_dir, 500, seq_len=64)
+    first_item = {**ev.summarize(scores["per_item"][:1]), "per_item": scores["per_item"][:1]}
     for rank in (0, 1):  # every rank returns the whole result
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert [item["ind"] for item in result["per_item"]] == [item["ind"] for item in items]
         assert_same_scores(result, scores)
         assert result["val_loss"] == pytest.approx(expected_loss, abs=1e-5)
+        assert_same_scores(result["one_item"], first_item)
 
 
 # ---- command line ----
