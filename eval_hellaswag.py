@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
-from token_shards import read_shard
+from token_shards import MANIFEST_NAME, load_manifest, read_shard
 
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 HELLASWAG_VAL_ITEMS = 10_042
@@ -339,9 +339,18 @@ def score_hellaswag(model, tokenizer, items: list[dict], batch_size: int = 16, a
 # validation loss on prepare_data.py's shards
 
 
+def val_shard_paths(data_dir: str | Path) -> list[Path]:
+    """The validation shards in stream order: as listed by prepare_data.py's manifest (which also
+    covers part-*-of-* directories), else DIR/*_val_*.bin by name (shards made by llm.c and others)."""
+    data_dir = Path(data_dir)
+    if (data_dir / MANIFEST_NAME).is_file() or any(data_dir.glob(f"part-*-of-*/{MANIFEST_NAME}")):
+        return [data_dir / shard["file"] for shard in load_manifest(data_dir)["shards"] if shard["split"] == "val"]
+    return sorted(data_dir.glob("*_val_*.bin"))
+
+
 def read_val_tokens(data_dir: str | Path, n_tokens: int) -> np.ndarray:
-    """The first `n_tokens` tokens of the validation shards (DIR/*_val_*.bin, in name order)."""
-    paths = sorted(Path(data_dir).glob("*_val_*.bin"))
+    """The first `n_tokens` tokens of the validation split."""
+    paths = val_shard_paths(data_dir)
     if not paths:
         raise FileNotFoundError(f"{data_dir}: no validation shards (*_val_*.bin); write them with prepare_data.py")
     parts, have = [], 0
