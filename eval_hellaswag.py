@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
+from tqdm.auto import tqdm
 
 from token_shards import MANIFEST_NAME, load_manifest, read_shard
 
@@ -220,14 +221,14 @@ def _batch_logliks(model, contexts: torch.Tensor, endings: torch.Tensor, lengths
     """Summed log p(ending | context) for (n, L) contexts of one length and their (4n, E) endings.
 
     Each context runs once; its KV cache is repeated for its 4 endings, which continue from it:
-    the same computation as 4 full sequences, with 4x less work on the context. Endings are
-    right-padded and attention is causal, so padding is never seen by a real token."""
+    the same computation as 4 full sequences, doing the context's work once instead of 4 times.
+    Endings are right-padded and attention is causal, so padding is never seen by a real token."""
     keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     out = model(input_ids=contexts, use_cache=True, **keep_last)
     last = out.logits[:, -1]  # (n, V): predicts each ending's first token
     cache = out.past_key_values
     if cache is None:
-        raise ValueError(f"{type(model).__name__} returned no KV cache: scoring continues each context's cache")
+        raise ValueError(f"{type(model).__name__} returned no KV cache; HellaSwag scoring needs one (use_cache=True)")
     cache.batch_repeat_interleave(4)
     logits = model(input_ids=endings, past_key_values=cache, use_cache=True).logits  # (4n, E, V)
 
@@ -293,14 +294,9 @@ def _score_items(model, tokenizer, items: list[dict], batch_size: int, progress:
     requests = encode_requests(tokenizer, items)
     logliks = {}
     for convention in ("completion", "lm_eval"):
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(items), desc=f"HellaSwag {convention}", unit="item", leave=False)
-        logliks[convention] = ending_logliks(model, *requests[convention], batch_size, bar)
-        if bar is not None:
-            bar.close()
+        bar = tqdm(total=len(items), desc=f"HellaSwag {convention}", unit="item", leave=False, disable=not progress)
+        with bar:
+            logliks[convention] = ending_logliks(model, *requests[convention], batch_size, bar)
     return [
         {
             "ind": item["ind"],
@@ -445,10 +441,17 @@ def main():
     parser.add_argument("--batch-size", type=int, default=16, help="items per forward (4 endings each)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weights dtype")
-    parser.add_argument("--val-data", help="also report the mean loss on the *_val_*.bin shards in this directory "
-                        "(token ids of the GPT-2 tokenizer: meaningful for GPT-2-tokenizer models)")
-    parser.add_argument("--val-tokens", type=int, default=DEFAULT_VAL_TOKENS,
-                        help="validation targets (default: build-nanogpt's 10,485,760; hours on a CPU at 124M)")
+    parser.add_argument(
+        "--val-data",
+        help="also report the mean loss on the *_val_*.bin shards in this directory "
+        "(token ids of the GPT-2 tokenizer: meaningful for GPT-2-tokenizer models)",
+    )
+    parser.add_argument(
+        "--val-tokens",
+        type=int,
+        default=DEFAULT_VAL_TOKENS,
+        help="validation targets (default: build-nanogpt's 10,485,760; hours on a CPU at 124M)",
+    )
     parser.add_argument("--val-batch-size", type=int, default=4, help="validation windows per forward")
     parser.add_argument("--output", help="write the summary and per-item log-likelihoods to this JSON file")
     args = parser.parse_args()

@@ -85,10 +85,14 @@ def main():
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"model: preset {args.preset} ({config.n_layer} layers, {config.n_embd} wide, {n_params:.1f}M params), fp32")
     ending_tokens = np.mean([len(e) for four in endings for e in four])
-    print(f"items: {len(items)} ({len(fixture)}-item fixture repeated); completion-style tokens per item: "
-          f"context {np.mean([len(c) for c in contexts]):.1f}, ending {ending_tokens:.1f}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"items: {len(items)} ({len(fixture)}-item fixture repeated); completion-style tokens per item: "
+        f"context {np.mean([len(c) for c in contexts]):.1f}, ending {ending_tokens:.1f}"
+    )
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}"
+    )
 
     # warm up both paths (allocator, oneDNN kernels) on a few items
     baseline_logliks(model, enc, items[:2])
@@ -108,10 +112,14 @@ def main():
     rate = {name: len(items) / min(seconds) for name, seconds in times.items()}
     print(f"max |log-likelihood difference| vs the baseline: {difference:.2e}")
     print(f"baseline, one item per forward (build-nanogpt):        {rate['baseline']:7.2f} items/s")
-    print(f"eval_hellaswag, completion style only (same work):     {rate['completion']:7.2f} items/s  "
-          f"{rate['completion'] / rate['baseline']:.2f}x")
-    print(f"eval_hellaswag, score_hellaswag (both conventions):    {rate['both']:7.2f} items/s  "
-          f"{rate['both'] / rate['baseline']:.2f}x")
+    print(
+        f"eval_hellaswag, completion style only (same work):     {rate['completion']:7.2f} items/s  "
+        f"{rate['completion'] / rate['baseline']:.2f}x"
+    )
+    print(
+        f"eval_hellaswag, score_hellaswag (both conventions):    {rate['both']:7.2f} items/s  "
+        f"{rate['both'] / rate['baseline']:.2f}x"
+    )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
