@@ -150,7 +150,7 @@ def test_parts_split_the_stream_and_read_as_one_dataset(corpus, tmp_path):
     assert loader.windows_per_epoch == (train_tokens - 1) // 64
 
 
-def test_hub_path_streams_a_dataset_and_splits_it_by_files(tmp_path, monkeypatch):
+def test_hub_path_streams_a_dataset_and_splits_it_by_files(tmp_path, monkeypatch, capsys):
     """--dataset goes through datasets.load_dataset(streaming=True); a local dataset dir keeps it offline."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -173,6 +173,9 @@ def test_hub_path_streams_a_dataset_and_splits_it_by_files(tmp_path, monkeypatch
             100,
         )
     assert np.array_equal(stream(tmp_path / "parts"), expected_stream(texts))
+    with pytest.raises(SystemExit, match="1"):
+        prepare("--dataset", tmp_path / "hub", "--text-column", "body", "--out", tmp_path / "bad")
+    assert "no column 'body' (columns: text)" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_parquet_files_including_binary_text(tmp_path):
