@@ -24,13 +24,13 @@ import re
 import shutil
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from token_shards import read_shard
@@ -38,7 +38,8 @@ from token_shards import read_shard
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 HELLASWAG_VAL_ITEMS = 10_042
 TEXT_FIELDS = ("activity_label", "ctx_a", "ctx_b", "ctx")
-# build-nanogpt's val loss budget (20 steps x 64 x 1024 tokens x 8 GPUs), the one behind GPT-2's 3.29.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+# build-nanogpt's validation budget: 20 steps x 64 sequences x 1024 tokens x 8 GPUs.
 DEFAULT_VAL_TOKENS = 10_485_760
 
 
@@ -51,6 +52,7 @@ class HellaSwagDataError(ValueError):
 
 
 def cache_dir() -> Path:
+    """$GPT2REPRO_CACHE, else $XDG_CACHE_HOME/gpt2repro (~/.cache/gpt2repro)."""
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpt2repro"
     return Path(os.environ.get("GPT2REPRO_CACHE", default))
 
@@ -165,15 +167,17 @@ def lm_eval_query_and_choices(item: dict) -> tuple[str, list[str]]:
 def encode_requests(tokenizer, items: list[dict]) -> dict:
     """Context and ending token ids of both conventions, plus lm-eval's character counts."""
 
-    def encode(texts):
-        return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    def encode(texts, **kwargs):
+        return tokenizer(list(texts), **kwargs)["input_ids"]
 
-    # completion style: two separate encodings, " " + ending so the ending's first word is " word"
-    completion_contexts = encode(item["ctx"] for item in items)
-    completion_endings = encode(" " + ending for item in items for ending in item["endings"])
+    # completion style (tiktoken's encode: no special tokens): two separate encodings, and
+    # " " + ending so that the ending's first word is the token " word"
+    completion_contexts = encode((item["ctx"] for item in items), add_special_tokens=False)
+    completion_endings = encode((" " + e for item in items for e in item["endings"]), add_special_tokens=False)
 
-    # lm-eval style (HFLM._encode_pair): trailing spaces of the context move to the continuation, then
-    # the continuation is whatever follows the context's tokens in the joint encoding.
+    # lm-eval style (HFLM._encode_pair, with the tokenizer's own special tokens: none for GPT-2):
+    # trailing spaces of the context move to the continuation, and the continuation is whatever
+    # follows the context's tokens in the joint encoding.
     queries, choices = zip(*(lm_eval_query_and_choices(item) for item in items))
     contexts = [query.rstrip() for query in queries]
     continuations = [q[len(c) :] + " " + choice for q, c, cs in zip(queries, contexts, choices) for choice in cs]
@@ -207,9 +211,9 @@ def _plain_module(model, accelerator):
 
 
 def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[target] without materialising the log-softmax over the vocabulary."""
-    logits = logits.float()
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    """log softmax(logits)[target] at each position, in fp32 whatever the model's dtype."""
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    return -F.cross_entropy(flat, targets.reshape(-1), reduction="none").view(targets.shape)
 
 
 def _batch_logliks(model, contexts: torch.Tensor, endings: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -223,11 +227,13 @@ def _batch_logliks(model, contexts: torch.Tensor, endings: torch.Tensor, lengths
     last = out.logits[:, -1]  # (n, V): predicts each ending's first token
     cache = out.past_key_values
     cache.batch_repeat_interleave(4)
-    logits = model(input_ids=endings, past_key_values=cache, use_cache=True).logits[:, :-1]  # (4n, E-1, V)
+    logits = model(input_ids=endings, past_key_values=cache, use_cache=True).logits  # (4n, E, V)
 
     item = torch.arange(endings.shape[0], device=endings.device) // 4
     first = _token_logprobs(last[item], endings[:, 0])  # (4n,)
-    rest = _token_logprobs(logits, endings[:, 1:])  # (4n, E-1)
+    # position t predicts token t + 1; the last position predicts nothing (target 0, masked below),
+    # which keeps the logits contiguous instead of copying them without their last column
+    rest = _token_logprobs(logits, F.pad(endings[:, 1:], (0, 1)))[:, :-1]  # (4n, E-1)
     token_logprobs = torch.cat([first.unsqueeze(1), rest], dim=1)
     in_ending = torch.arange(endings.shape[1], device=endings.device) < lengths.unsqueeze(1)
     return token_logprobs.masked_fill(~in_ending, 0.0).sum(1, dtype=torch.float64)
@@ -281,7 +287,8 @@ def summarize(per_item: list[dict]) -> dict:
 
 
 def score_hellaswag(model, tokenizer, items: list[dict], batch_size: int = 16, accelerator=None, *, progress=False):
-    """Both conventions on `items`, sharded across the accelerator's processes and gathered.
+    """Both conventions on `items`, `batch_size` items per forward, sharded across the
+    accelerator's processes and gathered.
 
     Returns {"items", "completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm",
     "per_item"} on every process. The model is used as given (dtype, autocast) and never modified."""
@@ -383,20 +390,22 @@ def load_model(name: str, device: str, dtype: torch.dtype):
         pass
     try:
         model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=True, dtype=dtype)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         if not Path(name).exists():
             raise SystemExit(
                 f"error: cannot load model {name!r}: not a local directory, and not available from the Hugging "
                 "Face Hub (offline?); pass a local checkpoint directory to --model"
             ) from None
         raise SystemExit(f"error: cannot load model from {name}: {str(e).splitlines()[0]}") from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError):  # a weights-only directory: GPT-2 models share the GPT-2 BPE
+    # transformers builds an empty tokenizer for a GPT-2 directory without tokenizer files, so ask
+    # the directory, not AutoTokenizer. Weights-only checkpoints get the GPT-2 BPE they were trained on.
+    if Path(name).is_dir() and not any((Path(name) / f).exists() for f in TOKENIZER_FILES):
         from tokenization_gpt2repro import load_tokenizer
 
-        print(f"note: no tokenizer in {name}; using the shipped GPT-2 tokenizer", file=sys.stderr)
+        print(f"note: no tokenizer files in {name}; using the shipped GPT-2 tokenizer", file=sys.stderr)
         tokenizer = load_tokenizer()
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(name)
     return model.to(device).eval(), tokenizer
 
 
@@ -414,14 +423,16 @@ def format_table(results: dict) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", required=True, help="checkpoint dir, HF model dir or Hub id; repeat")
+    parser.add_argument("--model", action="append", required=True, help="checkpoint, HF dir or Hub id; repeatable")
     parser.add_argument("--data", help="HellaSwag .jsonl (rowanz) or .parquet (Rowan/hellaswag); default: download val")
     parser.add_argument("--limit", type=int, help="score only the first N items")
     parser.add_argument("--batch-size", type=int, default=16, help="items per forward (4 endings each)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weights dtype")
-    parser.add_argument("--val-data", help="also report the mean loss on the *_val_*.bin shards in this directory")
-    parser.add_argument("--val-tokens", type=int, default=DEFAULT_VAL_TOKENS, help="validation tokens (targets)")
+    parser.add_argument("--val-data", help="also report the mean loss on the *_val_*.bin shards in this directory "
+                        "(token ids of the GPT-2 tokenizer: meaningful for GPT-2-tokenizer models)")
+    parser.add_argument("--val-tokens", type=int, default=DEFAULT_VAL_TOKENS,
+                        help="validation targets (default: build-nanogpt's 10,485,760; hours on a CPU at 124M)")
     parser.add_argument("--val-batch-size", type=int, default=4, help="validation windows per forward")
     parser.add_argument("--output", help="write the summary and per-item log-likelihoods to this JSON file")
     args = parser.parse_args()
@@ -429,9 +440,11 @@ def main():
         parser.error("each --model may appear once")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
 
-    try:
+    try:  # bad data fails here, before any model is loaded
         items = load_hellaswag(args.data, args.limit)
-    except HellaSwagDataError as e:
+        if args.val_data:
+            read_val_tokens(args.val_data, args.val_tokens + 1)
+    except (HellaSwagDataError, FileNotFoundError, ValueError) as e:  # ShardError is a ValueError
         raise SystemExit(f"error: {e}") from None
     results = {"data": str(args.data or cache_dir() / "hellaswag_val.jsonl"), "models": {}}
     for name in args.model:

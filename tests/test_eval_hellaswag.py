@@ -20,6 +20,16 @@ FIXTURE = REPO / "tests" / "fixtures" / "hellaswag_tiny.jsonl"
 LOGLIK_KEYS = ("completion_loglik", "lm_eval_loglik")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models run as fast on one thread, and a second thread competing with other jobs for a
+    # shared 2-core runner slows small ops down many times over.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     return load_tokenizer()
@@ -186,7 +196,8 @@ def test_token_ids_of_both_conventions(tokenizer, items):
     # completion style: the raw ctx, and " " + raw ending tokenized on its own
     k = [item["ind"] for item in items].index(9003)
     assert requests["completion"][0][k] == tokenizer.encode(items[k]["ctx"])
-    assert [tokenizer.decode(e) for e in requests["completion"][1][k]][0] == " , the girl puts the tube in an oven and bakes it."
+    first_ending = requests["completion"][1][k][0]
+    assert tokenizer.decode(first_ending) == " , the girl puts the tube in an oven and bakes it."
 
 
 def test_accuracies_and_normalisations_by_hand():
@@ -293,7 +304,55 @@ def test_validation_loss_is_the_mean_over_exactly_val_tokens_targets(gpt2, val_d
         ev.validation_loss(gpt2, val_dir, 600, seq_len=64)
 
 
+def test_two_processes_shard_and_gather_to_the_single_process_numbers(tmp_path, gpt2, items, scores, val_dir):
+    gpt2.save_pretrained(tmp_path / "model")
+    script = tmp_path / "distributed_eval.py"
+    script.write_text(f"""
+import json, sys
+sys.path.insert(0, {str(REPO)!r})
+from accelerate import Accelerator
+from transformers import GPT2LMHeadModel
+import eval_hellaswag as ev
+from tokenization_gpt2repro import load_tokenizer
+
+accelerator = Accelerator(cpu=True)
+model = accelerator.prepare(GPT2LMHeadModel.from_pretrained({str(tmp_path / "model")!r}).eval())  # DDP-wrapped
+items = ev.load_hellaswag({str(FIXTURE)!r})
+result = ev.score_hellaswag(model, load_tokenizer(), items, batch_size=4, accelerator=accelerator)
+result["val_loss"] = ev.validation_loss(model, {str(val_dir)!r}, 500, seq_len=64, batch_size=2, accelerator=accelerator)
+with open({str(tmp_path)!r} + f"/rank{{accelerator.process_index}}.json", "w") as f:
+    json.dump(result, f)
+""")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    expected_loss = ev.validation_loss(gpt2, val_dir, 500, seq_len=64)
+    for rank in (0, 1):  # every rank returns the whole result
+        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert [item["ind"] for item in result["per_item"]] == [item["ind"] for item in items]
+        assert_same_scores(result, scores)
+        assert result["val_loss"] == pytest.approx(expected_loss, abs=1e-5)
+
+
 # ---- command line ----
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "cannot download HellaSwag"),  # offline without --data
+        (["--data", "missing.jsonl"], "missing.jsonl: no such file"),
+        (["--data", str(FIXTURE), "--val-data", "."], "no validation shards"),
+    ],
+)
+def test_cli_bad_inputs_are_one_line_errors_before_any_model_loads(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GPT2REPRO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ev, "HELLASWAG_VAL_URL", "http://127.0.0.1:9/hellaswag_val.jsonl")
+    monkeypatch.setattr(sys, "argv", ["eval_hellaswag.py", "--model", "never-loaded", *args])
+    with pytest.raises(SystemExit) as error:
+        ev.main()
+    assert message in str(error.value) and "\n" not in str(error.value)
 
 
 def test_hub_id_offline_is_a_one_line_error():
@@ -314,7 +373,8 @@ def test_cli_end_to_end(tmp_path, gpt2, tokenizer, items, scores, val_dir):
     command = [sys.executable, str(REPO / "eval_hellaswag.py"), "--model", str(official), "--model", str(ours),
                "--data", str(FIXTURE), "--limit", "8", "--batch-size", "3", "--output", str(output),
                "--val-data", str(val_dir), "--val-tokens", "200"]  # fmt: skip
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf")}  # remote code is copied under HF_HOME/modules
+    # remote code is copied under HF_HOME/modules; one thread as in this module
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
     run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert run.returncode == 0, run.stderr
 
@@ -329,4 +389,11 @@ def test_cli_end_to_end(tmp_path, gpt2, tokenizer, items, scores, val_dir):
         assert result["summary"]["val_loss"] == pytest.approx(ev.validation_loss(gpt2, val_dir, 200, 128), abs=1e-4)
     table = run.stdout.splitlines()
     assert table[0].split()[:3] == ["model", "items", "compl"] and len(table) >= 3
-    assert "no tokenizer in" in run.stderr
+    assert "no tokenizer files in" in run.stderr
+
+
+def test_a_weights_only_directory_gets_the_gpt2_tokenizer(tmp_path, gpt2):
+    gpt2.save_pretrained(tmp_path)  # transformers would make an empty tokenizer for this directory
+    model, tokenizer = ev.load_model(str(tmp_path), "cpu", torch.float32)
+    assert len(tokenizer) == 50257 and tokenizer.encode("Hello world") == [15496, 995]
+    assert not model.training
