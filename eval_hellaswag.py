@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
-from token_shards import read_shard
+from token_shards import MANIFEST_NAME, load_manifest, read_shard
 
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 HELLASWAG_VAL_ITEMS = 10_042
@@ -226,6 +226,8 @@ def _batch_logliks(model, contexts: torch.Tensor, endings: torch.Tensor, lengths
     out = model(input_ids=contexts, use_cache=True, **keep_last)
     last = out.logits[:, -1]  # (n, V): predicts each ending's first token
     cache = out.past_key_values
+    if cache is None:
+        raise ValueError(f"{type(model).__name__} returned no KV cache: scoring continues each context's cache")
     cache.batch_repeat_interleave(4)
     logits = model(input_ids=endings, past_key_values=cache, use_cache=True).logits  # (4n, E, V)
 
@@ -286,6 +288,33 @@ def summarize(per_item: list[dict]) -> dict:
     }
 
 
+def _score_items(model, tokenizer, items: list[dict], batch_size: int, progress: bool) -> list[dict]:
+    """Per-item log-likelihoods and lengths under both conventions, in the order of `items`."""
+    requests = encode_requests(tokenizer, items)
+    logliks = {}
+    for convention in ("completion", "lm_eval"):
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(items), desc=f"HellaSwag {convention}", unit="item", leave=False)
+        logliks[convention] = ending_logliks(model, *requests[convention], batch_size, bar)
+        if bar is not None:
+            bar.close()
+    return [
+        {
+            "ind": item["ind"],
+            "label": item["label"],
+            "completion_loglik": logliks["completion"][k].tolist(),
+            "completion_tokens": [len(e) for e in requests["completion"][1][k]],
+            "lm_eval_loglik": logliks["lm_eval"][k].tolist(),
+            "lm_eval_tokens": [len(e) for e in requests["lm_eval"][1][k]],
+            "lm_eval_chars": requests["lm_eval_chars"][k],
+        }
+        for k, item in enumerate(items)
+    ]
+
+
 def score_hellaswag(model, tokenizer, items: list[dict], batch_size: int = 16, accelerator=None, *, progress=False):
     """Both conventions on `items`, `batch_size` items per forward, sharded across the
     accelerator's processes and gathered.
@@ -294,37 +323,15 @@ def score_hellaswag(model, tokenizer, items: list[dict], batch_size: int = 16, a
     "per_item"} on every process. The model is used as given (dtype, autocast) and never modified."""
     model = _plain_module(model, accelerator)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    mine = list(range(rank, len(items), world))  # strided: every rank gets both kinds of items
-    requests = encode_requests(tokenizer, [items[i] for i in mine])
-    logliks = {}
-    for convention in ("completion", "lm_eval"):
-        contexts, endings = requests[convention]
-        bar = None
-        if progress and rank == 0:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(mine), desc=f"HellaSwag {convention}", unit="item", leave=False)
-        logliks[convention] = ending_logliks(model, contexts, endings, batch_size, bar)
-        if bar is not None:
-            bar.close()
-
-    per_item = [
-        {
-            "ind": items[index]["ind"],
-            "label": items[index]["label"],
-            "completion_loglik": logliks["completion"][k].tolist(),
-            "completion_tokens": [len(e) for e in requests["completion"][1][k]],
-            "lm_eval_loglik": logliks["lm_eval"][k].tolist(),
-            "lm_eval_tokens": [len(e) for e in requests["lm_eval"][1][k]],
-            "lm_eval_chars": requests["lm_eval_chars"][k],
-        }
-        for k, index in enumerate(mine)
-    ]
-    if accelerator is not None and world > 1:
+    positions = list(range(rank, len(items), world))  # strided: every rank gets both kinds of items
+    mine = [items[i] for i in positions]
+    per_item = _score_items(model, tokenizer, mine, batch_size, progress and rank == 0) if mine else []
+    if world > 1:
         from accelerate.utils import gather_object
 
         # ranks hold strided slices: the positions in `items` restore the order
-        per_item = [item for _, item in sorted(gather_object(list(zip(mine, per_item))), key=lambda pair: pair[0])]
+        gathered = gather_object(list(zip(positions, per_item)))
+        per_item = [item for _, item in sorted(gathered, key=lambda pair: pair[0])]
     return {**summarize(per_item), "per_item": per_item}
 
 
@@ -332,9 +339,18 @@ def score_hellaswag(model, tokenizer, items: list[dict], batch_size: int = 16, a
 # validation loss on prepare_data.py's shards
 
 
+def val_shard_paths(data_dir: str | Path) -> list[Path]:
+    """The validation shards in stream order: as listed by prepare_data.py's manifest (which also
+    covers part-*-of-* directories), else DIR/*_val_*.bin by name (shards made by llm.c and others)."""
+    data_dir = Path(data_dir)
+    if (data_dir / MANIFEST_NAME).is_file() or any(data_dir.glob(f"part-*-of-*/{MANIFEST_NAME}")):
+        return [data_dir / shard["file"] for shard in load_manifest(data_dir)["shards"] if shard["split"] == "val"]
+    return sorted(data_dir.glob("*_val_*.bin"))
+
+
 def read_val_tokens(data_dir: str | Path, n_tokens: int) -> np.ndarray:
-    """The first `n_tokens` tokens of the validation shards (DIR/*_val_*.bin, in name order)."""
-    paths = sorted(Path(data_dir).glob("*_val_*.bin"))
+    """The first `n_tokens` tokens of the validation split."""
+    paths = val_shard_paths(data_dir)
     if not paths:
         raise FileNotFoundError(f"{data_dir}: no validation shards (*_val_*.bin); write them with prepare_data.py")
     parts, have = [], 0

@@ -320,6 +320,7 @@ model = accelerator.prepare(GPT2LMHeadModel.from_pretrained({str(tmp_path / "mod
 items = ev.load_hellaswag({str(FIXTURE)!r})
 result = ev.score_hellaswag(model, load_tokenizer(), items, batch_size=4, accelerator=accelerator)
 result["val_loss"] = ev.validation_loss(model, {str(val_dir)!r}, 500, seq_len=64, batch_size=2, accelerator=accelerator)
+result["one_item"] = ev.score_hellaswag(model, load_tokenizer(), items[:1], accelerator=accelerator)  # rank 1 idle
 with open({str(tmp_path)!r} + f"/rank{{accelerator.process_index}}.json", "w") as f:
     json.dump(result, f)
 """)
@@ -327,11 +328,34 @@ with open({str(tmp_path)!r} + f"/rank{{accelerator.process_index}}.json", "w") a
     run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     expected_loss = ev.validation_loss(gpt2, val_dir, 500, seq_len=64)
+    first_item = {**ev.summarize(scores["per_item"][:1]), "per_item": scores["per_item"][:1]}
     for rank in (0, 1):  # every rank returns the whole result
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert [item["ind"] for item in result["per_item"]] == [item["ind"] for item in items]
         assert_same_scores(result, scores)
         assert result["val_loss"] == pytest.approx(expected_loss, abs=1e-5)
+        assert_same_scores(result["one_item"], first_item)
+
+
+def test_validation_loss_reads_prepare_data_output_like_the_training_loader(tmp_path, gpt2):
+    import prepare_data
+    from token_shards import ShardedTokenLoader
+
+    corpus = (REPO / "assets" / "tinyshakespeare.txt").read_text()
+    for i in range(2):
+        (tmp_path / f"doc{i}.txt").write_text(corpus[i * 3000 : (i + 1) * 3000])
+    for index in range(2):  # two machines' parts: data/part-0000i-of-00002, validation in part 0
+        prepare_data.main([str(tmp_path / "doc0.txt"), str(tmp_path / "doc1.txt"), "--out", str(tmp_path / "data"),
+                           "--val-tokens", "400", "--shard-tokens", "150", "--num-proc", "1",
+                           "--num-shards", "2", "--shard-index", str(index)])  # fmt: skip
+    assert not list((tmp_path / "data").glob("*.bin"))  # the shards live in the part directories
+
+    loader = ShardedTokenLoader(tmp_path / "data", split="val", batch_size=5, seq_len=64)
+    windows = loader.next_batch()  # the first 5 windows of 64 + 1 tokens, crossing shard boundaries
+    with torch.no_grad():
+        expected = F.cross_entropy(gpt2(windows[:, :-1]).logits.flatten(0, 1), windows[:, 1:].flatten()).item()
+    loss = ev.validation_loss(gpt2, tmp_path / "data", 320, seq_len=64, batch_size=2)
+    assert loss == pytest.approx(expected, abs=1e-5)
 
 
 # ---- command line ----
