@@ -138,8 +138,7 @@ def file_source(inputs: list[str], column: str, part: tuple[int, int] | None) ->
         name=name,
         label=" ".join(inputs),
         description={
-            "type": "files",
-            "inputs": inputs,
+            "type": "files",  # identified by content, not by how the paths were spelled
             "files": len(files),
             "bytes": size,
             "fingerprint": hashlib.sha256(listing.encode()).hexdigest()[:16],
@@ -165,6 +164,9 @@ def hub_source(dataset: str, config: str | None, split: str, column: str, part: 
                 f"cannot open the Hugging Face dataset '{dataset}' ({reason}); without network, pass local "
                 "files instead, e.g. python prepare_data.py path/to/*.parquet --text-column text"
             ) from None
+        if stream.column_names is not None:  # known up front for most datasets: check, and decode only the text
+            _require_column(stream.column_names, column, dataset)
+            stream = stream.select_columns([column])
         if part:
             if stream.num_shards < part[1]:
                 raise SourceError(f"{dataset} has {stream.num_shards} files, fewer than --num-shards {part[1]}")

@@ -248,14 +248,13 @@ class ShardedTokenLoader:
 
     def _window(self, index: int) -> np.ndarray:
         """Tokens of the `index`-th window of the global order (index counts across epochs)."""
-        epoch, rank_in_epoch = divmod(index, self.windows_per_epoch)
+        epoch, window = divmod(index, self.windows_per_epoch)  # window: its place in the epoch's stream
         order, token_starts, first_window = self._epoch_layout(epoch)
-        window = rank_in_epoch
-        if self.shuffle:
-            slot = int(np.searchsorted(first_window, rank_in_epoch, side="right")) - 1
+        if self.shuffle:  # the index-th window of the epoch is a shuffled one of the same shard's windows
+            slot = int(np.searchsorted(first_window, window, side="right")) - 1
             count = int(first_window[slot + 1] - first_window[slot])
             shuffled = self._window_permutation(epoch, slot, count)
-            window = int(first_window[slot] + shuffled[rank_in_epoch - first_window[slot]])
+            window = int(first_window[slot] + shuffled[window - first_window[slot]])
         start = window * self.seq_len
         slot = int(np.searchsorted(token_starts, start, side="right")) - 1
         offset, pieces, needed = start - int(token_starts[slot]), [], self.seq_len + 1
@@ -295,7 +294,7 @@ class ShardedTokenLoader:
         for key in ("split", "seed", "seq_len", "data_id"):
             if state[key] != getattr(self, key):
                 raise ValueError(
-                    f"cannot resume: the saved loader state has {key}={state[key]!r}, this loader {getattr(self, key)!r}; "
-                    "the position would point at different tokens"
+                    f"cannot resume: the saved loader state has {key}={state[key]!r}, this loader "
+                    f"{getattr(self, key)!r}; the saved position would point at other tokens"
                 )
         self.position = int(state["position_windows"])

@@ -23,7 +23,7 @@ OFFLINE = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """A directory of .txt and .jsonl documents of uneven lengths; returns (dir, texts in order)."""
+    """A directory of .txt, .jsonl and .json documents of uneven lengths; returns (dir, texts in order)."""
     root = tmp_path_factory.mktemp("corpus")
     cuts = np.cumsum(np.random.default_rng(0).integers(50, 6000, size=40))
     texts = [SHAKESPEARE[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
@@ -34,6 +34,12 @@ def corpus(tmp_path_factory):
     (root / "c.txt").write_text(texts[25])
     (root / "d.json").write_text(json.dumps([{"text": t} for t in texts[26:]]))
     return root, texts
+
+
+def write(path: Path, data: bytes | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
 
 
 def expected_stream(texts):
@@ -150,7 +156,7 @@ def test_parts_split_the_stream_and_read_as_one_dataset(corpus, tmp_path):
     assert loader.windows_per_epoch == (train_tokens - 1) // 64
 
 
-def test_hub_path_streams_a_dataset_and_splits_it_by_files(tmp_path, monkeypatch):
+def test_hub_path_streams_a_dataset_and_splits_it_by_files(tmp_path, monkeypatch, capsys):
     """--dataset goes through datasets.load_dataset(streaming=True); a local dataset dir keeps it offline."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -159,20 +165,13 @@ def test_hub_path_streams_a_dataset_and_splits_it_by_files(tmp_path, monkeypatch
         write(tmp_path / "hub" / name, "".join(json.dumps({"text": t}) + "\n" for t in rows))
     prepare("--dataset", tmp_path / "hub", "--out", tmp_path / "whole", "--val-tokens", 100, "--num-proc", 1)
     assert np.array_equal(stream(tmp_path / "whole"), expected_stream(texts))
+    part_args = ["--dataset", tmp_path / "hub", "--out", tmp_path / "parts", "--num-shards", 2, "--val-tokens", 100]
     for index in (0, 1):
-        prepare(
-            "--dataset",
-            tmp_path / "hub",
-            "--out",
-            tmp_path / "parts",
-            "--num-shards",
-            2,
-            "--shard-index",
-            index,
-            "--val-tokens",
-            100,
-        )
+        prepare(*part_args, "--shard-index", index)
     assert np.array_equal(stream(tmp_path / "parts"), expected_stream(texts))
+    with pytest.raises(SystemExit, match="1"):
+        prepare("--dataset", tmp_path / "hub", "--text-column", "body", "--out", tmp_path / "bad")
+    assert "no column 'body' (columns: text)" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_parquet_files_including_binary_text(tmp_path):
@@ -211,12 +210,6 @@ def test_non_utf8_documents_are_skipped_and_counted(tmp_path):
     assert "skipped 1 documents with non-UTF-8 bytes" in result.stderr and "a.jsonl:2" in result.stderr
     assert load_manifest(tmp_path / "out")["skipped_documents"] == 1
     assert np.array_equal(stream(tmp_path / "out"), expected_stream(["good one", "good two"]))
-
-
-def write(path: Path, data: bytes | str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data.encode() if isinstance(data, str) else data)
-    return path
 
 
 def parquet(path: Path) -> Path:

@@ -99,11 +99,15 @@ def test_weight_decay_only_on_matrices_and_embeddings():
 
 def test_loss_drops_and_the_run_leaves_its_artefacts(data_dir, tmp_path, capsys):
     run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 40, "--micro-batch-size", 8,
-                   "--total-batch-tokens", 8 * SEQ, "--eval-every", 20, "--sample-tokens", 8)
+                   "--total-batch-tokens", 8 * SEQ, "--eval-every", 20, "--sample-tokens", 8,
+                   "--hellaswag", REPO / "tests" / "fixtures" / "hellaswag_tiny.jsonl", "--log-with", "tensorboard")
     rows = metrics(tmp_path)
     losses = [r["loss"] for r in rows if "loss" in r]
     val = [r["val_loss"] for r in rows if "val_loss" in r]
-    assert len(losses) == 40 and len(val) == 2
+    hellaswag = [r["hellaswag_acc_norm"] for r in rows if "hellaswag_acc_norm" in r]
+    assert len(losses) == 40 and len(val) == 2 and len(hellaswag) == 2
+    assert all(0.0 <= acc <= 1.0 for acc in hellaswag)
+    assert list(tmp_path.rglob("events.out.tfevents.*"))  # the tensorboard tracker wrote
     assert losses[0] > 10.0  # ln(50257) = 10.8 at GPT-2 init
     assert sum(losses[-5:]) / 5 < losses[0] - 3.0
     assert val[1] < val[0]
