@@ -30,7 +30,7 @@ from eval_hellaswag import load_hellaswag, score_hellaswag, validation_loss
 from configuration_gpt2repro import GPT2ReproConfig
 from modeling_gpt2repro import GPT2ReproForCausalLM
 from throughput import device_peak_flops, flops_per_token, mfu
-from token_shards import ShardedTokenLoader, ShardError, check_tokenizer
+from token_shards import ShardedTokenLoader, ShardError, check_tokenizer, load_manifest
 from tokenization_gpt2repro import load_tokenizer
 
 GPT2_124M_FINEWEB_EDU_VAL_LOSS = 3.2924  # official GPT-2 124M on FineWeb-Edu val (build-nanogpt)
@@ -45,21 +45,21 @@ class Settings:
     data_dir: str = "data/tinyshakespeare"  # prepare_data.py output
     run_dir: str = "runs/tiny-shakespeare"
     # token layout of each optimizer step: total = micro-batch x seq-len x processes x accumulation
-    total_batch_tokens: int = 16_384
+    total_batch_tokens: int = 8_192
     micro_batch_size: int = 16
     seq_len: int = 256
     # optimization: AdamW, linear warmup then cosine to min_lr_ratio x lr
-    max_steps: int = 300
+    max_steps: int = 80  # ~2 epochs of tiny-Shakespeare: minutes on a laptop CPU
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 30
+    warmup_steps: int = 10
     weight_decay: float = 0.1  # on >=2-D parameters only
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
     # evaluation, samples, checkpoints
-    eval_every: int = 100  # validation loss, HellaSwag and samples; 0 = only at the end
-    val_tokens: int = 32_768
+    eval_every: int = 40  # validation loss, HellaSwag and samples; 0 = only at the end
+    val_tokens: int = 16_384
     hellaswag: str = "off"  # off | auto (cached or downloaded, skipped if unavailable) | path to a jsonl
     hellaswag_limit: int = 0  # 0 = all items
     sample_tokens: int = 32
@@ -144,6 +144,12 @@ def check_settings(s: Settings, model_config: GPT2ReproConfig, world_size: int) 
         )
     if not Path(s.data_dir).is_dir():
         raise SettingsError(f"--data-dir {s.data_dir}: no such directory; create it with python prepare_data.py")
+    check_tokenizer(s.data_dir)  # shards from another tokenizer would train on the wrong ids
+    val_available = load_manifest(s.data_dir)["splits"]["val"]["tokens"] - 1  # -1: the last one is only a target
+    if s.val_tokens > val_available:  # found now, not after hours of training at the first evaluation
+        raise SettingsError(
+            f"--val-tokens {s.val_tokens:,} exceeds the {val_available:,} validation tokens in {s.data_dir}; lower it"
+        )
     if s.hellaswag not in ("off", "auto") and not Path(s.hellaswag).is_file():
         raise SettingsError(f"--hellaswag {s.hellaswag}: no such file; pass a hellaswag jsonl, 'auto' or 'off'")
     for name in ("max_steps", "micro_batch_size", "seq_len", "total_batch_tokens"):
@@ -401,7 +407,6 @@ def main(argv=None):
         raise SettingsError(f"--model {s.model}: unknown; choose one of {', '.join(MODEL_PRESETS)}")
     model_config = GPT2ReproConfig.from_preset(s.model)
     grad_accum_steps = check_settings(s, model_config, world)
-    check_tokenizer(s.data_dir)
     resume_from = find_resume_checkpoint(s.resume, run_dir)
     compile_model = s.compile if s.compile is not None else device.type == "cuda"
 

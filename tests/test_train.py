@@ -241,6 +241,7 @@ def test_bad_settings_each_give_a_one_line_error(data_dir, tmp_path):
         "no such directory; create it with python prepare_data.py": ["--data-dir", tmp_path / "missing"],
         "tokenizer": ["--data-dir", foreign],
         "not a complete checkpoint": ["--data-dir", data_dir, "--resume", tmp_path / "nope"],
+        "validation tokens in": ["--data-dir", data_dir, "--val-tokens", 10**6],
     }
     for expected, args in cases.items():
         result = subprocess.run([sys.executable, str(REPO / "train.py"), *TINY, "--run-dir", str(tmp_path / "r"),
