@@ -30,6 +30,7 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from document_sources import FILE_TYPES, Source, SourceError, file_source, hub_source
 from token_shards import (
@@ -238,8 +239,6 @@ def prepare(source: Source, out_dir: Path, val_tokens: int, shard_tokens: int, n
     if writer.accepted:
         print(f"resuming after {len(manifest['shards'])} shards ({writer.accepted:,} tokens)", file=sys.stderr)
 
-    from tqdm import tqdm
-
     start_time, resumed_at = time.perf_counter(), writer.accepted
     # Skipping re-reads the documents already written, without tokenizing them (on the Hub: re-streams).
     documents = islice(source.documents(), writer.next_document, None)
@@ -304,7 +303,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard")
     parser.add_argument("--num-proc", type=int, default=_cpu_count(), help="tokenizer processes (default: all cores)")
     parser.add_argument("--num-shards", type=int, default=1, help="split the input files over K machines ...")
-    parser.add_argument("--shard-index", type=int, default=0, help="... of which this is machine i (0-based); it writes OUT/part-i-of-K")
+    parser.add_argument(
+        "--shard-index", type=int, default=0, help="... of which this is machine i, writing OUT/part-i-of-K"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     parser.add_argument("--strict", action="store_true", help="fail on non-UTF-8 input instead of skipping it")
     args = parser.parse_args(argv)
