@@ -168,7 +168,8 @@ class GPT2ReproModel(GPT2ReproPreTrainedModel):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)  # (B, T, C)
-        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if use_cache is None:  # a KV cache only helps decoding; training would build one per step for nothing
+            use_cache = self.config.use_cache and not self.training
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
 
@@ -194,6 +195,68 @@ class GPT2ReproModel(GPT2ReproPreTrainedModel):
             hidden_states = block(hidden_states, mask, past_key_values if use_cache else None, **kwargs)
         hidden_states = self.ln_f(hidden_states)
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values if use_cache else None)
+
+
+# ---- training loss without the (tokens x vocab) logits ----
+# At GPT-2's widths the lm_head is the largest matmul and its logits the largest activation: B*T x 50,257
+# floats, kept in fp32 for the softmax and again for its gradient. Like Liger-Kernel's fused linear
+# cross-entropy, we walk the tokens in chunks and compute each chunk's loss *and* its gradients in the
+# forward pass, so no logits outlive their chunk and backward is a multiplication.
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `hidden @ weight[:vocab_size].T` against `targets`, chunk by chunk."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, vocab_size: int, chunk_size: int, dtype: torch.dtype):
+        # hidden (N, C), weight (V_padded, C), targets (N,) with -100 where ignored; matmuls run in `dtype`.
+        w = weight.to(dtype)
+        # The padding rows are computed (a multiple-of-64 width makes every matmul here faster) but masked out of
+        # the softmax: they get probability 0, so no gradient, and never count in the loss.
+        padding = torch.arange(weight.shape[0], device=weight.device) >= vocab_size
+        loss = hidden.new_zeros((), dtype=torch.float32)
+        grad_hidden = torch.empty_like(hidden)
+        for start in range(0, hidden.shape[0], chunk_size):
+            h, t = hidden[start : start + chunk_size].to(dtype), targets[start : start + chunk_size]
+            keep = (t != -100).unsqueeze(1)  # (n, 1)
+            t = t.masked_fill(~keep.squeeze(1), 0).unsqueeze(1)  # any valid index: the row is masked out
+            logits = (h @ w.t()).masked_fill_(padding, float("-inf"))  # (n, V_padded)
+            logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # fp32 whatever the matmul dtype
+            target_logp = logp.gather(1, t)  # (n, 1)
+            loss -= target_logp.masked_fill(~keep, 0.0).sum()
+            # d(loss)/d(logits) = softmax - one_hot(target), rows of ignored tokens zeroed through h and the output.
+            # The target's entry p - 1 is computed in fp32 (it rounds to 0 in bf16 when p is near 1) and scattered
+            # after the cast, so that compile fuses log_softmax, exp and cast into one pass without an fp32 copy.
+            grad_logits = logp.exp_().to(dtype).scatter_(1, t, torch.expm1(target_logp).to(dtype))
+            grad_hidden[start : start + chunk_size] = (grad_logits @ w) * keep
+            # Summed in the matmul dtype, in place: an fp32 sum costs a pass over (V, C) per chunk (and compile
+            # keeps every chunk's term alive to fuse the adds), while the bf16 sum's error stays below that
+            # of the plain autocast path's gradient (measured, benchmarks/RESULTS.md).
+            terms = (grad_logits.t(), h * keep)
+            grad_w = torch.mm(*terms) if start == 0 else grad_w.addmm_(*terms)
+        ctx.save_for_backward(grad_hidden, grad_w.to(weight.dtype))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_loss, grad_weight * grad_loss, None, None, None, None
+
+
+def fused_causal_lm_loss(
+    hidden_states, weight, labels, vocab_size, num_items_in_batch=None, shift_labels=None, chunk_size=1024, **kwargs
+):
+    """transformers' ForCausalLMLoss (shifted inside, -100 ignored, mean, or sum / num_items_in_batch), no logits."""
+    if shift_labels is None:  # position t predicts label t+1; the last position predicts nothing
+        shift_labels = F.pad(labels, (0, 1), value=-100)[..., 1:]
+    targets = shift_labels.reshape(-1).to(hidden_states.device)
+    hidden = hidden_states.reshape(-1, hidden_states.shape[-1])
+    device_type = hidden.device.type
+    autocast = torch.is_autocast_enabled(device_type)
+    dtype = torch.get_autocast_dtype(device_type) if autocast else weight.dtype
+    with torch.autocast(device_type, enabled=False):  # dtypes are explicit inside
+        loss = LinearCrossEntropy.apply(hidden, weight, targets, vocab_size, chunk_size, dtype)
+    return loss / (num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum())
 
 
 class GPT2ReproForCausalLM(GPT2ReproPreTrainedModel, GenerationMixin):
@@ -230,7 +293,12 @@ class GPT2ReproForCausalLM(GPT2ReproPreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast:
         """Returns the loss given `labels` (Hugging Face semantics: labels = input_ids, shifted inside, -100
         ignored) or `shift_labels` (already aligned: position t predicts shift_labels[:, t]; the trainer's
-        (T+1)-token windows use this so that every token is a target)."""
+        (T+1)-token windows use this so that every token is a target).
+
+        A training step (train mode, grad enabled, labels given) returns `logits=None`: its loss comes straight
+        from the hidden states through `fused_causal_lm_loss`, which never holds the (tokens x vocab) logits.
+        Eval, generation and no-grad calls return logits as usual.
+        """
         outputs = self.transformer(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -241,11 +309,18 @@ class GPT2ReproForCausalLM(GPT2ReproPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
+        has_labels = labels is not None or shift_labels is not None
+        if has_labels and self.training and torch.is_grad_enabled():
+            loss = fused_causal_lm_loss(
+                hidden_states, self.lm_head.weight, labels, self.config.vocab_size, shift_labels=shift_labels, **kwargs
+            )
+            return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=outputs.past_key_values)
         # Generation only needs the last position's logits.
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])[..., : self.config.vocab_size]
+        # Only the tokenizer's rows: contiguous logits, and padding ids can never be predicted.
+        logits = F.linear(hidden_states[:, keep, :], self.lm_head.weight[: self.config.vocab_size])
         loss = None
-        if labels is not None or shift_labels is not None:
+        if has_labels:
             shift_labels = shift_labels.contiguous() if shift_labels is not None else None  # a window slice is not
             loss = self.loss_function(
                 logits=logits, labels=labels, shift_labels=shift_labels, vocab_size=self.config.vocab_size, **kwargs

@@ -1,0 +1,81 @@
+"""Model FLOPs utilisation: the FLOPs a training token costs, and the device peak to divide by.
+
+MFU = tokens/s * flops_per_token / peak. The peak comes from the vendor table for the GPUs GPT-2 is
+usually trained on, and is otherwise measured once with a matmul in the training dtype, so a CPU run
+reports utilisation of what this machine can actually do (its bf16 peak depends on AMX, not a datasheet).
+"""
+
+import functools
+import time
+
+import torch
+
+# Dense bf16 tensor-core peaks from NVIDIA's datasheets (the sparsity figures are twice these).
+# Matched in order against torch.cuda.get_device_name: the specific variants before the family.
+GPU_BF16_PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),  # SXM5, named "NVIDIA H100 80GB HBM3"
+    ("H200 NVL", 835.0),
+    ("H200", 989.0),
+    ("A100", 312.0),  # SXM and PCIe alike
+)
+
+
+def flops_per_token(config, seq_len: int) -> float:
+    """Training FLOPs per token, PaLM appendix B convention: 6N + 12 * n_layer * n_embd * seq_len.
+
+    N counts the weights a token is multiplied by: every block (attention and MLP matrices, biases,
+    LayerNorms), ln_f, and the lm_head over the tokenizer's vocab_size rows (the tied wte, counted
+    once; its padding rows are never computed). wpe is excluded: a position embedding is a lookup.
+    6N is 2 FLOPs per weight forward and 4 backward. The attention term is QK^T and AV, forward and
+    backward, over the full T x T square (the causal half is not subtracted, as in PaLM and nanoGPT).
+    Works with our config and with transformers' GPT2Config (same field names).
+    """
+    L, C, V = config.n_layer, config.n_embd, config.vocab_size
+    per_block = 12 * C * C + 13 * C  # c_attn 3C^2+3C, attn c_proj C^2+C, c_fc 4C^2+4C, mlp c_proj 4C^2+C, 2 LN 4C
+    n = L * per_block + 2 * C + V * C  # + ln_f + lm_head
+    return 6.0 * n + 12.0 * L * C * seq_len
+
+
+def mfu(tokens_per_second: float, flops_per_token: float, peak_flops: float) -> float:
+    """Fraction of the peak the model's useful FLOPs reach (0.4 means 40%)."""
+    return tokens_per_second * flops_per_token / peak_flops
+
+
+@functools.cache
+def device_peak_flops(device, dtype=torch.bfloat16) -> tuple[float, str]:
+    """(peak FLOP/s, where it came from): the datasheet for known GPUs in bf16, else a measured matmul probe."""
+    device = torch.device(device)
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in GPU_BF16_PEAK_TFLOPS:
+            if key in name:
+                return tflops * 1e12, f"table: {name} bf16 dense {tflops:.0f} TFLOP/s"
+    flops = _matmul_probe(device, dtype)
+    unit, scale = ("TFLOP/s", 1e12) if flops >= 1e12 else ("GFLOP/s", 1e9)
+    return flops, f"measured {str(dtype).removeprefix('torch.')} matmul probe on {device.type}: {flops / scale:.0f} {unit}"
+
+
+def _matmul_probe(device, dtype, repeats=10) -> float:
+    """Best of several square matmuls: large enough to be compute-bound, small enough to take a second."""
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for i in range(repeats + 2):  # the first two warm up the kernels
+        _sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        if i >= 2:
+            best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+__all__ = ["flops_per_token", "device_peak_flops", "mfu"]
