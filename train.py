@@ -49,16 +49,16 @@ class Settings:
     micro_batch_size: int = 16
     seq_len: int = 256
     # optimization: AdamW, linear warmup then cosine to min_lr_ratio x lr
-    max_steps: int = 100  # ~1.3 epochs of tiny-Shakespeare: minutes on a laptop CPU
+    max_steps: int = 60  # 246k tokens of tiny-Shakespeare: a few minutes on a laptop CPU
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 10
+    warmup_steps: int = 6
     weight_decay: float = 0.1  # on >=2-D parameters only
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
     # evaluation, samples, checkpoints
-    eval_every: int = 50  # validation loss, HellaSwag and samples; 0 = only at the end
+    eval_every: int = 30  # validation loss, HellaSwag and samples; 0 = only at the end
     val_tokens: int = 16_384
     hellaswag: str = "off"  # off | auto (cached or downloaded, skipped if unavailable) | path to a jsonl
     hellaswag_limit: int = 0  # 0 = all items
