@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
+from throughput import keep_freed_memory_for_reuse
 from token_shards import MANIFEST_NAME, load_manifest, read_shard
 
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -458,6 +459,8 @@ def main():
     if len(set(args.model)) != len(args.model):
         parser.error("each --model may appear once")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device == "cpu":
+        keep_freed_memory_for_reuse()  # each batch's logits reuse the last one's memory instead of faulting it in
 
     try:  # bad data fails here, before any model is loaded
         items = load_hellaswag(args.data, args.limit)

@@ -1,12 +1,18 @@
-"""Model FLOPs utilisation: the FLOPs a training token costs, and the device peak to divide by.
+"""Training throughput: the FLOPs a token costs, the device peak to divide by, and the CPU allocator setting.
 
 MFU = tokens/s * flops_per_token / peak. The peak comes from the vendor table for the GPUs GPT-2 is
 usually trained on, and is otherwise measured once with a matmul in the training dtype, so a CPU run
 reports utilisation of what this machine can actually do (its bf16 peak depends on AMX, not a datasheet).
 """
 
+import ctypes
+import ctypes.util
 import functools
+import os
+import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -73,9 +79,44 @@ def _matmul_probe(device, dtype, repeats=10) -> float:
     return 2 * n**3 / best
 
 
+def device_name(device) -> str:
+    """The GPU's name, or the CPU's model and core count, for benchmark records."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
+
+
+def keep_freed_memory_for_reuse() -> bool:
+    """Make glibc's malloc keep freed memory in the process instead of handing it back to the kernel.
+
+    A CPU training step frees and reallocates the same large buffers (activations, gradients, lm_head
+    chunks) every step. glibc serves each allocation above its mmap threshold (at most 32 MiB) with a fresh
+    mmap and unmaps it on free, so every step faults in those bytes again, one zero-filled 4 KiB page at a
+    time: ~800,000 page faults and over a third of the step time for the tiny model on a 2-core VM (measured,
+    benchmarks/RESULTS.md). With mmap off and trimming deferred, the second step reuses the first one's
+    memory; the cost is that the process keeps its peak heap, as PyTorch's own CUDA caching allocator does.
+    The same effect as preloading jemalloc or tcmalloc, without asking the user to. Returns whether it applied
+    (Linux with glibc only; a no-op elsewhere).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other libcs have no mallopt
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-__all__ = ["flops_per_token", "device_peak_flops", "mfu"]
+__all__ = ["flops_per_token", "device_peak_flops", "mfu", "device_name", "keep_freed_memory_for_reuse"]

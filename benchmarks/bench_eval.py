@@ -11,7 +11,6 @@ log-likelihoods of both must agree, so the comparison is between equal results.
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ sys.path.insert(0, str(REPO))
 from configuration_gpt2repro import PRESETS, GPT2ReproConfig  # noqa: E402
 from eval_hellaswag import encode_requests, ending_logliks, load_hellaswag, score_hellaswag  # noqa: E402
 from modeling_gpt2repro import GPT2ReproForCausalLM  # noqa: E402
+from throughput import device_name, keep_freed_memory_for_reuse  # noqa: E402
 from tokenization_gpt2repro import get_encoding, load_tokenizer  # noqa: E402
 
 FIXTURE = REPO / "tests" / "fixtures" / "hellaswag_tiny.jsonl"
@@ -71,7 +71,15 @@ def main():
     parser.add_argument("--batch-size", type=int, default=16, help="items per forward for eval_hellaswag")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each; the fastest counts")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--reuse-memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="glibc keeps freed memory, as eval_hellaswag.py sets on CPU (one process: both sides alike)",
+    )
     args = parser.parse_args()
+    if args.reuse_memory:
+        keep_freed_memory_for_reuse()
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -90,8 +98,9 @@ def main():
         f"context {np.mean([len(c) for c in contexts]):.1f}, ending {ending_tokens:.1f}"
     )
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}"
+        f"machine: {device_name('cpu')}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, reuse memory {'on' if args.reuse_memory else 'off'}, "
+        f"load average {os.getloadavg()[0]:.2f}"
     )
 
     # warm up both paths (allocator, oneDNN kernels) on a few items

@@ -23,7 +23,6 @@ import argparse
 import datetime
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
-from throughput import device_peak_flops, flops_per_token, mfu  # noqa: E402
+from throughput import device_name, device_peak_flops, flops_per_token, keep_freed_memory_for_reuse, mfu  # noqa: E402
 
 CPU_DEFAULTS = dict(n_layer=6, n_head=6, n_embd=384, seq=256, batch=8)
 CUDA_DEFAULTS = dict(n_layer=12, n_head=12, n_embd=768, seq=1024, batch=None)  # None: largest that fits
@@ -66,6 +65,8 @@ class Worker:
 
     def __init__(self, side, args):
         torch.manual_seed(0)
+        if args.reuse_memory and args.device == "cpu":  # both sides alike, as train.py does on CPU
+            keep_freed_memory_for_reuse()
         if args.threads:
             torch.set_num_threads(args.threads)
         self.side, self.args, self.device = side, args, torch.device(args.device)
@@ -181,6 +182,12 @@ def main():
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per side (compilation included)")
     parser.add_argument("--rounds", type=int, default=6, help="alternating rounds")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per side per round")
+    parser.add_argument(
+        "--reuse-memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="CPU: glibc keeps freed memory (train.py's setting), in both workers",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default)")
     args = parser.parse_args()
     defaults = CUDA_DEFAULTS if args.device.startswith("cuda") else CPU_DEFAULTS
@@ -224,11 +231,11 @@ def main():
 
     tokens = args.batch * args.seq
     tok_s = {side: tokens / statistics.median(times[side]) for side in times}
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_name()
-    print(f"date {datetime.date.today()} | {device_name} | torch {torch.__version__} | threads {torch.get_num_threads()}")
+    print(f"date {datetime.date.today()} | {device_name(args.device)} | torch {torch.__version__} | threads {torch.get_num_threads()}")
     print(
         f"config n_layer {args.n_layer}, n_head {args.n_head}, n_embd {args.n_embd}, seq {args.seq}, batch {args.batch} "
         f"| {args.precision} | compile {'on' if args.compile else 'off'} | HF vocab {args.hf_vocab} "
+        f"| reuse memory {'on' if args.reuse_memory and args.device == 'cpu' else 'off'} "
         f"| {args.rounds} rounds x {args.steps} steps after {args.warmup} warm-up"
     )
     print(f"load average: start {start_load[0]:.2f}, per round {', '.join(f'{x:.2f}' for x in loads)}")
@@ -252,13 +259,6 @@ def main():
 
 def format_memory(memory):
     return "  ".join(f"{key.replace('_', ' ')} {value / 2**20:,.0f} MiB" for key, value in memory.items())
-
-
-def cpu_name():
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,65 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from configuration_gpt2repro import GPT2ReproConfig
+from modeling_gpt2repro import GPT2ReproForCausalLM
+from throughput import device_peak_flops, flops_per_token, mfu
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("preset", ["tiny", "gpt2"])
+def test_flops_per_token_is_6n_plus_attention(preset):
+    # N counted from the model itself: every parameter except the position table (a lookup) and the
+    # lm_head's padding rows (never computed); the tied wte/lm_head once.
+    config = GPT2ReproConfig.from_preset(preset)
+    with torch.device("meta"):
+        model = GPT2ReproForCausalLM(config)
+    n = sum(p.numel() for p in model.parameters())  # parameters() yields the tied matrix once
+    n -= model.transformer.wpe.weight.numel() + (config.padded_vocab_size - config.vocab_size) * config.n_embd
+    seq = 1024
+    attention = 12 * config.n_layer * config.n_embd * seq
+    assert flops_per_token(config, seq) == 6 * n + attention
+    if preset == "gpt2":  # the figure nanoGPT and PaLM's appendix give for GPT-2 124M at T = 1024
+        assert flops_per_token(config, seq) / 1e6 == pytest.approx(6 * 123.65 + 113.2, abs=1.0)
+
+
+def test_mfu_and_cpu_peak():
+    peak, source = device_peak_flops("cpu", torch.float32)
+    assert peak > 1e9 and "measured float32 matmul probe on cpu" in source
+    assert mfu(1000.0, 2e9, 4e12) == pytest.approx(0.5)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
+def test_freed_memory_is_reused_without_page_faults():
+    # A training step's pattern in miniature: the same large buffers freed and allocated again. glibc's default
+    # unmaps them and faults every 4 KiB page back in on each cycle; with keep_freed_memory_for_reuse the heap
+    # settles after a few cycles and then reuses its memory.
+    code = """
+import resource, sys, torch
+from throughput import keep_freed_memory_for_reuse
+applied = keep_freed_memory_for_reuse() if sys.argv[1] == "on" else False
+faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+per_cycle = []
+for _ in range(12):
+    before = faults()
+    big, small = torch.ones(16 * 2**20), torch.ones(3 * 2**20)  # 64 and 12 MiB
+    del big, small
+    per_cycle.append(faults() - before)
+print(applied, sum(per_cycle[6:]))
+"""
+
+    def steady_state_faults(mode):
+        out = subprocess.run([sys.executable, "-c", code, mode], cwd=REPO, capture_output=True, text=True, check=True)
+        applied, faults = out.stdout.split()
+        return applied == "True", int(faults)
+
+    applied, faults_on = steady_state_faults("on")
+    _, faults_off = steady_state_faults("off")
+    assert applied
+    assert faults_off > 6 * 16_000  # each cycle faults the 64 MiB buffer back in (16,384 pages)
+    assert faults_on < 1_000
