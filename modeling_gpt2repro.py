@@ -244,13 +244,16 @@ class LinearCrossEntropy(torch.autograd.Function):
 
 
 def fused_causal_lm_loss(
-    hidden_states, weight, labels, vocab_size, num_items_in_batch=None, shift_labels=None, chunk_size=1024, **kwargs
+    hidden_states, weight, labels, vocab_size, num_items_in_batch=None, shift_labels=None, chunk_size=None, **kwargs
 ):
     """transformers' ForCausalLMLoss (shifted inside, -100 ignored, mean, or sum / num_items_in_batch), no logits."""
     if shift_labels is None:  # position t predicts label t+1; the last position predicts nothing
         shift_labels = F.pad(labels, (0, 1), value=-100)[..., 1:]
     targets = shift_labels.reshape(-1).to(hidden_states.device)
     hidden = hidden_states.reshape(-1, hidden_states.shape[-1])
+    # 512 rows keep a chunk's logits small (memory) while its matmuls stay efficient (benchmarks/RESULTS.md); at
+    # most 16 chunks, because torch.compile unrolls the loop (a 64 x 1024-token GPU micro-batch would be 128).
+    chunk_size = chunk_size or max(512, -(-hidden.shape[0] // 16))
     device_type = hidden.device.type
     autocast = torch.is_autocast_enabled(device_type)
     dtype = torch.get_autocast_dtype(device_type) if autocast else weight.dtype
