@@ -63,3 +63,19 @@ print(applied, sum(per_cycle[6:]))
     assert applied
     assert faults_off > 6 * 16_000  # each cycle faults the 64 MiB buffer back in (16,384 pages)
     assert faults_on < 1_000
+
+
+def test_compiles_as_one_graph_for_training_and_evaluation(tiny_config):
+    # A graph break splits what torch.compile can fuse and falls back to Python between the pieces.
+    model = GPT2ReproForCausalLM(tiny_config)
+    ids = torch.randint(0, tiny_config.vocab_size, (2, 16))
+    calls = {
+        "train, labels": lambda: model.train()(ids, labels=ids),
+        "train, shift_labels (train.py)": lambda: model.train()(ids, shift_labels=ids),
+        "eval, logits": lambda: model.eval()(ids, use_cache=False),
+    }
+    for name, call in calls.items():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            explanation = torch._dynamo.explain(call)()
+        assert explanation.graph_break_count == 0, f"{name}: {[b.reason for b in explanation.break_reasons]}"
+        assert explanation.graph_count == 1, name
