@@ -383,7 +383,9 @@ def validation_loss(model, data_dir, val_tokens: int, seq_len: int = 1024, batch
             if group:
                 window = tokens[torch.tensor(group).unsqueeze(1) + torch.arange(length + 1)].to(device)
                 logits = model(input_ids=window[:, :-1], use_cache=False).logits
-                loss_sum -= _token_logprobs(logits, window[:, 1:]).sum(dtype=torch.float64)
+                # a window at a time: the fp32 log-softmax of a whole batch would be 4x its bf16 logits again
+                for window_logits, targets in zip(logits, window[:, 1:]):
+                    loss_sum -= _token_logprobs(window_logits, targets).sum(dtype=torch.float64)
     if accelerator is not None and world > 1:
         loss_sum = accelerator.reduce(loss_sum, reduction="sum")
     return float(loss_sum) / val_tokens

@@ -288,9 +288,12 @@ def evaluate(accelerator, model, tokenizer, s: Settings, hellaswag_items) -> dic
     """Validation loss and HellaSwag on the uncompiled module, so no shape triggers a recompile."""
     model.eval()
     results = {}
+    # Evaluation returns full (windows x seq x vocab) logits. On CPU, where the heap keeps what it once held
+    # (keep_freed_memory_for_reuse), ~1,024 tokens per forward: 16 tiny-preset windows tripled the peak RSS.
+    val_batch = s.micro_batch_size if accelerator.device.type == "cuda" else max(1, 1024 // s.seq_len)
     with torch.no_grad(), accelerator.autocast():
         results["val_loss"] = validation_loss(
-            model, s.data_dir, s.val_tokens, seq_len=s.seq_len, batch_size=s.micro_batch_size, accelerator=accelerator
+            model, s.data_dir, s.val_tokens, seq_len=s.seq_len, batch_size=val_batch, accelerator=accelerator
         )
         if hellaswag_items:
             scores = score_hellaswag(model, tokenizer, hellaswag_items, batch_size=16, accelerator=accelerator)
