@@ -6,7 +6,6 @@ reports utilisation of what this machine can actually do (its bf16 peak depends 
 """
 
 import ctypes
-import ctypes.util
 import functools
 import os
 import platform
@@ -97,21 +96,25 @@ def keep_freed_memory_for_reuse() -> bool:
     A CPU training step frees and reallocates the same large buffers (activations, gradients, lm_head
     chunks) every step. glibc serves each allocation above its mmap threshold (at most 32 MiB) with a fresh
     mmap and unmaps it on free, so every step faults in those bytes again, one zero-filled 4 KiB page at a
-    time: ~800,000 page faults and over a third of the step time for the tiny model on a 2-core VM (measured,
-    benchmarks/RESULTS.md). With mmap off and trimming deferred, the second step reuses the first one's
-    memory; the cost is that the process keeps its peak heap, as PyTorch's own CUDA caching allocator does.
-    The same effect as preloading jemalloc or tcmalloc, without asking the user to. Returns whether it applied
-    (Linux with glibc only; a no-op elsewhere).
+    time: ~800,000 page faults and 37-48% of the step time for the tiny model on a 2-core VM (measured,
+    benchmarks/RESULTS.md). With mmap off and trimming deferred, the main heap keeps and reuses that memory
+    (threads other than the main one still get mmapped buffers, but training allocates on the main thread);
+    the cost is that the process keeps its peak heap, as PyTorch's CUDA caching allocator does. Returns
+    whether it applied: only with glibc (not musl, macOS or Windows), and not where another allocator such
+    as jemalloc was preloaded in its place.
     """
-    if not sys.platform.startswith("linux"):
+    if "CS_GNU_LIBC_VERSION" not in getattr(os, "confstr_names", {}):  # not glibc: musl, macOS, Windows
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and other libcs have no mallopt
+        glibc = ctypes.CDLL("libc.so.6")
+        in_use = ctypes.CDLL(None)  # symbols as this process resolves them: a preloaded allocator comes first
+    except OSError:
+        return False
+    address = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
+    if address(in_use.malloc) != address(glibc.malloc):  # jemalloc, tcmalloc, ...: glibc's settings would not apply
         return False
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    return bool(glibc.mallopt(M_MMAP_MAX, 0)) and bool(glibc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def _sync(device):
