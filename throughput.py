@@ -9,7 +9,6 @@ import ctypes
 import functools
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 

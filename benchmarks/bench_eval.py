@@ -78,8 +78,7 @@ def main():
         help="glibc keeps freed memory, as eval_hellaswag.py sets on CPU (one process: both sides alike)",
     )
     args = parser.parse_args()
-    if args.reuse_memory:
-        keep_freed_memory_for_reuse()
+    reuses_memory = args.reuse_memory and keep_freed_memory_for_reuse()  # False where glibc's malloc is not in use
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -99,7 +98,7 @@ def main():
     )
     print(
         f"machine: {device_name('cpu')}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, reuse memory {'on' if args.reuse_memory else 'off'}, "
+        f"{torch.get_num_threads()} threads, reuse memory {'on' if reuses_memory else 'off'}, "
         f"load average {os.getloadavg()[0]:.2f}"
     )
 

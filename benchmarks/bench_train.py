@@ -65,8 +65,8 @@ class Worker:
 
     def __init__(self, side, args):
         torch.manual_seed(0)
-        if args.reuse_memory and args.device == "cpu":  # both sides alike, as train.py does on CPU
-            keep_freed_memory_for_reuse()
+        # both sides alike, as train.py does on CPU; False where glibc's malloc is not the one in use
+        self.reuses_memory = args.reuse_memory and args.device == "cpu" and keep_freed_memory_for_reuse()
         if args.threads:
             torch.set_num_threads(args.threads)
         self.side, self.args, self.device = side, args, torch.device(args.device)
@@ -108,7 +108,9 @@ class Worker:
         else:
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak RSS
         params = sum(p.numel() for p in self.model.parameters())
-        return dict(params=params, flops_per_token=flops_per_token(self.config, self.args.seq))
+        return dict(
+            params=params, flops_per_token=flops_per_token(self.config, self.args.seq), reuses_memory=self.reuses_memory
+        )
 
     def time(self, steps):
         times = []
@@ -235,7 +237,7 @@ def main():
     print(
         f"config n_layer {args.n_layer}, n_head {args.n_head}, n_embd {args.n_embd}, seq {args.seq}, batch {args.batch} "
         f"| {args.precision} | compile {'on' if args.compile else 'off'} | HF vocab {args.hf_vocab} "
-        f"| reuse memory {'on' if args.reuse_memory and args.device == 'cpu' else 'off'} "
+        f"| reuse memory {'on' if all(info[side]['reuses_memory'] for side in info) else 'off'} "
         f"| {args.rounds} rounds x {args.steps} steps after {args.warmup} warm-up"
     )
     print(f"load average: start {start_load[0]:.2f}, per round {', '.join(f'{x:.2f}' for x in loads)}")
