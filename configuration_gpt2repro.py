@@ -3,20 +3,23 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-# GPT-2's four published sizes, plus a tiny one that trains on a laptop CPU in minutes.
+# GPT-2's four published sizes, named like every preset in this project (lowercase, size in parameters),
+# plus a tiny one that trains on a laptop CPU in minutes.
 PRESETS = {
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+    "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-350m": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-774m": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-1558m": dict(n_layer=48, n_head=25, n_embd=1600),
     "tiny": dict(n_layer=4, n_head=4, n_embd=128, n_positions=256),  # ~7M, most of it embeddings
 }
+# The same sizes under their Hugging Face Hub names.
+HUB_NAMES = {"gpt2": "gpt2-124m", "gpt2-medium": "gpt2-350m", "gpt2-large": "gpt2-774m", "gpt2-xl": "gpt2-1558m"}
 
 
 @strict
 class GPT2ReproConfig(PreTrainedConfig):
     model_type = "gpt2repro"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache"]
     # transformers' generic code (DynamicCache, masks, generation) asks for these names.
     attribute_map = {
         "hidden_size": "n_embd",
@@ -49,9 +52,11 @@ class GPT2ReproConfig(PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "GPT2ReproConfig":
-        if name not in PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        """A size preset by its name (case-insensitive) or its Hub name: gpt2-124m or gpt2, tiny, ..."""
+        key = HUB_NAMES.get(name.lower(), name.lower())
+        if key not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)} (or {', '.join(HUB_NAMES)})")
+        return cls(**{**PRESETS[key], **overrides})
 
     def validate_architecture(self):
         """Called by @strict at construction: refuse shapes the model cannot be built with."""
@@ -68,4 +73,4 @@ class GPT2ReproConfig(PreTrainedConfig):
                 raise ValueError(f"GPT2ReproConfig.{name} must be in [0, 1), got {getattr(self, name)}")
 
 
-__all__ = ["GPT2ReproConfig", "PRESETS"]
+__all__ = ["GPT2ReproConfig", "HUB_NAMES", "PRESETS"]

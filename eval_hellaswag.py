@@ -13,7 +13,8 @@ public and give different numbers for the same model, so every row reports both:
   log-likelihood by the ending's length in characters.
 Official GPT-2 124M: completion 28.59 / 29.55, lm-eval 28.92 / 31.14.
 
-train.py imports load_hellaswag, score_hellaswag and validation_loss: one implementation.
+train.py imports load_hellaswag and score_hellaswag: one implementation. Validation loss and
+bits-per-byte come from validation.py, the same code train.py reports.
 """
 
 import argparse
@@ -35,14 +36,13 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
 from throughput import keep_freed_memory_for_reuse
-from token_shards import MANIFEST_NAME, load_manifest, read_shard
+from token_shards import ShardError
+from validation import ValidationError, eval_module, resolve_val_tokens, token_logprobs, validation_loss
 
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 HELLASWAG_VAL_ITEMS = 10_042
 TEXT_FIELDS = ("activity_label", "ctx_a", "ctx_b", "ctx")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-# build-nanogpt's validation budget: 20 steps x 64 sequences x 1024 tokens x 8 GPUs.
-DEFAULT_VAL_TOKENS = 10_485_760
 
 
 class HellaSwagDataError(ValueError):
@@ -201,23 +201,6 @@ def encode_requests(tokenizer, items: list[dict]) -> dict:
 # scoring: summed log-probabilities of endings, many items per forward
 
 
-def _plain_module(model, accelerator):
-    """The bare nn.Module: DDP's forward syncs across ranks (which run different numbers of
-    forwards here) and a compiled module would recompile for every new shape."""
-    if accelerator is not None:
-        model = accelerator.unwrap_model(model, keep_torch_compile=False)
-    model = getattr(model, "_orig_mod", model)
-    if model.training:
-        raise ValueError("evaluate a model in eval mode (model.eval()): dropout would make scores random")
-    return model
-
-
-def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[target] at each position, in fp32 whatever the model's dtype."""
-    flat = logits.reshape(-1, logits.shape[-1]).float()
-    return -F.cross_entropy(flat, targets.reshape(-1), reduction="none").view(targets.shape)
-
-
 def _batch_logliks(model, contexts: torch.Tensor, endings: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Summed log p(ending | context) for (n, L) contexts of one length and their (4n, E) endings.
 
@@ -227,20 +210,20 @@ def _batch_logliks(model, contexts: torch.Tensor, endings: torch.Tensor, lengths
     keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     out = model(input_ids=contexts, use_cache=True, **keep_last)
     last = out.logits[:, -1]  # (n, V): predicts each ending's first token
-    cache = out.past_key_values
+    cache = out.cache
     if cache is None:
         raise ValueError(f"{type(model).__name__} returned no KV cache; HellaSwag scoring needs one (use_cache=True)")
     cache.batch_repeat_interleave(4)
-    logits = model(input_ids=endings, past_key_values=cache, use_cache=True).logits  # (4n, E, V)
+    logits = model(input_ids=endings, cache=cache, use_cache=True).logits  # (4n, E, V)
 
     item = torch.arange(endings.shape[0], device=endings.device) // 4
-    first = _token_logprobs(last[item], endings[:, 0])  # (4n,)
+    first = token_logprobs(last[item], endings[:, 0])  # (4n,)
     # position t predicts token t + 1; the last position predicts nothing (target 0, masked below),
     # which keeps the logits contiguous instead of copying them without their last column
-    rest = _token_logprobs(logits, F.pad(endings[:, 1:], (0, 1)))[:, :-1]  # (4n, E-1)
-    token_logprobs = torch.cat([first.unsqueeze(1), rest], dim=1)
+    rest = token_logprobs(logits, F.pad(endings[:, 1:], (0, 1)))[:, :-1]  # (4n, E-1)
+    per_token = torch.cat([first.unsqueeze(1), rest], dim=1)
     in_ending = torch.arange(endings.shape[1], device=endings.device) < lengths.unsqueeze(1)
-    return token_logprobs.masked_fill(~in_ending, 0.0).sum(1, dtype=torch.float64)
+    return per_token.masked_fill(~in_ending, 0.0).sum(1, dtype=torch.float64)
 
 
 @torch.no_grad()
@@ -318,7 +301,7 @@ def score_hellaswag(model, tokenizer, items: list[dict], batch_size: int = 16, a
 
     Returns {"items", "completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm",
     "per_item"} on every process. The model is used as given (dtype, autocast) and never modified."""
-    model = _plain_module(model, accelerator)
+    model = eval_module(model, accelerator)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     positions = list(range(rank, len(items), world))  # strided: every rank gets both kinds of items
     mine = [items[i] for i in positions]
@@ -330,65 +313,6 @@ def score_hellaswag(model, tokenizer, items: list[dict], batch_size: int = 16, a
         gathered = gather_object(list(zip(positions, per_item)))
         per_item = [item for _, item in sorted(gathered, key=lambda pair: pair[0])]
     return {**summarize(per_item), "per_item": per_item}
-
-
-# ---------------------------------------------------------------------------------------------
-# validation loss on prepare_data.py's shards
-
-
-def val_shard_paths(data_dir: str | Path) -> list[Path]:
-    """The validation shards in stream order: as listed by prepare_data.py's manifest (which also
-    covers part-*-of-* directories), else DIR/*_val_*.bin by name (shards made by llm.c and others)."""
-    data_dir = Path(data_dir)
-    if (data_dir / MANIFEST_NAME).is_file() or any(data_dir.glob(f"part-*-of-*/{MANIFEST_NAME}")):
-        return [data_dir / shard["file"] for shard in load_manifest(data_dir)["shards"] if shard["split"] == "val"]
-    return sorted(data_dir.glob("*_val_*.bin"))
-
-
-def read_val_tokens(data_dir: str | Path, n_tokens: int) -> np.ndarray:
-    """The first `n_tokens` tokens of the validation split."""
-    paths = val_shard_paths(data_dir)
-    if not paths:
-        raise FileNotFoundError(f"{data_dir}: no validation shards (*_val_*.bin); write them with prepare_data.py")
-    parts, have = [], 0
-    for path in paths:
-        shard = read_shard(path)
-        parts.append(np.asarray(shard[: n_tokens - have], dtype=np.int64))
-        have += len(parts[-1])
-        if have == n_tokens:
-            return np.concatenate(parts)
-    raise ValueError(f"{data_dir}: the validation shards hold {have:,} tokens, {n_tokens:,} needed; lower --val-tokens")
-
-
-@torch.no_grad()
-def validation_loss(model, data_dir, val_tokens: int, seq_len: int = 1024, batch_size: int = 8, accelerator=None):
-    """Mean next-token loss over the first `val_tokens` targets of the validation shards.
-
-    Windows of `seq_len` inputs (the last one possibly shorter) in a fixed order, dealt to ranks
-    round-robin; every rank returns the same token-weighted mean."""
-    model = _plain_module(model, accelerator)
-    device = next(model.parameters()).device
-    tokens = torch.from_numpy(read_val_tokens(data_dir, val_tokens + 1))  # +1: the last target
-    vocab_size = model.config.vocab_size
-    if int(tokens.max()) >= vocab_size:
-        raise ValueError(f"validation token id {int(tokens.max())} is outside the model's {vocab_size}-id vocabulary")
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    starts = list(range(0, val_tokens, seq_len))[rank::world]
-
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    for i in range(0, len(starts), batch_size):
-        batch = [s for s in starts[i : i + batch_size] if s + seq_len <= val_tokens]
-        tail = [s for s in starts[i : i + batch_size] if s + seq_len > val_tokens]  # at most one short window
-        for group, length in ((batch, seq_len), (tail, val_tokens % seq_len)):
-            if group:
-                window = tokens[torch.tensor(group).unsqueeze(1) + torch.arange(length + 1)].to(device)
-                logits = model(input_ids=window[:, :-1], use_cache=False).logits
-                # a window at a time: the fp32 log-softmax of a whole batch would be 4x its bf16 logits again
-                for window_logits, targets in zip(logits, window[:, 1:]):
-                    loss_sum -= _token_logprobs(window_logits, targets).sum(dtype=torch.float64)
-    if accelerator is not None and world > 1:
-        loss_sum = accelerator.reduce(loss_sum, reduction="sum")
-    return float(loss_sum) / val_tokens
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,12 +351,12 @@ def load_model(name: str, device: str, dtype: torch.dtype):
 def format_table(results: dict) -> str:
     header = f"{'model':<32} {'items':>6} {'compl acc':>9} {'acc_norm':>8} {'lm-eval acc':>11} {'acc_norm':>8}"
     with_val = any("val_loss" in r["summary"] for r in results["models"].values())
-    lines = [header + (f" {'val loss':>8}" if with_val else "")]
+    lines = [header + (f" {'val loss':>8} {'val bpb':>8}" if with_val else "")]
     for name, result in results["models"].items():
         s = result["summary"]
         accs = [100 * s[k] for k in ("completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm")]
         line = f"{name[-32:]:<32} {s['items']:>6} {accs[0]:>9.2f} {accs[1]:>8.2f} {accs[2]:>11.2f} {accs[3]:>8.2f}"
-        lines.append(line + (f" {s['val_loss']:>8.4f}" if "val_loss" in s else ""))
+        lines.append(line + (f" {s['val_loss']:>8.4f} {s['val_bpb']:>8.4f}" if "val_loss" in s else ""))
     return "\n".join(lines)
 
 
@@ -446,16 +370,13 @@ def main():
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weights dtype")
     parser.add_argument(
         "--val-data",
-        help="also report the mean loss on the *_val_*.bin shards in this directory "
-        "(token ids of the GPT-2 tokenizer: meaningful for GPT-2-tokenizer models)",
+        help="also report validation loss and bits-per-byte on this prepared data directory's val split "
+        "(GPT-2 token ids: meaningful for GPT-2-tokenizer models)",
     )
     parser.add_argument(
-        "--val-tokens",
-        type=int,
-        default=DEFAULT_VAL_TOKENS,
-        help="validation targets (default: build-nanogpt's 10,485,760; hours on a CPU at 124M)",
+        "--val-tokens", type=int, default=0, help="score the first N targets of the val split (default 0: all of it)"
     )
-    parser.add_argument("--val-batch-size", type=int, default=4, help="validation windows per forward")
+    parser.add_argument("--val-batch-size", type=int, help="validation windows per forward (default: by device)")
     parser.add_argument("--output", help="write the summary and per-item log-likelihoods to this JSON file")
     args = parser.parse_args()
     if len(set(args.model)) != len(args.model):
@@ -467,8 +388,8 @@ def main():
     try:  # bad data fails here, before any model is loaded
         items = load_hellaswag(args.data, args.limit)
         if args.val_data:
-            read_val_tokens(args.val_data, args.val_tokens + 1)
-    except (HellaSwagDataError, FileNotFoundError, ValueError) as e:  # ShardError is a ValueError
+            args.val_tokens = resolve_val_tokens(args.val_data, args.val_tokens)
+    except (HellaSwagDataError, ShardError, ValidationError) as e:
         raise SystemExit(f"error: {e}") from None
     results = {"data": str(args.data or cache_dir() / "hellaswag_val.jsonl"), "models": {}}
     for name in args.model:
@@ -479,8 +400,7 @@ def main():
         summary = {**scores, "device": device, "dtype": args.dtype, "seconds": round(time.perf_counter() - started, 1)}
         if args.val_data:
             seq_len = min(1024, getattr(model.config, "max_position_embeddings", 1024))
-            summary["val_loss"] = validation_loss(model, args.val_data, args.val_tokens, seq_len, args.val_batch_size)
-            summary["val_tokens"] = args.val_tokens
+            summary.update(validation_loss(model, args.val_data, args.val_tokens, seq_len, args.val_batch_size))
         results["models"][name] = {"summary": summary, "items": per_item}
         print(f"{name}: {len(items)} items in {summary['seconds']} s", file=sys.stderr)
         del model

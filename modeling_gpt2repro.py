@@ -55,12 +55,12 @@ class GPT2ReproAttention(nn.Module):
         self.c_proj.is_residual_projection = True  # GPT-2 scales its init by 1/sqrt(2 * n_layer)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
-    def forward(self, hidden_states, attention_mask=None, past_key_values: Cache | None = None, **kwargs):
+    def forward(self, hidden_states, attention_mask=None, cache: Cache | None = None, **kwargs):
         B, T, C = hidden_states.shape
         qkv = self.c_attn(hidden_states).view(B, T, 3, self.config.n_head, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (B, nh, T, hs)
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)  # (B, nh, T_kv, hs)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)  # (B, nh, T_kv, hs)
 
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -102,8 +102,8 @@ class GPT2ReproBlock(GradientCheckpointingLayer):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = GPT2ReproMLP(config)
 
-    def forward(self, hidden_states, attention_mask=None, past_key_values=None, **kwargs):
-        attn_output, _ = self.attn(self.ln_1(hidden_states), attention_mask, past_key_values, **kwargs)
+    def forward(self, hidden_states, attention_mask=None, cache=None, **kwargs):
+        attn_output, _ = self.attn(self.ln_1(hidden_states), attention_mask, cache, **kwargs)
         hidden_states = hidden_states + attn_output
         return hidden_states + self.mlp(self.ln_2(hidden_states))
 
@@ -113,7 +113,6 @@ class GPT2ReproPreTrainedModel(PreTrainedModel):
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
     _no_split_modules = ["GPT2ReproBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -159,7 +158,7 @@ class GPT2ReproModel(GPT2ReproPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
@@ -170,10 +169,10 @@ class GPT2ReproModel(GPT2ReproPreTrainedModel):
             inputs_embeds = self.wte(input_ids)  # (B, T, C)
         if use_cache is None:  # a KV cache only helps decoding; training would build one per step for nothing
             use_cache = self.config.use_cache and not self.training
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
 
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_length = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device).unsqueeze(0) + past_length
         if past_length + inputs_embeds.shape[1] > self.config.n_positions:
@@ -187,14 +186,14 @@ class GPT2ReproModel(GPT2ReproPreTrainedModel):
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             position_ids=position_ids,
         )
         hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
         for block in self.h:
-            hidden_states = block(hidden_states, mask, past_key_values if use_cache else None, **kwargs)
+            hidden_states = block(hidden_states, mask, cache if use_cache else None, **kwargs)
         hidden_states = self.ln_f(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values if use_cache else None)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None)
 
 
 # ---- training loss without the (tokens x vocab) logits ----
@@ -287,7 +286,7 @@ class GPT2ReproForCausalLM(GPT2ReproPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         shift_labels: torch.LongTensor | None = None,
@@ -307,7 +306,7 @@ class GPT2ReproForCausalLM(GPT2ReproPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -318,7 +317,7 @@ class GPT2ReproForCausalLM(GPT2ReproPreTrainedModel, GenerationMixin):
             loss = fused_causal_lm_loss(
                 hidden_states, self.lm_head.weight, labels, self.config.vocab_size, shift_labels=shift_labels, **kwargs
             )
-            return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=outputs.past_key_values)
+            return CausalLMOutputWithPast(loss=loss, logits=None, cache=outputs.cache)
         # Generation only needs the last position's logits.
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         # Only the tokenizer's rows: contiguous logits, and padding ids can never be predicted.
@@ -329,7 +328,7 @@ class GPT2ReproForCausalLM(GPT2ReproPreTrainedModel, GenerationMixin):
             loss = self.loss_function(
                 logits=logits, labels=labels, shift_labels=shift_labels, vocab_size=self.config.vocab_size, **kwargs
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
 
     # ---- interop with OpenAI's GPT-2 as packaged by transformers (GPT2LMHeadModel) ----
     # GPT2LMHeadModel stores these as Conv1D: (in, out), the transpose of nn.Linear's (out, in).

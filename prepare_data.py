@@ -1,14 +1,15 @@
 """Tokenize a corpus into GPT-2 token shards: fast, in order, resumable.
 
     python prepare_data.py                              # shipped tiny-Shakespeare -> data/tinyshakespeare
-    python prepare_data.py fineweb-edu-10B              # HuggingFaceFW/fineweb-edu sample-10BT, streamed
+    python prepare_data.py fineweb-edu-10b              # HuggingFaceFW/fineweb-edu sample-10BT, streamed
+    python prepare_data.py fineweb-10b                  # HuggingFaceFW/fineweb sample-10BT (llm.c's 3.28 target)
     python prepare_data.py --dataset HuggingFaceFW/fineweb-edu --name sample-10BT
     python prepare_data.py corpus/ more/*.jsonl --text-column content --out data/mine
-    python prepare_data.py fineweb-edu-100B --num-shards 8 --shard-index 3   # machine 3 of 8
+    python prepare_data.py fineweb-edu-100b --num-shards 8 --shard-index 3   # machine 3 of 8
 
 A .txt file is one document; a .jsonl/.json/.parquet row is one document (document_sources.py).
 Each document becomes <|endoftext|> + its tokens, and the stream is cut into llm.c-format shards
-(token_shards.py): the first --val-tokens tokens are the validation split, the rest train.
+(token_shards.py): the first --val-split-tokens tokens are the validation split, the rest train.
 Worker processes tokenize batches of documents and the results are written in document order, so
 the shards are the same bytes whatever --num-proc is. After every shard, manifest.json records
 where the stream stands: a rerun after a crash or Ctrl-C continues from the last complete shard,
@@ -44,13 +45,17 @@ from token_shards import (
     write_shard,
 )
 from tokenization_gpt2repro import EOT_ID, get_encoding, tokenizer_fingerprint
+from validation import VAL_TOKENS, val_split_size
 
-PRESETS = {  # name -> (Hub dataset, configuration)
-    "fineweb-edu-10B": ("HuggingFaceFW/fineweb-edu", "sample-10BT"),
-    "fineweb-edu-100B": ("HuggingFaceFW/fineweb-edu", "sample-100BT"),
+# Data presets, named like every preset in this project (lowercase; matched in any case): name -> (Hub
+# dataset, configuration). Each is written to data/<name> (data_dir_for), where train.py's presets look.
+PRESETS = {
+    "fineweb-edu-10b": ("HuggingFaceFW/fineweb-edu", "sample-10BT"),
+    "fineweb-edu-100b": ("HuggingFaceFW/fineweb-edu", "sample-100BT"),
+    "fineweb-10b": ("HuggingFaceFW/fineweb", "sample-10BT"),  # llm.c's and modded-nanogpt's FineWeb val target
 }
 DEFAULT_CORPUS = Path(__file__).resolve().parent / "assets" / "tinyshakespeare.txt"
-HUB_VAL_TOKENS = 10_000_000  # build-nanogpt / llm.c validation size for FineWeb(-Edu)
+HUB_VAL_SPLIT_TOKENS = val_split_size(VAL_TOKENS)  # what the 124M recipe's validation scores, exactly
 BYTES_PER_TOKEN = 4  # English text, for sizing the validation split of a local corpus
 BATCH_CHARS = 1 << 20  # text per worker task: ~0.1-0.3 s of work, enough to amortise the IPC
 
@@ -253,7 +258,7 @@ def prepare(source: Source, out_dir: Path, val_tokens: int, shard_tokens: int, n
     if writer.next_document == 0:
         raise PrepareError(f"no documents in {source.label} ({source.skipped} skipped as non-UTF-8)")
     if writer.accepted <= val_tokens:
-        raise PrepareError(f"all {writer.accepted:,} tokens went to validation; pass a smaller --val-tokens")
+        raise PrepareError(f"all {writer.accepted:,} tokens went to validation; pass a smaller --val-split-tokens")
     writer.finish()
     manifest.update(skipped_documents=source.skipped, complete=True)
     write_manifest(out_dir, manifest)
@@ -271,11 +276,16 @@ def prepare(source: Source, out_dir: Path, val_tokens: int, shard_tokens: int, n
     return manifest
 
 
-def default_val_tokens(source: Source) -> int:
-    """build-nanogpt's 10M for a stream; about 10% of a local corpus, estimated from its size."""
+def data_dir_for(name: str) -> Path:
+    """Where a corpus called `name` (a data preset, or a file's stem) is written by default."""
+    return Path("data") / re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+
+
+def default_val_split_tokens(source: Source) -> int:
+    """The 124M recipe's validation budget for a stream; about 10% of a local corpus, estimated from its size."""
     if source.size_bytes is None:
-        return HUB_VAL_TOKENS
-    return min(HUB_VAL_TOKENS, source.size_bytes // BYTES_PER_TOKEN // 10)
+        return HUB_VAL_SPLIT_TOKENS
+    return min(HUB_VAL_SPLIT_TOKENS, source.size_bytes // BYTES_PER_TOKEN // 10)
 
 
 def _cpu_count() -> int:
@@ -296,9 +306,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--text-column", default="text", help="field holding the document text")
     parser.add_argument("--out", type=Path, help="output directory (default: data/<name>)")
     parser.add_argument(
-        "--val-tokens",
+        "--val-split-tokens",
         type=int,
-        help=f"validation split size (default: {HUB_VAL_TOKENS:,} for Hub datasets, ~10%% of a local corpus)",
+        help=f"validation split size in tokens (default: {HUB_VAL_SPLIT_TOKENS:,} for Hub datasets: the "
+        "--val-tokens that train.py and eval_hellaswag.py score, + 1; ~10%% of a local corpus)",
     )
     parser.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard")
     parser.add_argument("--num-proc", type=int, default=_cpu_count(), help="tokenizer processes (default: all cores)")
@@ -309,13 +320,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     parser.add_argument("--strict", action="store_true", help="fail on non-UTF-8 input instead of skipping it")
     args = parser.parse_args(argv)
-    preset = args.inputs[0] if len(args.inputs) == 1 and args.inputs[0] in PRESETS else None
+    preset = args.inputs[0].lower() if len(args.inputs) == 1 and args.inputs[0].lower() in PRESETS else None
     if args.dataset and args.inputs or preset and args.dataset:
         parser.error("give either --dataset, a preset or local files, not several")
     if not 0 <= args.shard_index < args.num_shards:
         parser.error(f"--shard-index must be in 0..{args.num_shards - 1}")
-    if args.shard_tokens < 1 or args.num_proc < 1 or (args.val_tokens or 0) < 0:
-        parser.error("--shard-tokens and --num-proc must be positive, --val-tokens not negative")
+    if args.shard_tokens < 1 or args.num_proc < 1 or (args.val_split_tokens or 0) < 0:
+        parser.error("--shard-tokens and --num-proc must be positive, --val-split-tokens not negative")
     if preset:
         args.dataset, args.name, args.inputs = *PRESETS[preset], []
     args.preset = preset
@@ -330,10 +341,10 @@ def main(argv=None) -> None:
             source = hub_source(args.dataset, args.name, args.split, args.text_column, part)
         else:
             source = file_source(args.inputs or [str(DEFAULT_CORPUS)], args.text_column, part)
-        source.name = re.sub(r"[^A-Za-z0-9._-]+", "-", args.preset or source.name)
+        source.name = data_dir_for(args.preset or source.name).name  # also the shards' file prefix
+        out = args.out or data_dir_for(source.name)
         source.strict = args.strict
-        out = args.out or Path("data") / source.name
-        val_tokens = default_val_tokens(source) if args.val_tokens is None else args.val_tokens
+        val_tokens = default_val_split_tokens(source) if args.val_split_tokens is None else args.val_split_tokens
         if part:
             out = out / f"part-{part[0]:05d}-of-{part[1]:05d}"
             val_tokens = val_tokens if part[0] == 0 else 0  # the validation split comes from part 0 only

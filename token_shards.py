@@ -173,6 +173,29 @@ def check_tokenizer(data_dir: str | Path, expected: str | None = None) -> None:
         )
 
 
+def open_split(data_dir: str | Path, split: str) -> tuple[list[dict], list[np.ndarray]]:
+    """The manifest entries and memmapped tokens of one split's shards, in stream order: the one way
+    shards are read (the training loader, validation). Refuses unfinished or foreign-tokenizer data."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    data_dir = Path(data_dir)
+    manifest = load_manifest(data_dir)
+    if not manifest["complete"]:
+        raise ShardError(f"{data_dir}: preparation did not finish; rerun the same prepare_data.py command")
+    check_tokenizer(data_dir)
+    entries = [s for s in manifest["shards"] if s["split"] == split]
+    shards = []
+    for entry in entries:
+        tokens = read_shard(data_dir / entry["file"])
+        if len(tokens) != entry["tokens"]:
+            raise ShardError(
+                f"{data_dir / entry['file']}: holds {len(tokens)} tokens, the manifest says {entry['tokens']}; "
+                "rerun prepare_data.py"
+            )
+        shards.append(tokens)
+    return entries, shards
+
+
 # --------------------------------------------------------------------------------------------
 # loader
 
@@ -192,17 +215,10 @@ class ShardedTokenLoader:
     """
 
     def __init__(self, data_dir, split="train", batch_size=8, seq_len=1024, rank=0, world_size=1, seed=1337):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.data_dir = Path(data_dir)
-        manifest = load_manifest(self.data_dir)
-        if not manifest["complete"]:
-            raise ShardError(f"{self.data_dir}: preparation did not finish; rerun the same prepare_data.py command")
-        check_tokenizer(self.data_dir)
-        entries = [s for s in manifest["shards"] if s["split"] == split]
-        self.shards = [self._open(entry) for entry in entries]
+        entries, self.shards = open_split(self.data_dir, split)
         self.lengths = np.array([len(s) for s in self.shards], dtype=np.int64)
         self.split, self.batch_size, self.seq_len = split, batch_size, seq_len
         self.rank, self.world_size, self.seed = rank, world_size, seed
@@ -219,15 +235,6 @@ class ShardedTokenLoader:
         self.position = 0  # windows of the global order consumed so far, by all ranks together
         self._layout_cache = (None, None)  # (epoch, layout): batches walk one epoch at a time
         self._permutation_cache = (None, None)  # ((epoch, slot), permutation)
-
-    def _open(self, entry: dict) -> np.ndarray:
-        path = self.data_dir / entry["file"]
-        tokens = read_shard(path)
-        if len(tokens) != entry["tokens"]:
-            raise ShardError(
-                f"{path}: holds {len(tokens)} tokens, the manifest says {entry['tokens']}; rerun prepare_data.py"
-            )
-        return tokens
 
     def _epoch_layout(self, epoch: int):
         """Shard order of an epoch, where each shard starts in the epoch's token stream, and the

@@ -46,6 +46,18 @@ def tokenizer_fingerprint() -> str:
     return "gpt2-bpe-sha256:" + hashlib.sha256(RANKS_FILE.read_bytes()).hexdigest()[:16]
 
 
+@functools.cache
+def token_bytes():
+    """UTF-8 byte length of each token id's text (uint8, VOCAB_SIZE entries); 0 for <|endoftext|>, which
+    stands for no text. Validation bits-per-byte divides by the bytes of the tokens it scores."""
+    import numpy as np
+
+    encoding = get_encoding()
+    lengths = [len(encoding.decode_single_token_bytes(i)) for i in range(VOCAB_SIZE)]
+    lengths[EOT_ID] = 0
+    return np.array(lengths, dtype=np.uint8)
+
+
 def load_tokenizer(name_or_path: str | Path | None = None):
     """The GPT-2 `PreTrainedTokenizerFast`: shipped files by default, or any local dir / Hub id."""
     from transformers import AutoTokenizer

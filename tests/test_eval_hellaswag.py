@@ -346,7 +346,7 @@ def test_validation_loss_reads_prepare_data_output_like_the_training_loader(tmp_
         (tmp_path / f"doc{i}.txt").write_text(corpus[i * 3000 : (i + 1) * 3000])
     for index in range(2):  # two machines' parts: data/part-0000i-of-00002, validation in part 0
         prepare_data.main([str(tmp_path / "doc0.txt"), str(tmp_path / "doc1.txt"), "--out", str(tmp_path / "data"),
-                           "--val-tokens", "400", "--shard-tokens", "150", "--num-proc", "1",
+                           "--val-split-tokens", "400", "--shard-tokens", "150", "--num-proc", "1",
                            "--num-shards", "2", "--shard-index", str(index)])  # fmt: skip
     assert not list((tmp_path / "data").glob("*.bin"))  # the shards live in the part directories
 

@@ -11,7 +11,7 @@ import torch
 from conftest import REPO
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from configuration_gpt2repro import PRESETS, GPT2ReproConfig
+from configuration_gpt2repro import HUB_NAMES, PRESETS, GPT2ReproConfig
 from modeling_gpt2repro import GPT2ReproForCausalLM
 from tokenization_gpt2repro import EOT_ID, VOCAB_SIZE, load_tokenizer
 
@@ -53,7 +53,7 @@ def test_config_defaults_are_gpt2_124m_with_padded_vocab():
 
 
 @pytest.mark.parametrize(
-    "preset, millions", [("gpt2", 124.4), ("gpt2-medium", 354.8), ("gpt2-large", 774.0), ("gpt2-xl", 1557.6)]
+    "preset, millions", [("gpt2-124m", 124.4), ("gpt2-350m", 354.8), ("gpt2-774m", 774.0), ("gpt2-1558m", 1557.6)]
 )
 def test_presets_have_gpt2_parameter_counts(preset, millions):
     # GPT-2's published counts with the 50,257-row vocabulary; our padding adds 47 * n_embd rows.
@@ -63,6 +63,11 @@ def test_presets_have_gpt2_parameter_counts(preset, millions):
     unique = sum(p.numel() for p in model.parameters())  # tied lm_head counted once
     padding = (config.padded_vocab_size - config.vocab_size) * config.n_embd
     assert abs((unique - padding) / 1e6 - millions) < 0.5, (preset, unique)
+
+
+def test_hub_names_and_any_case_name_the_same_presets():
+    for hub_name, preset in HUB_NAMES.items():
+        assert GPT2ReproConfig.from_preset(hub_name).to_dict() == GPT2ReproConfig.from_preset(preset.upper()).to_dict()
 
 
 def test_unknown_preset_lists_choices():

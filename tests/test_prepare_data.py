@@ -71,7 +71,7 @@ def small_batches(monkeypatch):
     monkeypatch.setattr(prepare_data, "BATCH_CHARS", 20_000)  # many batches, so many tasks in flight
 
 
-SETTINGS = ["--shard-tokens", 3000, "--val-tokens", 7000]  # 3 val shards (3000, 3000, 1000), then train
+SETTINGS = ["--shard-tokens", 3000, "--val-split-tokens", 7000]  # 3 val shards (3000, 3000, 1000), then train
 
 
 def test_token_stream_equals_tiktoken_and_manifest_is_exact(corpus, tmp_path):
@@ -163,9 +163,9 @@ def test_hub_path_streams_a_dataset_and_splits_it_by_files(tmp_path, monkeypatch
     texts = [SHAKESPEARE[i : i + 700] for i in range(0, 7000, 700)]
     for name, rows in (("a.jsonl", texts[:6]), ("b.jsonl", texts[6:])):
         write(tmp_path / "hub" / name, "".join(json.dumps({"text": t}) + "\n" for t in rows))
-    prepare("--dataset", tmp_path / "hub", "--out", tmp_path / "whole", "--val-tokens", 100, "--num-proc", 1)
+    prepare("--dataset", tmp_path / "hub", "--out", tmp_path / "whole", "--val-split-tokens", 100, "--num-proc", 1)
     assert np.array_equal(stream(tmp_path / "whole"), expected_stream(texts))
-    part_args = ["--dataset", tmp_path / "hub", "--out", tmp_path / "parts", "--num-shards", 2, "--val-tokens", 100]
+    part_args = ["--dataset", tmp_path / "hub", "--out", tmp_path / "parts", "--num-shards", 2, "--val-split-tokens", 100]
     for index in (0, 1):
         prepare(*part_args, "--shard-index", index)
     assert np.array_equal(stream(tmp_path / "parts"), expected_stream(texts))
@@ -181,7 +181,7 @@ def test_parquet_files_including_binary_text(tmp_path):
     write(tmp_path / "in" / "a.txt", "")  # an empty document is still a document: <|endoftext|> alone
     pq.write_table(pa.table({"text": ["first row", "second row"]}), tmp_path / "in" / "b.parquet")
     pq.write_table(pa.table({"text": [b"third \xe2\x9c\x93", b"bad \xff"]}), tmp_path / "in" / "c.parquet")
-    prepare(tmp_path / "in", "--out", tmp_path / "out", "--val-tokens", 3, "--num-proc", 1)
+    prepare(tmp_path / "in", "--out", tmp_path / "out", "--val-split-tokens", 3, "--num-proc", 1)
     assert np.array_equal(stream(tmp_path / "out"), expected_stream(["", "first row", "second row", "third ✓"]))
     assert load_manifest(tmp_path / "out")["skipped_documents"] == 1
 
@@ -205,7 +205,7 @@ def test_non_utf8_documents_are_skipped_and_counted(tmp_path):
     (tmp_path / "in" / "a.jsonl").write_bytes(
         b'{"text": "good one"}\n{"text": "bad \xff byte"}\n{"text": "good two"}\n'
     )
-    result = cli(tmp_path / "in", "--out", tmp_path / "out", "--val-tokens", 2)
+    result = cli(tmp_path / "in", "--out", tmp_path / "out", "--val-split-tokens", 2)
     assert result.returncode == 0, result.stderr
     assert "skipped 1 documents with non-UTF-8 bytes" in result.stderr and "a.jsonl:2" in result.stderr
     assert load_manifest(tmp_path / "out")["skipped_documents"] == 1

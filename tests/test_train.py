@@ -13,6 +13,7 @@ from conftest import REPO
 from safetensors.torch import load_file
 
 import train
+from checkpoints import find_resume_checkpoint
 
 SEQ = 32
 # The tiny preset (4 layers, 128 wide) on 32-token windows: a step takes tens of milliseconds.
@@ -29,7 +30,7 @@ def data_dir(tmp_path_factory):
     corpus = root / "corpus.txt"
     corpus.write_text((REPO / "assets" / "tinyshakespeare.txt").read_text()[:120_000])
     out = root / "shards"
-    prepare_data.main([str(corpus), "--out", str(out), "--shard-tokens", "8000", "--val-tokens", "2048", "--num-proc", "1"])
+    prepare_data.main([str(corpus), "--out", str(out), "--shard-tokens", "8000", "--val-split-tokens", "2048", "--num-proc", "1"])
     return out
 
 
@@ -104,7 +105,7 @@ def test_loss_drops_and_the_run_leaves_its_artefacts(data_dir, tmp_path, capsys)
     rows = metrics(tmp_path)
     losses = [r["loss"] for r in rows if "loss" in r]
     val = [r["val_loss"] for r in rows if "val_loss" in r]
-    hellaswag = [r["hellaswag_acc_norm"] for r in rows if "hellaswag_acc_norm" in r]
+    hellaswag = [r["hellaswag_completion_acc_norm"] for r in rows if "hellaswag_completion_acc_norm" in r]
     assert len(losses) == 40 and len(val) == 2 and len(hellaswag) == 2
     assert all(0.0 <= acc <= 1.0 for acc in hellaswag)
     assert list(tmp_path.rglob("events.out.tfevents.*"))  # the tensorboard tracker wrote
@@ -112,7 +113,8 @@ def test_loss_drops_and_the_run_leaves_its_artefacts(data_dir, tmp_path, capsys)
     assert sum(losses[-5:]) / 5 < losses[0] - 3.0
     assert val[1] < val[0]
     out = capsys.readouterr().out
-    assert "step    40 | loss " in out and "| tok/s " in out and "| mfu " in out
+    assert "step    40/40 | loss " in out and "| tok/s " in out and "| mfu " in out
+    assert "| elapsed 0:0" in out and "| eta 0:00:00" in out.split("step    40/40")[1].splitlines()[0]
     assert "sample: \"Hello, I'm a language model," in out
     assert (tmp_path / "settings.yaml").exists() and (tmp_path / "curves.png").stat().st_size > 1000
     assert (tmp_path / "final" / "model.safetensors").exists()
@@ -174,13 +176,14 @@ def test_resume_on_two_processes_continues_the_token_stream(data_dir, tmp_path):
 def test_resume_auto_picks_the_newest_complete_checkpoint(data_dir, tmp_path):
     run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 4, "--micro-batch-size", 4,
                    "--total-batch-tokens", 4 * SEQ, "--save-every", 1, "--keep-checkpoints", 2)
-    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-000002", "checkpoint-000003"]
+    checkpoints = sorted(tmp_path.glob("checkpoint-*"))
+    assert [p.name for p in checkpoints] == ["checkpoint-000002", "checkpoint-000003"]
     (tmp_path / ".tmp-checkpoint-000009").mkdir()  # what a kill -9 mid-save leaves: ignored
-    assert train.find_resume_checkpoint("auto", tmp_path) == tmp_path / "final"
+    assert find_resume_checkpoint("auto", tmp_path) == [tmp_path / "final", *checkpoints[::-1]]
     import shutil
 
     shutil.rmtree(tmp_path / "final")
-    assert train.find_resume_checkpoint("auto", tmp_path) == tmp_path / "checkpoint-000003"
+    assert find_resume_checkpoint("auto", tmp_path)[0] == tmp_path / "checkpoint-000003"
 
 
 def test_sigterm_finishes_the_step_saves_and_resumes(data_dir, tmp_path):
@@ -195,7 +198,7 @@ def test_sigterm_finishes_the_step_saves_and_resumes(data_dir, tmp_path):
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr[-2000:]
-    saved = train.find_resume_checkpoint("auto", tmp_path)
+    saved = find_resume_checkpoint("auto", tmp_path)[0]
     step = json.loads((saved / "training_state" / "trainer_state.json").read_text())["step"]
     assert step >= 3 and f"saved {saved}" in stdout
     resumed = run_cli("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", step + 2,

@@ -1,0 +1,142 @@
+"""Validation: next-token loss and bits-per-byte on the start of a prepared data directory's val split.
+
+The one owner of:
+- the validation budget of the GPT-2 (124M) recipe (`VAL_TOKENS`), which sizes the split that
+  prepare_data.py writes for Hub datasets;
+- what `--val-tokens N` means in every command: score the first N next-token targets of the val
+  split (N + 1 tokens); by default all of them;
+- how many tokens one evaluation forward may hold (its full logits are the memory peak);
+- the score itself, for train.py and eval_hellaswag.py alike.
+
+Bits per byte (nanochat's convention) is the loss in bits summed over the text tokens, divided by the
+UTF-8 bytes those tokens decode to: it does not depend on the tokenizer, so runs with different
+vocabularies compare. <|endoftext|> stands for no text: it counts no bytes and its loss is left out.
+
+torch is imported inside the functions that use it: prepare_data.py (and its workers) import this
+module for the budget and start without torch.
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from token_shards import load_manifest, open_split
+from tokenization_gpt2repro import token_bytes
+
+# build-nanogpt's validation budget (20 steps x 64 sequences x 1024 tokens x 8 GPUs); modded-nanogpt's
+# 3.28 target is the loss on this many tokens of FineWeb val.
+VAL_TOKENS = 10_485_760
+
+
+class ValidationError(ValueError):
+    """A validation request the data cannot serve: the message says what to change."""
+
+
+def val_split_size(val_tokens: int = VAL_TOKENS) -> int:
+    """Tokens a val split needs to score `val_tokens` targets: the first token is only an input."""
+    return val_tokens + 1
+
+
+def resolve_val_tokens(data_dir: str | Path, val_tokens: int | None = None) -> int:
+    """The number of targets to score: `val_tokens`, or (None or 0) all that the val split holds."""
+    available = max(0, load_manifest(data_dir)["splits"]["val"]["tokens"] - 1)
+    if not val_tokens:
+        val_tokens = available
+    if val_tokens < 0:
+        raise ValidationError(f"--val-tokens {val_tokens} is negative; pass 0 for the whole validation split")
+    if val_tokens > available:  # found up front, not hours into training at the first evaluation
+        raise ValidationError(
+            f"--val-tokens {val_tokens:,} exceeds the {available:,} validation tokens in {data_dir}; lower it, "
+            "or prepare a larger split (prepare_data.py --val-split-tokens)"
+        )
+    if val_tokens == 0:
+        raise ValidationError(f"{data_dir} has no validation split; prepare it with prepare_data.py --val-split-tokens N")
+    return val_tokens
+
+
+def windows_per_forward(device, seq_len: int) -> int:
+    """Validation windows per forward. Its (windows x seq_len x vocab) logits are the memory peak; on a CPU,
+    whose heap keeps what it once held (throughput.keep_freed_memory_for_reuse), a forward holds ~1,024 tokens
+    (more raised the tiny demo's peak RSS several-fold: benchmarks/RESULTS.md); a GPU takes 16 windows of 1,024."""
+    tokens = 16 * 1024 if str(device).startswith("cuda") else 1024
+    return max(1, tokens // seq_len)
+
+
+def eval_module(model, accelerator=None):
+    """The bare nn.Module in eval mode: DDP's forward syncs across ranks (which run different numbers of
+    forwards when evaluating) and a compiled module would recompile for every new shape."""
+    if accelerator is not None:
+        model = accelerator.unwrap_model(model, keep_torch_compile=False)
+    model = getattr(model, "_orig_mod", model)
+    if model.training:
+        raise ValueError("evaluate a model in eval mode (model.eval()): dropout would make scores random")
+    return model
+
+
+def token_logprobs(logits, targets):
+    """log softmax(logits)[target] at each position, in fp32 whatever the model's dtype."""
+    import torch.nn.functional as F
+
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    return -F.cross_entropy(flat, targets.reshape(-1), reduction="none").view(targets.shape)
+
+
+def read_val_tokens(data_dir: str | Path, n_tokens: int) -> np.ndarray:
+    """The first `n_tokens` tokens of the val split, through the shards' one reader."""
+    _, shards = open_split(data_dir, "val")
+    parts, have = [], 0
+    for shard in shards:
+        parts.append(np.asarray(shard[: n_tokens - have], dtype=np.int64))
+        have += len(parts[-1])
+        if have == n_tokens:
+            return np.concatenate(parts)
+    raise ValidationError(f"{data_dir}: the validation shards hold {have:,} tokens, {n_tokens:,} needed; lower --val-tokens")
+
+
+def validation_loss(model, data_dir, val_tokens=None, seq_len=1024, batch_size=None, accelerator=None) -> dict:
+    """Mean next-token loss and bits per byte over the first `val_tokens` targets of the val split (None: all).
+
+    Windows of `seq_len` inputs (the last one possibly shorter) in a fixed order, dealt to ranks
+    round-robin; every rank returns the same {"val_loss", "val_bpb", "val_tokens", "val_bytes"}."""
+    import torch
+
+    model = eval_module(model, accelerator)
+    device = next(model.parameters()).device
+    val_tokens = resolve_val_tokens(data_dir, val_tokens)
+    batch_size = batch_size or windows_per_forward(device, seq_len)
+    tokens = torch.from_numpy(read_val_tokens(data_dir, val_split_size(val_tokens)))
+    byte_table = torch.from_numpy(token_bytes().astype(np.int64))
+    if int(tokens.max()) >= min(len(byte_table), model.config.vocab_size):
+        raise ValidationError(f"{data_dir}: validation token id {int(tokens.max())} is not a GPT-2 token id")
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    starts = list(range(0, val_tokens, seq_len))[rank::world]
+
+    # summed loss (nats) of all targets, of the text targets, and the bytes of the text targets
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        for i in range(0, len(starts), batch_size):
+            full = [s for s in starts[i : i + batch_size] if s + seq_len <= val_tokens]
+            tail = [s for s in starts[i : i + batch_size] if s + seq_len > val_tokens]  # at most one short window
+            for group, length in ((full, seq_len), (tail, val_tokens % seq_len)):
+                if not group:
+                    continue
+                window = tokens[torch.tensor(group).unsqueeze(1) + torch.arange(length + 1)]
+                logits = model(input_ids=window[:, :-1].to(device), use_cache=False).logits
+                # a window at a time: the fp32 log-softmax of a whole batch would be 4x its bf16 logits again
+                for window_logits, targets in zip(logits, window[:, 1:]):
+                    nats = -token_logprobs(window_logits, targets.to(device)).double()
+                    nbytes = byte_table[targets].to(device)
+                    totals += torch.stack([nats.sum(), nats[nbytes > 0].sum(), nbytes.sum().double()])
+    if accelerator is not None and world > 1:
+        totals = accelerator.reduce(totals, reduction="sum")
+    loss, text_loss, n_bytes = totals.tolist()
+    return {
+        "val_loss": loss / val_tokens,
+        "val_bpb": text_loss / (math.log(2) * n_bytes) if n_bytes else float("nan"),
+        "val_tokens": val_tokens,
+        "val_bytes": int(n_bytes),
+    }
+
+
+__all__ = ["VAL_TOKENS", "ValidationError", "resolve_val_tokens", "validation_loss", "windows_per_forward"]
