@@ -1,0 +1,143 @@
+"""The README's real run, rehearsed offline: the same commands, only the scale knobs shrunk by flags.
+
+The commands are read from the README's real-run block, so the README and this test cannot drift apart. The
+Hub dataset is a FineWeb-Edu-shaped folder in the Hub layout (parquet with the real columns, a README whose
+`configs:` names sample-10BT) that `datasets.load_dataset(..., streaming=True)` resolves from the working
+directory, as it would resolve the Hub: no code path is bypassed. The model is the 124M one itself.
+"""
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import REPO
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow
+
+BEGIN, END = "<!-- real-run: begin -->", "<!-- real-run: end -->"
+# Only scale knobs: validation split and shard sizes, the token layout of a step, the number of steps.
+SCALE = {
+    "prepare_data.py": ["--val-split-tokens", "513", "--shard-tokens", "20000", "--num-proc", "1"],
+    "train.py": ["--seq-len", "128", "--micro-batch-size", "1", "--total-batch-tokens", "128", "--max-steps", "2",
+                 "--save-every", "1"],
+}
+# One CPU process instead of 8 GPUs; a local GPT2LMHeadModel (our export) stands in for the Hub's gpt2.
+LAUNCH_8GPU = "accelerate launch --config_file accelerate_configs/8gpu.yaml"
+FINEWEB_EDU_COLUMNS = ("text", "id", "dump", "url", "file_path", "language", "language_score", "token_count",
+                       "score", "int_score")
+
+
+def readme_real_run() -> list[str]:
+    readme = (REPO / "README.md").read_text()
+    block = readme[readme.index(BEGIN) : readme.index(END)]
+    return [line.split("  #")[0].strip() for line in re.findall(r"^(?:python|accelerate) .*$", block, re.M)]
+
+
+def fineweb_edu_stand_in(root):
+    """HuggingFaceFW/fineweb-edu as the Hub lays it out: sample/10BT/*.parquet and a README with configs."""
+    text = (REPO / "assets" / "tinyshakespeare.txt").read_text()
+    folder = root / "HuggingFaceFW" / "fineweb-edu"
+    (folder / "sample" / "10BT").mkdir(parents=True)
+    for part in range(2):
+        rows = [
+            {"text": text[i * 1500 : (i + 1) * 1500], "id": f"<urn:uuid:{part}-{i}>", "dump": "CC-MAIN-2024-10",
+             "url": f"https://example.org/{part}/{i}", "file_path": f"s3://commoncrawl/{part}.warc.gz",
+             "language": "en", "language_score": 0.95, "token_count": 350, "score": 3.2, "int_score": 3}
+            for i in range(part * 60, (part + 1) * 60)
+        ]
+        assert tuple(rows[0]) == FINEWEB_EDU_COLUMNS
+        pq.write_table(pa.Table.from_pylist(rows), folder / "sample" / "10BT" / f"00{part}_00000.parquet")
+    (folder / "README.md").write_text(
+        "---\nlicense: odc-by\nconfigs:\n- config_name: sample-10BT\n  data_files:\n  - split: train\n"
+        "    path: sample/10BT/*\n---\n# FineWeb-Edu, an offline stand-in\n"
+    )
+
+
+def as_rehearsal(command: str, exported: str) -> list[str]:
+    """The README command with the launcher pointed at one CPU process and the scale knobs appended."""
+    command = command.replace(LAUNCH_8GPU, "accelerate launch --config_file accelerate_configs/cpu.yaml")
+    words = shlex.split(command)
+    words = [exported if word == "gpt2" and words[i - 1] == "--model" else word for i, word in enumerate(words)]
+    if words[0] == "accelerate":
+        words = [sys.executable, "-m", "accelerate.commands.launch", *words[2:]]
+    else:
+        words[0] = sys.executable
+    words = [str(REPO / w) if w.endswith((".py", ".yaml")) and (REPO / w).exists() else w for w in words]
+    script = next(w for w in words if w.endswith(".py") and w != sys.executable)
+    return [*words, *SCALE.get(script.rsplit("/", 1)[-1], [])]
+
+
+def test_the_readme_real_run_works_end_to_end_offline(tmp_path):
+    commands = readme_real_run()
+    scripts = [next(w for w in shlex.split(c) if w.endswith(".py")) for c in commands]
+    assert scripts == ["prepare_data.py", "train.py", "train.py", "convert_gpt2.py", "eval_hellaswag.py",
+                       "run_report.py"], commands
+    assert commands[0] == "python prepare_data.py fineweb-edu-10b" and "--preset gpt2-124m" in commands[1]
+    assert commands[2] == commands[1] + " --resume auto"
+
+    fineweb_edu_stand_in(tmp_path)
+    (tmp_path / "cache").mkdir()  # HellaSwag as if downloaded once: `auto` and eval's default read it from there
+    shutil.copy(REPO / "tests" / "fixtures" / "hellaswag_tiny.jsonl", tmp_path / "cache" / "hellaswag_val.jsonl")
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "GPT2REPRO_CACHE": str(tmp_path / "cache"),
+           "HF_HOME": str(tmp_path / "hf"), "PYTHONUNBUFFERED": "1"}
+    import os
+
+    env = {**os.environ, **env}
+    run_dir, data_dir = tmp_path / "runs" / "gpt2-124m", tmp_path / "data" / "fineweb-edu-10b"
+    exported = "exported/gpt2-124m"
+
+    def run(i):
+        result = subprocess.run(as_rehearsal(commands[i], exported), cwd=tmp_path, env=env, capture_output=True,
+                                text=True, timeout=900)
+        assert result.returncode == 0, (commands[i], result.stdout[-2000:], result.stderr[-3000:])
+        return result
+
+    # 1. tokenize the (stand-in) Hub dataset through load_dataset(..., streaming=True)
+    run(0)
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["source"]["dataset"] == "HuggingFaceFW/fineweb-edu"
+    assert manifest["source"]["name"] == "sample-10BT" and manifest["splits"]["val"]["tokens"] == 513
+
+    # 2. train the 124M model; then lose the final checkpoint, as an interrupted run would not have it
+    first = run(1)
+    assert "model gpt2-124m: 124.5M parameters" in first.stdout and "step     2/2" in first.stdout
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    final_eval = [r for r in rows if "val_loss" in r][-1]
+    assert final_eval["val_tokens"] == 512 and final_eval["val_bpb"] > 0 and final_eval["hellaswag_items"] == 12
+    uninterrupted = load_file(run_dir / "final" / "model.safetensors")
+    shutil.rmtree(run_dir / "final")
+
+    # 3. the same command with --resume auto continues from the newest checkpoint, to the same weights
+    resumed = run(2)
+    assert f"resumed from {run_dir.relative_to(tmp_path) / 'checkpoint-000001'} at step 1" in resumed.stdout
+    again = load_file(run_dir / "final" / "model.safetensors")
+    for name, tensor in uninterrupted.items():
+        assert torch.equal(tensor, again[name]), name
+
+    # 4. export to a plain GPT2LMHeadModel, 5. evaluate both side by side with eval_hellaswag's defaults
+    run(3)
+    assert json.loads((tmp_path / exported / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
+    evaluation = run(4)
+    results = json.loads((run_dir / "eval_results.json").read_text())["models"]
+    ours, theirs = results["runs/gpt2-124m/final"]["summary"], results[exported]["summary"]
+    assert ours["val_tokens"] == theirs["val_tokens"] == 512  # the whole split, by default
+    assert ours["val_loss"] == pytest.approx(final_eval["val_loss"], abs=2e-3)  # train.py and eval agree
+    assert ours["val_loss"] == pytest.approx(theirs["val_loss"], abs=1e-4)  # the export is the same model
+    assert ours["val_bpb"] == pytest.approx(theirs["val_bpb"], abs=1e-4)
+    assert ours["completion_acc_norm"] == theirs["completion_acc_norm"]
+    assert "val bpb" in evaluation.stdout
+
+    # 6. the report of the run, with the side-by-side evaluation
+    run(5)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["final_eval"]["val_bpb"] == pytest.approx(final_eval["val_bpb"])
+    markdown = (run_dir / "report.md").read_text()
+    assert "bits per byte" in markdown.lower() and exported in markdown and "3.2924" in markdown
