@@ -459,7 +459,7 @@ def main():
     )
     parser.add_argument("--val-batch-size", type=int, default=4, help="validation windows per forward")
     parser.add_argument("--output", help="write the summary and per-item log-likelihoods to this JSON file")
-    parser.add_argument("--push-results", metavar="REPO", help="add the first --model's results to this Hub repo's card")
+    parser.add_argument("--push-results", metavar="REPO", help="add the first --model's results to REPO's Hub card")
     args = parser.parse_args()
     if len(set(args.model)) != len(args.model):
         parser.error("each --model may appear once")

@@ -102,7 +102,7 @@ def build_model_card(report: dict, model_name: str) -> ModelCard:
 
 def card_body(report: dict, model_name: str) -> str:
     data, settings, training = report.get("data") or {}, report.get("settings") or {}, report.get("training") or {}
-    code = report.get("code") or {}
+    code, final = report.get("code") or {}, report.get("final_eval") or {}
     n_params, steps, max_steps = training.get("n_params"), training.get("steps"), training.get("max_steps")
     size = f" ({n_params / 1e6:.1f}M parameters)" if n_params else ""
     on = data.get("hub_dataset") or data.get("name") or "its data"
@@ -134,7 +134,7 @@ def card_body(report: dict, model_name: str) -> str:
         "",
         "## Results",
         "",
-        *markdown_table(["metric", "this model", "OpenAI GPT-2 124M"], results_rows(report.get("final_eval") or {}, data)),
+        *markdown_table(["metric", "this model", "OpenAI GPT-2 124M"], results_rows(final, data)),
         "",
         val_loss_note(data),
         "HellaSwag is scored in two conventions that give different numbers for the same model: completion style "
@@ -199,7 +199,8 @@ def add_eval_results(card: ModelCard, summary: dict, model_name: str, data: dict
     """Merge an eval_hellaswag.py summary (items, completion_acc_norm, lm_eval_acc_norm, ... val_loss,
     val_tokens) into the card's model-index, replacing what it measures again, and (re)write the card's
     eval_hellaswag section. `data`: run_report.describe_data() of the --val-data directory."""
-    scores = {f"hellaswag_{k}": v for k, v in summary.items() if k == "items" or k.endswith("acc_norm")}
+    hellaswag = [k for k in summary if k == "items" or k.startswith(("completion_", "lm_eval_"))]
+    scores = {f"hellaswag_{k}": summary[k] for k in hellaswag}
     scores.update({k: summary[k] for k in ("val_loss", "val_bpb", "val_tokens") if k in summary})
     card.data.eval_results = merge_eval_results(card.data.eval_results, eval_results(scores, data))
     card.data.model_name = card.data.model_name or model_name

@@ -240,7 +240,9 @@ def _num(value, spec: str = ".4f", scale: float = 1.0) -> str:
 def _duration(seconds) -> str:
     if seconds is None:
         return "n/a"
-    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.2f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
 
 
 def reproduce_command(report: dict) -> str:
@@ -290,7 +292,7 @@ def val_loss_note(data: dict) -> str:
 
 def render_markdown(report: dict) -> str:
     tr, code, data = report.get("training") or {}, report.get("code") or {}, report.get("data") or {}
-    settings = report.get("settings") or {}
+    settings, final = report.get("settings") or {}, report.get("final_eval") or {}
     n_params = tr.get("n_params")
     dirty = {True: " (with uncommitted changes)", False: "", None: ""}[code.get("dirty")]
     lines = [
@@ -302,7 +304,7 @@ def render_markdown(report: dict) -> str:
         "",
         "## Results",
         "",
-        *markdown_table(["metric", "this run", "OpenAI GPT-2 124M"], results_rows(report.get("final_eval") or {}, data)),
+        *markdown_table(["metric", "this run", "OpenAI GPT-2 124M"], results_rows(final, data)),
         "",
         val_loss_note(data),
         "",
@@ -338,7 +340,8 @@ def render_markdown(report: dict) -> str:
 def training_lines(report: dict) -> list[str]:
     tr, settings = report.get("training") or {}, report.get("settings") or {}
     return [
-        f"- steps: {_num(tr.get('steps'), ',')} of {_num(tr.get('max_steps'), ',')}; tokens: {_num(tr.get('tokens'), ',')}"
+        f"- steps: {_num(tr.get('steps'), ',')} of {_num(tr.get('max_steps'), ',')}; "
+        f"tokens: {_num(tr.get('tokens'), ',')}"
         f" in batches of {_num(settings.get('total_batch_tokens'), ',')} tokens (sequences of "
         f"{settings.get('seq_len', 'n/a')}); peak learning rate {settings.get('lr', 'n/a')}",
         f"- time: {_duration(tr.get('train_seconds'))} of optimizer steps, {_duration(tr.get('total_seconds'))} "

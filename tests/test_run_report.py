@@ -120,7 +120,8 @@ def test_missing_optional_facts_render_as_n_a(local_data, tmp_path):
 def test_a_hellaswag_subset_is_labelled_with_its_item_count(local_data, tmp_path):
     final = dict(facts(local_data, tmp_path)["final_eval"], hellaswag_items=200)
     run_report.write_report(tmp_path, facts(local_data, tmp_path, device_type="cpu", final_eval=final))
-    assert "| HellaSwag acc_norm, completion style [200 items] | 31.20 | 29.55 |" in (tmp_path / "report.md").read_text()
+    md = (tmp_path / "report.md").read_text()
+    assert "| HellaSwag acc_norm, completion style [200 items] | 31.20 | 29.55 |" in md
 
 
 def test_git_state_is_unknown_outside_git_and_tracks_commit_and_changes(tmp_path):
@@ -165,7 +166,8 @@ def test_cli_rerenders_the_report_with_every_evaluated_model_side_by_side(local_
 @pytest.mark.parametrize("setup, message", [
     (lambda d: None, "report.json: no such file"),
     (lambda d: (d / "report.json").write_text("{"), "report.json: not readable JSON"),
-    (lambda d: ((d / "report.json").write_text("{}"), (d / "r.json").write_text('{"models": 1}')), "eval_hellaswag.py --output"),
+    (lambda d: ((d / "report.json").write_text("{}"), (d / "r.json").write_text('{"models": 1}')),
+     "eval_hellaswag.py --output"),
 ])
 def test_cli_bad_input_is_a_one_line_error(tmp_path, setup, message):
     setup(tmp_path)
