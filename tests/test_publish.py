@@ -331,7 +331,7 @@ def test_trackio_logs_offline_exactly_the_scalars_of_metrics_jsonl(data_dir, tmp
     from trackio.sqlite_storage import SQLiteStorage  # its database lives in conftest's TRACKIO_DIR
 
     before = set(SQLiteStorage.get_runs("gpt2repro"))
-    run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 2, "--micro-batch-size", 4,
+    run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 1, "--micro-batch-size", 4,
                    "--total-batch-tokens", 4 * SEQ, "--sample-tokens", 4, "--log-with", "trackio")
     [run] = set(SQLiteStorage.get_runs("gpt2repro")) - before
     logged = {}
