@@ -17,7 +17,7 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 
 from run_report import (
     CURVES, GPT2_124M_REFERENCE, REPORT_JSON, REPORT_MD, hardware_lines, markdown_table, reproduce_command,
-    results_rows, training_lines, val_loss_note,
+    results_rows, training_lines, val_loss_note, write_atomically,
 )
 
 # What a checkpoint folder holds for its users: save_pretrained's weights, config and remote code, the
@@ -176,19 +176,13 @@ def write_model_card(folder: Path, report: dict, model_name: str, run_dir: Path 
         if run_dir is not None and (Path(run_dir) / name).is_file():
             _copy_atomically(Path(run_dir) / name, folder / name)
     report = dict(report, curves=CURVES if (folder / CURVES).is_file() else None)
-    _write_atomically(folder / "README.md", str(build_model_card(report, model_name)))
+    write_atomically(folder / "README.md", str(build_model_card(report, model_name)))
 
 
 def _copy_atomically(source: Path, target: Path) -> None:
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.copyfile(source, tmp)
     os.replace(tmp, target)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,8 +229,8 @@ def upload_card(card: ModelCard, repo_id: str) -> None:
             commit_message="Add eval_hellaswag.py results",
         )
     except Exception as e:
-        raise PublishError(f"could not update the model card of {repo_id} ({_reason(e)}); the results file is "
-                           "intact: rerun with --push-results once online and logged in") from None
+        raise PublishError(f"could not update the model card of {repo_id} ({_reason(e)}); nothing on the Hub "
+                           "changed, and the scores above (and any --output file) are intact") from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -205,8 +205,8 @@ def write_report(run_dir: Path, facts: dict, eval_results: dict | None = None) -
 
 def save_report(run_dir: Path, report: dict) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomically(run_dir / REPORT_JSON, json.dumps(report, indent=1) + "\n")
-    _write_atomically(run_dir / REPORT_MD, render_markdown(report))
+    write_atomically(run_dir / REPORT_JSON, json.dumps(report, indent=1) + "\n")
+    write_atomically(run_dir / REPORT_MD, render_markdown(report))
 
 
 def eval_summaries(eval_results: dict | None) -> dict | None:
@@ -223,9 +223,10 @@ def eval_summaries(eval_results: dict | None) -> dict | None:
             "val_data": describe_data(val_data) if val_data else None}
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
+    """Readers see the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
