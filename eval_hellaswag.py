@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
+from model_card import PublishError, add_eval_results, load_card, upload_card
+from run_report import describe_data, provenance
 from throughput import keep_freed_memory_for_reuse
 from token_shards import ShardError
 from validation import ValidationError, eval_module, resolve_val_tokens, token_logprobs, validation_loss
@@ -378,6 +380,7 @@ def main():
     )
     parser.add_argument("--val-batch-size", type=int, help="validation windows per forward (default: by device)")
     parser.add_argument("--output", help="write the summary and per-item log-likelihoods to this JSON file")
+    parser.add_argument("--push-results", metavar="REPO", help="add the first --model's results to REPO's Hub card")
     args = parser.parse_args()
     if len(set(args.model)) != len(args.model):
         parser.error("each --model may appear once")
@@ -391,7 +394,12 @@ def main():
             args.val_tokens = resolve_val_tokens(args.val_data, args.val_tokens)
     except (HellaSwagDataError, ShardError, ValidationError) as e:
         raise SystemExit(f"error: {e}") from None
-    results = {"data": str(args.data or cache_dir() / "hellaswag_val.jsonl"), "models": {}}
+    try:  # a wrong repo id or no network fails now, not after hours of scoring
+        card = load_card(args.push_results) if args.push_results else None
+    except PublishError as e:
+        raise SystemExit(f"error: {e}") from None
+    results = {"data": str(args.data or cache_dir() / "hellaswag_val.jsonl"), "val_data": args.val_data,
+               "provenance": provenance(), "models": {}}
     for name in args.model:
         model, tokenizer = load_model(name, device, getattr(torch, args.dtype))
         started = time.perf_counter()
@@ -411,6 +419,14 @@ def main():
         tmp.write_text(json.dumps(results, indent=1))
         os.replace(tmp, args.output)  # never a half-written results file
         print(f"wrote {args.output}")
+    if card is not None:
+        data = describe_data(args.val_data) if args.val_data else None
+        try:
+            card = add_eval_results(card, results["models"][args.model[0]]["summary"], args.push_results, data)
+            upload_card(card, args.push_results)
+        except PublishError as e:
+            raise SystemExit(f"error: {e}") from None
+        print(f"added {args.model[0]}'s results to the card of https://huggingface.co/{args.push_results}")
 
 
 if __name__ == "__main__":

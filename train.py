@@ -35,15 +35,15 @@ from checkpoints import (
 )
 from configuration_gpt2repro import GPT2ReproConfig
 from eval_hellaswag import HellaSwagDataError, load_hellaswag, score_hellaswag
+from model_card import PublishError, push_to_hub, write_model_card
 from modeling_gpt2repro import GPT2ReproForCausalLM
 from prepare_data import data_dir_for
+from run_report import GPT2_124M_REFERENCE, describe_data, val_loss_reference, write_report
 from throughput import device_peak_flops, flops_per_token, keep_freed_memory_for_reuse, mfu
 from token_shards import ShardedTokenLoader, ShardError, check_tokenizer
 from tokenization_gpt2repro import load_tokenizer
 from validation import ValidationError, resolve_val_tokens, validation_loss
 
-GPT2_124M_FINEWEB_EDU_VAL_LOSS = 3.2924  # official GPT-2 124M on FineWeb-Edu val (build-nanogpt)
-GPT2_124M_HELLASWAG = 0.2955  # official GPT-2 124M, completion-style acc_norm
 SAMPLE_PROMPT = "Hello, I'm a language model,"
 
 
@@ -334,48 +334,15 @@ def resume(accelerator, candidates: list[Path], loader, print0) -> RunState:
     return RunState()
 
 
-def write_model_card(folder: Path, state: dict, s: Settings) -> None:
-    metrics = state.get("last_eval", {})
-    lines = [
-        "---", "library_name: transformers", "tags: [gpt2, gpt2repro, text-generation]", "---", "",
-        f"# GPT-2 reproduction ({s.model})", "",
-        "Trained with [gpt2repro](https://github.com/) (`train.py`). Load with:", "",
-        "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "model = AutoModelForCausalLM.from_pretrained(REPO, trust_remote_code=True)",
-        "tokenizer = AutoTokenizer.from_pretrained(REPO)", "```", "",
-        f"- steps: {state['step']}, tokens seen: {state['tokens_seen']:,}",
-        f"- validation loss: {metrics.get('val_loss', 'n/a')}",
-        f"- HellaSwag acc_norm (completion style): {metrics.get('hellaswag_completion_acc_norm', 'n/a')}", "",
-        "## Settings", "", "```yaml", yaml.safe_dump(dataclasses.asdict(s), sort_keys=False).strip(), "```", "",
-    ]
-    (folder / "README.md").write_text("\n".join(lines))
-
-
-class PushError(RuntimeError):
-    """The final checkpoint could not be pushed; it is intact locally."""
-
-
-def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> None:
-    from huggingface_hub import HfApi
-
-    try:
-        api = HfApi()
-        api.create_repo(repo_id, exist_ok=True, private=private)
-        api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload gpt2repro checkpoint")
-    except Exception as e:  # offline, no token, no permission: the local checkpoint stays as it is
-        raise PushError(
-            f"could not push {folder} to {repo_id} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); the "
-            f"checkpoint is intact: retry with `hf upload {repo_id} {folder}` once online and logged in"
-        ) from None
-
-
-def save(accelerator, model, tokenizer, path: Path, state: RunState, loader, s: Settings) -> None:
+def save(accelerator, model, tokenizer, path: Path, state: RunState, loader, log: "RunLog") -> None:
+    """A checkpoint, with the run's report (rewritten at each save) and a model card made from it."""
     trainer_state = {**dataclasses.asdict(state), "train_loader": loader.state_dict(),
                      "world_size": accelerator.num_processes}
 
     def extras(folder: Path) -> None:  # what a user of the checkpoint needs beside the weights
         tokenizer.save_pretrained(folder)
-        write_model_card(folder, trainer_state, s)
+        report = write_report(log.run_dir, log.facts(state))
+        write_model_card(folder, report, log.settings.push_to_hub or str(path), log.run_dir)
 
     save_checkpoint(accelerator, model, path, trainer_state, extras)
 
@@ -386,8 +353,8 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def plot_curves(run_dir: Path, fineweb: bool) -> None:
-    """Loss, bits-per-byte and HellaSwag curves, with the official GPT-2 124M lines on FineWeb-Edu."""
+def plot_curves(run_dir: Path, val_reference: dict | None) -> None:
+    """Loss, bits-per-byte and HellaSwag curves, with the published figure the data's loss compares with."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -401,16 +368,17 @@ def plot_curves(run_dir: Path, fineweb: bool) -> None:
     fig, (ax_loss, ax_bpb, ax_hella) = plt.subplots(1, 3, figsize=(16, 4.5))
     ax_loss.plot(*series("loss"), label="train loss", alpha=0.6)
     ax_loss.plot(*series("val_loss"), "o-", label="val loss")
-    if fineweb:
-        ax_loss.axhline(GPT2_124M_FINEWEB_EDU_VAL_LOSS, color="r", ls="--", label="OpenAI GPT-2 124M val")
+    if val_reference:
+        ax_loss.axhline(val_reference["value"], color="r", ls="--", label=val_reference["label"])
     ax_loss.set(xlabel="step", ylabel="loss (nats/token)", title="loss")
     ax_bpb.plot(*series("val_bpb"), "o-", label="val bits per byte")
     ax_bpb.set(xlabel="step", ylabel="bits per byte", title="validation bits per byte")
     hella = series("hellaswag_completion_acc_norm")
     ax_hella.plot(*hella, "o-", label="HellaSwag acc_norm (completion)")
     ax_hella.plot(*series("hellaswag_lm_eval_acc_norm"), "s-", label="HellaSwag acc_norm (lm-eval)")
-    if fineweb or hella[0]:
-        ax_hella.axhline(GPT2_124M_HELLASWAG, color="r", ls="--", label="OpenAI GPT-2 124M (completion)")
+    if val_reference or hella[0]:
+        reference = GPT2_124M_REFERENCE["hellaswag_completion_acc_norm"]
+        ax_hella.axhline(reference, color="r", ls="--", label="OpenAI GPT-2 124M (completion)")
     ax_hella.set(xlabel="step", ylabel="accuracy", title="HellaSwag" if hella[0] else "HellaSwag (not evaluated)")
     for ax in (ax_loss, ax_bpb, ax_hella):
         if ax.get_legend_handles_labels()[0]:
@@ -423,17 +391,49 @@ def plot_curves(run_dir: Path, fineweb: bool) -> None:
 
 
 class RunLog:
-    """Where a run reports: the progress line, metrics.jsonl, the Accelerate trackers, the curves."""
+    """Where a run reports: the progress line, metrics.jsonl, the Accelerate trackers, the curves, the report."""
 
-    def __init__(self, accelerator, s: Settings, preset: str):
-        self.accelerator, self.run_dir = accelerator, Path(s.run_dir)
-        self.fineweb = "fineweb" in s.data_dir.lower()
+    def __init__(self, accelerator, s: Settings, preset: str, argv=None):
+        self.accelerator, self.settings, self.preset, self.run_dir = accelerator, s, preset, Path(s.run_dir)
+        self.command = ["train.py", *(sys.argv[1:] if argv is None else argv)]
+        self.val_reference = val_loss_reference(describe_data(s.data_dir))
         if accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "settings.yaml").write_text(
                 yaml.safe_dump({"preset": preset, **dataclasses.asdict(s)}, sort_keys=False)
             )
         accelerator.init_trackers("gpt2repro", config={k: v for k, v in dataclasses.asdict(s).items() if v is not None})
+
+    def start(self, model, model_config, grad_accum_steps: int, compiled: bool) -> None:
+        """Note what the run is (for the banner, MFU and the report) and print the banner."""
+        s, device, world = self.settings, self.accelerator.device, self.accelerator.num_processes
+        self.compiled, self.precision = compiled, self.accelerator.mixed_precision
+        self.n_params = sum(p.numel() for p in model.parameters())
+        self.flops_per_token = flops_per_token(model_config, s.seq_len)
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        self.peak_flops, self.peak_source = device_peak_flops(device, dtype)
+        self.print(
+            f"model {s.model}: {self.n_params / 1e6:.1f}M parameters | {world} process(es) on {device.type} | "
+            f"precision {self.precision} | compile {compiled}\n"
+            f"batch: {s.total_batch_tokens:,} tokens/step = {s.micro_batch_size} x {s.seq_len} x {world} processes "
+            f"x {grad_accum_steps} accumulation | {s.max_steps} steps | peak FLOP/s: {self.peak_source}"
+        )
+
+    def mfu(self, tokens_per_sec: float) -> float:
+        return mfu(tokens_per_sec / self.accelerator.num_processes, self.flops_per_token, self.peak_flops)
+
+    def facts(self, state: RunState) -> dict:
+        """What the run report needs from the trainer (run_report.write_report collects the rest)."""
+        tokens_per_sec = state.tokens_seen / state.train_seconds if state.train_seconds else None
+        return {
+            "command": self.command, "preset": self.preset, "settings": dataclasses.asdict(self.settings),
+            "world_size": self.accelerator.num_processes, "device_type": self.accelerator.device.type,
+            "precision": self.precision, "compile": self.compiled, "n_params": self.n_params,
+            "steps": state.step, "tokens": state.tokens_seen, "train_seconds": state.train_seconds,
+            "total_seconds": state.total_seconds, "mean_tokens_per_sec": tokens_per_sec,
+            "mean_mfu": self.mfu(tokens_per_sec) if tokens_per_sec else None, "peak_flops_source": self.peak_source,
+            "final_eval": state.last_eval,
+        }
 
     def print(self, *args, **kwargs):
         if self.accelerator.is_main_process:
@@ -451,7 +451,7 @@ class RunLog:
         for text in samples:
             self.print(f"  sample: {text!r}")
         if self.accelerator.is_main_process:
-            plot_curves(self.run_dir, self.fineweb)
+            plot_curves(self.run_dir, self.val_reference)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -475,18 +475,10 @@ def main(argv=None):
     loader = ShardedTokenLoader(s.data_dir, "train", s.micro_batch_size, s.seq_len, accelerator.process_index, world,
                                 seed=s.seed)
     tokenizer = load_tokenizer()
-    log = RunLog(accelerator, s, preset)
+    log = RunLog(accelerator, s, preset, argv)
     state = resume(accelerator, checkpoints, loader, log.print)
     hellaswag_items = load_hellaswag_items(s, log.print)
-    precision = accelerator.mixed_precision
-    flops_token = flops_per_token(model_config, s.seq_len)
-    peak_flops, peak_source = device_peak_flops(device, torch.bfloat16 if precision == "bf16" else torch.float32)
-    log.print(
-        f"model {s.model}: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.1f}M parameters | {world} "
-        f"process(es) on {device.type} | precision {precision} | compile {compile_model}\n"
-        f"batch: {s.total_batch_tokens:,} tokens/step = {s.micro_batch_size} x {s.seq_len} x {world} processes "
-        f"x {grad_accum_steps} accumulation | {s.max_steps} steps | peak FLOP/s: {peak_source}"
-    )
+    log.start(raw_model, model_config, grad_accum_steps, compile_model)
     stop = StopRequest()
     started, first_step, total_before = time.perf_counter(), state.step, state.total_seconds
     last_save = started
@@ -509,7 +501,7 @@ def main(argv=None):
                 raise DivergedError(f"{state.bad_steps} non-finite steps in a row at step {state.step}: training "
                                     "diverged; lower --lr or resume from an earlier checkpoint")
         tokens_per_sec = s.total_batch_tokens / dt
-        utilization = mfu(tokens_per_sec / world, flops_token, peak_flops)
+        utilization = log.mfu(tokens_per_sec)
         eta = (time.perf_counter() - started) / (state.step - first_step) * (s.max_steps - state.step)
         log.print(
             f"step {state.step:5d}/{s.max_steps} | loss {loss:.6f} | lr {lr:.4e} | norm {norm:.4f} | "
@@ -528,7 +520,7 @@ def main(argv=None):
             samples = generate_samples(accelerator, raw_model, tokenizer, s, state.step)
             log.evaluation(state.step, state.last_eval, samples if accelerator.is_main_process else [])
         if not done and (stop_now or time_to_save or (s.save_every and state.step % s.save_every == 0)):
-            save(accelerator, model, tokenizer, checkpoint_path(s.run_dir, state.step), state, loader, s)
+            save(accelerator, model, tokenizer, checkpoint_path(s.run_dir, state.step), state, loader, log)
             last_save = time.perf_counter()
             if accelerator.is_main_process:
                 prune_checkpoints(Path(s.run_dir), s.keep_checkpoints)
@@ -540,7 +532,7 @@ def main(argv=None):
     if state.step == s.max_steps:
         final = Path(s.run_dir) / "final"
         state.total_seconds = total_before + time.perf_counter() - started
-        save(accelerator, model, tokenizer, final, state, loader, s)
+        save(accelerator, model, tokenizer, final, state, loader, log)
         log.print(f"final checkpoint: {final}")
         if s.push_to_hub and accelerator.is_main_process:
             push_to_hub(final, s.push_to_hub, private=s.hub_private)
@@ -563,7 +555,7 @@ class StopRequest:
 
 
 # The project's own errors are one line for the user; anything else (a torch RuntimeError, a bug) keeps its traceback.
-USER_ERRORS = (SettingsError, ShardError, CheckpointError, ValidationError, HellaSwagDataError, DivergedError, PushError)
+USER_ERRORS = (SettingsError, ShardError, CheckpointError, ValidationError, HellaSwagDataError, DivergedError, PublishError)
 
 
 def run(argv=None):

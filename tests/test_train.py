@@ -222,7 +222,7 @@ def test_final_checkpoint_loads_through_auto_classes_elsewhere(data_dir, tmp_pat
     (tmp_path / "elsewhere").mkdir()
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path / "elsewhere")
     assert result.returncode == 0 and result.stdout.startswith("Hello"), result.stderr[-2000:]
-    assert (final / "README.md").read_text().count("tokens seen: 128") == 1
+    assert "128 tokens of" in (final / "README.md").read_text()
 
 
 # ---- bad input ----

@@ -1,0 +1,274 @@
+"""The model card and the upload: what a user of a trained checkpoint finds on the Hub.
+
+The card is built with huggingface_hub's ModelCard / ModelCardData / EvalResult, so the Hub renders its
+model-index (HellaSwag acc_norm in both conventions, validation loss and bits per byte) and ModelCard.load
+reads it back. Its body holds the results next to OpenAI's GPT-2 (124M), the curves, the command that
+reproduces the run and the hardware, time and cost from the run report (run_report.py).
+
+push_to_hub uploads exactly what a user of the model needs, never training_state/ (optimizer, RNG).
+"""
+
+import fnmatch
+import os
+import shutil
+from pathlib import Path
+
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
+
+from run_report import (
+    CURVES, GPT2_124M_REFERENCE, REPORT_JSON, REPORT_MD, hardware_lines, markdown_table, reproduce_command,
+    results_rows, training_lines, val_loss_note, write_atomically,
+)
+
+# What a checkpoint folder holds for its users: save_pretrained's weights, config and remote code, the
+# tokenizer, the card and the run's report. Top-level files only: training_state/ never matches.
+UPLOAD_PATTERNS = (
+    "config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
+    "model.safetensors.index.json", "*.py", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "vocab.json", "merges.txt", "README.md", CURVES, REPORT_MD, REPORT_JSON,
+)
+TAGS = ["gpt2", "gpt2repro", "causal-lm", "pretrained-from-scratch"]
+HELLASWAG_HUB_ID = "Rowan/hellaswag"
+# Markers around the section eval_hellaswag.py --push-results maintains, so a second push replaces it.
+EVAL_SECTION = ("<!-- gpt2repro:eval_hellaswag -->", "<!-- /gpt2repro:eval_hellaswag -->")
+
+
+class PublishError(RuntimeError):
+    """An upload or card download that failed: the message says what is intact and how to retry."""
+
+
+# ----------------------------------------------------------------------------------------------
+# model-index entries
+
+
+def eval_results(scores: dict, data: dict | None) -> list[EvalResult]:
+    """model-index entries from scores named as in a run report's final_eval (hellaswag_items,
+    hellaswag_completion_acc_norm, hellaswag_lm_eval_acc_norm, val_loss, val_bpb, val_tokens); `data` is
+    run_report.describe_data() of the validation data. Accuracies in percent, as the published figures."""
+    results = []
+    items = scores.get("hellaswag_items")
+    # a subset of HellaSwag is a different evaluation from the whole set: its own model-index entry
+    split = "validation" if items in (None, GPT2_124M_REFERENCE["hellaswag_items"]) else f"validation[:{items}]"
+    for config, style in (("completion", "completion style (build-nanogpt, llm.c)"),
+                          ("lm_eval", "lm-evaluation-harness style")):
+        value = scores.get(f"hellaswag_{config}_acc_norm")
+        if value is not None:
+            results.append(EvalResult(
+                task_type="text-generation", task_name="Text Generation", dataset_type=HELLASWAG_HUB_ID,
+                dataset_name="HellaSwag", dataset_split=split, metric_type="acc_norm",
+                metric_name=f"acc_norm, {style}", metric_config=config, metric_value=round(100 * value, 2),
+            ))
+    if data and scores.get("val_loss") is not None:
+        where = dict(
+            task_type="text-generation", task_name="Text Generation",
+            dataset_type=data.get("hub_dataset") or data.get("name") or "unknown",
+            dataset_name=f"{data.get('name')} (gpt2repro validation shard)", dataset_config=data.get("hub_config"),
+            dataset_split=f"val, first {scores['val_tokens']:,} tokens" if scores.get("val_tokens") else "val",
+        )
+        results.append(EvalResult(**where, metric_type="loss", metric_name="validation loss (nats per token)",
+                                  metric_value=round(scores["val_loss"], 4)))
+        if scores.get("val_bpb") is not None:
+            results.append(EvalResult(**where, metric_type="bits_per_byte", metric_name="validation bits per byte",
+                                      metric_value=round(scores["val_bpb"], 4)))
+    return results
+
+
+def _key(result: EvalResult) -> tuple:
+    return (*result.unique_identifier, result.metric_type, result.metric_config)
+
+
+def merge_eval_results(existing: list[EvalResult] | None, new: list[EvalResult]) -> list[EvalResult]:
+    """`existing` with each entry `new` measures again replaced in place, the others appended."""
+    replacements = {_key(r): r for r in new}
+    merged = [replacements.pop(_key(r), r) for r in existing or []]
+    return merged + [r for r in new if _key(r) in replacements]
+
+
+# ----------------------------------------------------------------------------------------------
+# the card
+
+
+def build_model_card(report: dict, model_name: str) -> ModelCard:
+    """The card of a checkpoint trained by train.py. `model_name` is what its users load: the Hub repo id,
+    or the local checkpoint path for a card that is not pushed."""
+    data = report.get("data") or {}
+    card_data = ModelCardData(
+        language="en", license="mit", library_name="transformers", pipeline_tag="text-generation", tags=TAGS,
+        datasets=[data["hub_dataset"]] if data.get("hub_dataset") else None, model_name=model_name,
+        eval_results=eval_results(report.get("final_eval") or {}, data) or None,
+    )
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{card_body(report, model_name)}")
+
+
+def card_body(report: dict, model_name: str) -> str:
+    data, settings, training = report.get("data") or {}, report.get("settings") or {}, report.get("training") or {}
+    code, final = report.get("code") or {}, report.get("final_eval") or {}
+    n_params, steps, max_steps = training.get("n_params"), training.get("steps"), training.get("max_steps")
+    size = f" ({n_params / 1e6:.1f}M parameters)" if n_params else ""
+    on = data.get("hub_dataset") or data.get("name") or "its data"
+    if data.get("hub_config"):
+        on += f" ({data['hub_config']})"
+    lines = [
+        f"# gpt2repro: {settings.get('model', 'GPT-2')}{size} trained on {on}",
+        "",
+        f"A GPT-2 architecture trained from scratch with gpt2repro's `train.py` on {training.get('tokens') or 0:,} "
+        f"tokens of {on}.",
+    ]
+    if steps is not None and max_steps and steps < max_steps:
+        lines += ["", f"This checkpoint is from step {steps:,} of {max_steps:,}: training had not finished."]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f'model = AutoModelForCausalLM.from_pretrained("{model_name}", trust_remote_code=True)',
+        f'tokenizer = AutoTokenizer.from_pretrained("{model_name}")',
+        "ids = tokenizer(\"Hello, I'm a language model,\", return_tensors=\"pt\")",
+        "print(tokenizer.decode(model.generate(**ids, max_new_tokens=30, do_sample=True, top_k=50)[0]))",
+        "```",
+        "",
+        "`trust_remote_code=True` runs the model code shipped beside the weights (`modeling_gpt2repro.py`, "
+        "`configuration_gpt2repro.py`); read it first. The tokenizer is OpenAI's GPT-2 BPE.",
+        "",
+        "## Results",
+        "",
+        *markdown_table(["metric", "this model", "OpenAI GPT-2 124M"], results_rows(final, data)),
+        "",
+        val_loss_note(data),
+        "HellaSwag is scored in two conventions that give different numbers for the same model: completion style "
+        "(build-nanogpt, llm.c) and lm-evaluation-harness style; both are reported, by the same code.",
+        "",
+        "## Training",
+        "",
+        *training_lines(report),
+        *hardware_lines(report),
+        "",
+    ]
+    if report.get("curves"):
+        lines += [f"![training curves]({report['curves']})", ""]
+    lines += [
+        "## Reproduce",
+        "",
+        "With gpt2repro at commit " + f"`{code.get('commit', 'unknown')}`"
+        + (" (the run had uncommitted changes)" if code.get("dirty") else "") + ", after preparing the same data:",
+        "",
+        "```bash",
+        reproduce_command(report),
+        "```",
+        "",
+        f"The full run report is in [{REPORT_MD}]({REPORT_MD}) ([{REPORT_JSON}]({REPORT_JSON}) for machines).",
+        "",
+        "## Limitations",
+        "",
+        "A base language model trained only to predict the next token: it is not instruction-tuned or aligned, "
+        "writes fluent text that is often false, and reflects the biases of its training data.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(folder: Path, report: dict, model_name: str, run_dir: Path | None = None) -> None:
+    """folder/README.md, with run_dir's curves.png, report.md and report.json copied beside it."""
+    folder = Path(folder)
+    for name in (CURVES, REPORT_MD, REPORT_JSON):
+        if run_dir is not None and (Path(run_dir) / name).is_file():
+            _copy_atomically(Path(run_dir) / name, folder / name)
+    report = dict(report, curves=CURVES if (folder / CURVES).is_file() else None)
+    write_atomically(folder / "README.md", str(build_model_card(report, model_name)))
+
+
+def _copy_atomically(source: Path, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+# ----------------------------------------------------------------------------------------------
+# adding eval_hellaswag.py results to a card
+
+
+def add_eval_results(card: ModelCard, summary: dict, model_name: str, data: dict | None = None) -> ModelCard:
+    """Merge an eval_hellaswag.py summary (items, completion_acc_norm, lm_eval_acc_norm, ... val_loss,
+    val_tokens) into the card's model-index, replacing what it measures again, and (re)write the card's
+    eval_hellaswag section. `data`: run_report.describe_data() of the --val-data directory."""
+    hellaswag = [k for k in summary if k == "items" or k.startswith(("completion_", "lm_eval_"))]
+    scores = {f"hellaswag_{k}": summary[k] for k in hellaswag}
+    scores.update({k: summary[k] for k in ("val_loss", "val_bpb", "val_tokens") if k in summary})
+    card.data.eval_results = merge_eval_results(card.data.eval_results, eval_results(scores, data))
+    card.data.model_name = card.data.model_name or model_name
+    section = "\n".join([
+        EVAL_SECTION[0], "## Evaluation (eval_hellaswag.py)", "",
+        *markdown_table(["metric", "this model", "OpenAI GPT-2 124M"], results_rows(scores, data or {})),
+        "", f"Scored on {summary.get('device', 'n/a')} in {summary.get('dtype', 'n/a')}.", EVAL_SECTION[1],
+    ])
+    text = card.text
+    start, end = text.find(EVAL_SECTION[0]), text.find(EVAL_SECTION[1])
+    if start != -1 and end > start:
+        card.text = text[:start] + section + text[end + len(EVAL_SECTION[1]):]
+    else:
+        card.text = text.rstrip("\n") + "\n\n" + section + "\n"
+    return card
+
+
+def load_card(repo_id: str) -> ModelCard:
+    """The model card of a Hub repo: before hours of evaluation, so a wrong id or no network fails first."""
+    try:
+        return ModelCard.load(repo_id)
+    except Exception as e:  # offline, no such repo, no README, no permission
+        raise PublishError(f"could not read the model card of {repo_id} ({_reason(e)}); check the repo id, your "
+                           "network and `hf auth login`") from None
+
+
+def upload_card(card: ModelCard, repo_id: str) -> None:
+    """Replace README.md in the repo, and nothing else."""
+    try:
+        HfApi().create_commit(
+            repo_id, operations=[CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode())],
+            commit_message="Add eval_hellaswag.py results",
+        )
+    except Exception as e:
+        raise PublishError(f"could not update the model card of {repo_id} ({_reason(e)}); nothing on the Hub "
+                           "changed, and the scores above (and any --output file) are intact") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# the upload
+
+
+def files_to_upload(folder: Path) -> list[str]:
+    """The top-level files of a checkpoint folder that its users need, sorted."""
+    folder = Path(folder)
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, pattern) for pattern in UPLOAD_PATTERNS)]
+    if "config.json" not in chosen or not any(n.endswith(".safetensors") for n in chosen):
+        raise PublishError(f"{folder} is not a checkpoint (no config.json and *.safetensors); push a folder "
+                           "that train.py or save_pretrained wrote")
+    return chosen
+
+
+def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
+    """Upload the files a user of the checkpoint needs in one commit; returns the repo's URL."""
+    folder = Path(folder)
+    files = files_to_upload(folder)
+    api = HfApi()
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        if private and not api.repo_info(repo_id).private:  # create_repo leaves an existing repo as it is
+            raise PublishError(f"{repo_id} exists and is public: nothing was uploaded; make it private on the Hub "
+                               "first, or push without private")
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in files]
+        api.create_commit(repo_id, operations=operations, commit_message="Upload gpt2repro checkpoint")
+    except PublishError:
+        raise
+    except Exception as e:  # offline, no token, no permission: the local checkpoint stays as it is
+        retry = f"hf upload {repo_id} {folder} . --exclude 'training_state/*'" + (" --private" if private else "")
+        raise PublishError(f"could not push {folder} to {repo_id} ({_reason(e)}); the checkpoint is intact: retry "
+                           f"with `{retry}` once online and logged in") from None
+    return str(url)
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__

@@ -1,0 +1,344 @@
+"""Publishing: the model card round-trips through huggingface_hub, the upload holds exactly what a user needs
+(the Hub intercepted at its commit call), eval_hellaswag.py adds its results to a Hub card, and the trackers
+record exactly the scalars of metrics.jsonl."""
+
+import json
+import math
+import sys
+
+import huggingface_hub
+import pytest
+from conftest import REPO
+from huggingface_hub import HfApi, ModelCard
+
+import model_card
+import run_report
+import train
+
+FIXTURE = REPO / "tests" / "fixtures" / "hellaswag_tiny.jsonl"
+SEQ = 32
+TINY = ["--model", "tiny", "--seq-len", str(SEQ), "--log-with", "none", "--mixed-precision", "no",
+        "--eval-every", "0", "--val-tokens", "512", "--warmup-steps", "2", "--lr", "3e-3"]
+USER_FILES = ["README.md", "config.json", "configuration_gpt2repro.py", "curves.png", "generation_config.json",
+              "model.safetensors", "modeling_gpt2repro.py", "report.json", "report.md", "tokenizer.json",
+              "tokenizer_config.json"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """~30k tokens of Shakespeare as several small shards, through the real prepare_data CLI."""
+    import prepare_data
+
+    root = tmp_path_factory.mktemp("data")
+    corpus = root / "corpus.txt"
+    corpus.write_text((REPO / "assets" / "tinyshakespeare.txt").read_text()[:120_000])
+    out = root / "shards"
+    prepare_data.main([str(corpus), "--out", str(out), "--shard-tokens", "8000", "--val-split-tokens", "2048",
+                       "--num-proc", "1"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def fineweb_edu(data_dir, tmp_path_factory):
+    """The same shards, their manifest saying they were streamed from HuggingFaceFW/fineweb-edu."""
+    copy = tmp_path_factory.mktemp("fineweb-edu")
+    for f in data_dir.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["source"] = {"type": "hub", "dataset": "HuggingFaceFW/fineweb-edu", "name": "sample-10BT",
+                          "split": "train", "text_column": "text", "part": None}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def run_in_process(*args):
+    """train.main in this process (fast), with Accelerate's process-wide state reset between runs."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train.main([*TINY, *map(str, args)])
+
+
+@pytest.fixture
+def no_peak_probe(monkeypatch):
+    """MFU's CPU peak without its seconds-long matmul probe: the trackers log whatever MFU is."""
+    import throughput
+
+    monkeypatch.setattr(throughput, "_matmul_probe", lambda device, dtype: 1e11)
+    throughput.device_peak_flops.cache_clear()
+    yield
+    throughput.device_peak_flops.cache_clear()
+
+
+def make_report(run_dir, data_dir, **final_eval):
+    final = dict(val_loss=3.05, val_bpb=0.93, val_tokens=10_485_760, hellaswag_items=10_042,
+                 hellaswag_completion_acc=0.3, hellaswag_completion_acc_norm=0.3123,
+                 hellaswag_lm_eval_acc=0.305, hellaswag_lm_eval_acc_norm=0.3301)
+    final.update(final_eval)
+    facts = dict(command=["train.py", "--preset", "gpt2-124m"], preset="gpt2-124m", world_size=1, device_type="cpu",
+                 settings=dict(model="gpt2", data_dir=str(data_dir), run_dir=str(run_dir), max_steps=19_073),
+                 steps=19_073, tokens=10**10, n_params=124_475_904, final_eval=final)
+    return run_report.write_report(run_dir, facts)
+
+
+@pytest.fixture
+def checkpoint(tmp_path, tiny_config, fineweb_edu):
+    """A final/ folder as train.py leaves it: save_pretrained + tokenizer + card + training_state/."""
+    from modeling_gpt2repro import GPT2ReproForCausalLM
+    from tokenization_gpt2repro import load_tokenizer
+
+    run_dir, folder = tmp_path / "run", tmp_path / "run" / "final"
+    GPT2ReproForCausalLM(tiny_config).save_pretrained(folder)
+    load_tokenizer().save_pretrained(folder)
+    (folder / "training_state").mkdir()
+    for name in ("optimizer.bin", "random_states_0.pkl", "trainer_state.json"):
+        (folder / "training_state" / name).write_bytes(b"state")
+    (run_dir / "curves.png").write_bytes(b"\x89PNG fake")
+    report = make_report(run_dir, fineweb_edu)
+    model_card.write_model_card(folder, report, "someone/gpt2-repro", run_dir)
+    return folder
+
+
+class FakeHub:
+    """HfApi's network calls, recorded: what would have been created and committed."""
+
+    def __init__(self, monkeypatch, private_on_hub=None):
+        self.repos, self.commits = [], []
+        hub = self
+
+        def create_repo(api, repo_id, **kwargs):
+            hub.repos.append((repo_id, kwargs))
+            return f"https://huggingface.co/{repo_id}"
+
+        def repo_info(api, repo_id, **kwargs):
+            private = hub.repos[-1][1].get("private") if private_on_hub is None else private_on_hub
+            return type("RepoInfo", (), {"private": private})()
+
+        def create_commit(api, repo_id, operations, **kwargs):
+            hub.commits.append((repo_id, list(operations), kwargs))
+
+        monkeypatch.setattr(HfApi, "create_repo", create_repo)
+        monkeypatch.setattr(HfApi, "repo_info", repo_info)
+        monkeypatch.setattr(HfApi, "create_commit", create_commit)
+
+
+# ---- the card ----
+
+
+def test_card_metadata_round_trips_through_modelcard_load(checkpoint):
+    card = ModelCard.load(checkpoint / "README.md")
+    data = card.data
+    assert (data.license, data.library_name, data.pipeline_tag, data.language) == (
+        "mit", "transformers", "text-generation", "en")
+    assert data.datasets == ["HuggingFaceFW/fineweb-edu"]
+    assert {"gpt2", "gpt2repro"} <= set(data.tags)
+    assert data.model_name == "someone/gpt2-repro"
+    values = {(r.dataset_type, r.metric_type, r.metric_config): r.metric_value for r in data.eval_results}
+    assert values == {
+        ("Rowan/hellaswag", "acc_norm", "completion"): 31.23,
+        ("Rowan/hellaswag", "acc_norm", "lm_eval"): 33.01,
+        ("HuggingFaceFW/fineweb-edu", "loss", None): 3.05,
+        ("HuggingFaceFW/fineweb-edu", "bits_per_byte", None): 0.93,
+    }
+    assert all(r.dataset_split == "validation" for r in data.eval_results if r.dataset_type == "Rowan/hellaswag")
+
+
+def test_card_body_compares_with_gpt2_and_shows_curves_command_and_report(checkpoint):
+    text = ModelCard.load(checkpoint / "README.md").text
+    assert "| HellaSwag acc_norm, completion style | 31.23 | 29.55 |" in text
+    assert "3.2924 (OpenAI GPT-2 124M on FineWeb-Edu val" in text
+    assert "![training curves](curves.png)" in text and (checkpoint / "curves.png").exists()
+    assert "python train.py --preset gpt2-124m" in text
+    assert 'from_pretrained("someone/gpt2-repro", trust_remote_code=True)' in text
+    assert (checkpoint / "report.md").exists() and (checkpoint / "report.json").exists()
+    assert "github.com" not in text and "](http" not in text  # no placeholder links
+
+
+def test_a_card_of_local_data_names_no_hub_dataset_and_a_partial_run_says_so(tmp_path, data_dir):
+    report = make_report(tmp_path, data_dir, hellaswag_items=50)
+    report["training"]["steps"] = 100
+    card = model_card.build_model_card(report, str(tmp_path / "final"))
+    assert card.data.datasets is None
+    splits = {r.dataset_split for r in card.data.eval_results if r.dataset_type == "Rowan/hellaswag"}
+    assert splits == {"validation[:50]"}  # a subset of HellaSwag is its own evaluation
+    assert "from step 100 of 19,073: training had not finished" in card.text
+    assert "No published GPT-2 validation loss exists for this data" in card.text
+
+
+def test_added_eval_results_replace_what_they_measure_again_and_keep_the_rest(checkpoint, fineweb_edu):
+    card = ModelCard.load(checkpoint / "README.md")
+    before = len(card.data.eval_results)
+    summary = dict(items=10_042, completion_acc=0.3, completion_acc_norm=0.35, lm_eval_acc=0.3, lm_eval_acc_norm=0.36,
+                   device="cuda", dtype="float32")
+    data = run_report.describe_data(fineweb_edu)
+    for _ in range(2):  # a second push of the same results duplicates nothing
+        card = model_card.add_eval_results(card, summary, "someone/gpt2-repro", data)
+    card = ModelCard(str(card))  # as the Hub will parse it
+    values = {(r.metric_type, r.metric_config): r.metric_value for r in card.data.eval_results}
+    assert len(card.data.eval_results) == before
+    assert values[("acc_norm", "completion")] == 35.0 and values[("acc_norm", "lm_eval")] == 36.0
+    assert values[("loss", None)] == 3.05  # not measured again: kept
+    # a validation loss on another number of tokens is another evaluation: added beside the first
+    card = model_card.add_eval_results(card, dict(summary, val_loss=3.1, val_tokens=1000), "someone/gpt2-repro", data)
+    assert sorted(r.metric_value for r in card.data.eval_results if r.metric_type == "loss") == [3.05, 3.1]
+    assert card.text.count("## Evaluation (eval_hellaswag.py)") == 1
+
+
+# ---- the upload ----
+
+
+def test_push_uploads_exactly_the_users_files_never_training_state(checkpoint, monkeypatch):
+    hub = FakeHub(monkeypatch)
+    model_card.push_to_hub(checkpoint, "someone/gpt2-repro", private=True)
+    assert hub.repos == [("someone/gpt2-repro", {"private": True, "exist_ok": True})]
+    [(repo_id, operations, _)] = hub.commits
+    assert repo_id == "someone/gpt2-repro"
+    assert sorted(op.path_in_repo for op in operations) == USER_FILES
+    weights = next(op for op in operations if op.path_in_repo == "model.safetensors")
+    assert weights.path_or_fileobj == str(checkpoint / "model.safetensors")
+
+
+def test_a_private_push_to_an_existing_public_repo_uploads_nothing(checkpoint, monkeypatch):
+    hub = FakeHub(monkeypatch, private_on_hub=False)
+    with pytest.raises(model_card.PublishError, match="exists and is public: nothing was uploaded"):
+        model_card.push_to_hub(checkpoint, "someone/gpt2-repro", private=True)
+    assert hub.commits == []
+
+
+def test_a_folder_without_weights_is_refused_before_the_hub(tmp_path, monkeypatch):
+    hub = FakeHub(monkeypatch)
+    (tmp_path / "README.md").write_text("hi")
+    with pytest.raises(model_card.PublishError, match="is not a checkpoint"):
+        model_card.push_to_hub(tmp_path, "someone/x")
+    assert hub.repos == [] and hub.commits == []
+
+
+def test_push_offline_is_one_line_naming_a_retry_without_training_state(checkpoint):
+    # conftest sets HF_HUB_OFFLINE=1: the Hub is unreachable, as on a machine without internet
+    with pytest.raises(model_card.PublishError) as error:
+        model_card.push_to_hub(checkpoint, "someone/gpt2-repro", private=True)
+    message = str(error.value)
+    assert message.startswith(f"could not push {checkpoint} to someone/gpt2-repro") and "\n" not in message
+    assert f"checkpoint is intact: retry with `hf upload someone/gpt2-repro {checkpoint} . --exclude " \
+           "'training_state/*' --private`" in message
+
+
+def test_eval_hellaswag_push_results_adds_to_the_hub_card_and_uploads_only_readme(checkpoint, tmp_path, monkeypatch,
+                                                                                    tiny_config):
+    import eval_hellaswag as ev
+    from modeling_gpt2repro import GPT2ReproForCausalLM
+    from tokenization_gpt2repro import load_tokenizer
+
+    downloads = []
+
+    def hf_hub_download(repo_id, filename, **kwargs):  # the card as the Hub holds it
+        downloads.append((repo_id, filename))
+        return str(checkpoint / "README.md")
+
+    monkeypatch.setattr(huggingface_hub.repocard, "hf_hub_download", hf_hub_download)
+    monkeypatch.setattr(ev, "load_model", lambda name, device, dtype: (GPT2ReproForCausalLM(tiny_config).eval(),
+                                                                       load_tokenizer()))
+    hub = FakeHub(monkeypatch)
+    output = tmp_path / "results.json"
+    monkeypatch.setattr(sys, "argv", ["eval_hellaswag.py", "--model", "ours", "--data", str(FIXTURE), "--limit", "4",
+                                      "--output", str(output), "--push-results", "someone/gpt2-repro"])
+    ev.main()
+
+    assert downloads == [("someone/gpt2-repro", "README.md")]
+    [(repo_id, [operation], kwargs)] = hub.commits
+    assert (repo_id, operation.path_in_repo) == ("someone/gpt2-repro", "README.md")
+    card = ModelCard(operation.path_or_fileobj.decode())
+    summary = json.loads(output.read_text())["models"]["ours"]["summary"]
+    values = {(r.dataset_split, r.metric_config): r.metric_value for r in card.data.eval_results
+              if r.dataset_type == "Rowan/hellaswag"}
+    assert values == {
+        ("validation", "completion"): 31.23, ("validation", "lm_eval"): 33.01,  # the training run's, kept
+        ("validation[:4]", "completion"): round(100 * summary["completion_acc_norm"], 2),
+        ("validation[:4]", "lm_eval"): round(100 * summary["lm_eval_acc_norm"], 2),
+    }
+    row = f"| HellaSwag acc, completion style [4 items] | {100 * summary['completion_acc']:.2f} | 28.59 |"
+    assert "## Evaluation (eval_hellaswag.py)" in card.text and row in card.text
+
+
+def test_eval_output_records_provenance(checkpoint, tmp_path, monkeypatch, tiny_config):
+    import eval_hellaswag as ev
+    from modeling_gpt2repro import GPT2ReproForCausalLM
+    from tokenization_gpt2repro import load_tokenizer
+
+    monkeypatch.setattr(ev, "load_model", lambda name, device, dtype: (GPT2ReproForCausalLM(tiny_config).eval(),
+                                                                       load_tokenizer()))
+    output = tmp_path / "results.json"
+    monkeypatch.setattr(sys, "argv", ["eval_hellaswag.py", "--model", "ours", "--data", str(FIXTURE), "--limit", "2",
+                                      "--output", str(output)])
+    ev.main()
+    provenance = json.loads(output.read_text())["provenance"]
+    assert provenance["code"] == run_report.git_state() and provenance["versions"]["torch"]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_push_results_to_an_unreachable_repo_fails_before_scoring(monkeypatch, capsys):
+    import eval_hellaswag as ev
+
+    monkeypatch.setattr(ev, "load_model", lambda *a: pytest.fail("a model was loaded before the card"))
+    monkeypatch.setattr(sys, "argv", ["eval_hellaswag.py", "--model", "ours", "--data", str(FIXTURE),
+                                      "--push-results", "someone/gpt2-repro"])
+    with pytest.raises(SystemExit) as error:  # HF_HUB_OFFLINE=1 (conftest)
+        ev.main()
+    message = str(error.value)
+    assert message.startswith("error: could not read the model card of someone/gpt2-repro") and "\n" not in message
+
+
+# ---- trackers ----
+
+
+def numeric_metrics(run_dir) -> dict:
+    """{key: {step: value}} of every number metrics.jsonl holds."""
+    found = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)):
+                found.setdefault(key, {})[row["step"]] = value
+    return found
+
+
+def assert_same_metrics(logged: dict, expected: dict):
+    assert set(logged) == set(expected)
+    for key in expected:
+        assert logged[key].keys() == expected[key].keys(), key
+        for step, value in expected[key].items():
+            assert math.isclose(logged[key][step], value, rel_tol=1e-6), (key, step)  # TensorBoard keeps float32
+
+
+def test_tensorboard_events_hold_exactly_the_scalars_of_metrics_jsonl(data_dir, tmp_path, no_peak_probe):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 2, "--micro-batch-size", 4,
+                   "--total-batch-tokens", 4 * SEQ, "--sample-tokens", 4,
+                   "--hellaswag", FIXTURE, "--hellaswag-limit", 4, "--log-with", "tensorboard")
+    logged = {}
+    for events in tmp_path.rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events.parent), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            logged.setdefault(tag, {}).update({e.step: e.value for e in accumulator.Scalars(tag)})
+    expected = numeric_metrics(tmp_path)
+    assert {"loss", "lr", "val_loss", "hellaswag_completion_acc_norm"} <= set(expected)
+    assert_same_metrics(logged, expected)
+
+
+def test_trackio_logs_offline_exactly_the_scalars_of_metrics_jsonl(data_dir, tmp_path, no_peak_probe):
+    from trackio.sqlite_storage import SQLiteStorage  # its database lives in conftest's TRACKIO_DIR
+
+    before = set(SQLiteStorage.get_runs("gpt2repro"))
+    run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 1, "--micro-batch-size", 4,
+                   "--total-batch-tokens", 4 * SEQ, "--sample-tokens", 4, "--log-with", "trackio")
+    [run] = set(SQLiteStorage.get_runs("gpt2repro")) - before
+    logged = {}
+    for row in SQLiteStorage.get_logs("gpt2repro", run):
+        for key, value in row.items():
+            if key not in ("step", "timestamp"):
+                logged.setdefault(key, {})[row["step"]] = value
+    expected = numeric_metrics(tmp_path)
+    assert "val_loss" in expected
+    assert_same_metrics(logged, expected)
