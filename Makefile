@@ -1,5 +1,7 @@
 # Two commands a newcomer needs: `make demo` (train the tiny preset, sample, checkpoint) and `make test`.
 # Each creates .venv on first use and installs everything into it.
+# On a GPU node, `make gpt2-124m` runs the whole reproduction (scripts/reproduce_gpt2.py; its flags in ARGS,
+# e.g. make gpt2-124m ARGS="--preset gpt2-124m-fineweb --gpu-hour-usd 2.5"). Rerun it to continue after an interruption.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +11,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test gpt2-124m clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +28,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+gpt2-124m: setup
+	$(PY) scripts/reproduce_gpt2.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
