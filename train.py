@@ -122,6 +122,12 @@ class RunState:
     last_eval: dict = field(default_factory=dict)
     bad_steps: int = 0  # non-finite steps in a row
 
+    def advance(self, tokens: int, seconds: float, applied: bool) -> None:
+        self.step += 1
+        self.tokens_seen += tokens
+        self.train_seconds += seconds
+        self.bad_steps = 0 if applied else self.bad_steps + 1
+
 
 # ----------------------------------------------------------------------------------------------
 # settings
@@ -345,6 +351,13 @@ def save(accelerator, model, tokenizer, path: Path, state: RunState, loader, log
         write_model_card(folder, report, log.settings.push_to_hub or str(path), log.run_dir)
 
     save_checkpoint(accelerator, model, path, trainer_state, extras)
+    log.last_save = time.perf_counter()
+
+
+def any_rank(accelerator, *flags: bool) -> list[bool]:
+    """Each flag, true when it is true on any rank: decisions every rank must take together."""
+    values = torch.tensor([float(flag) for flag in flags], device=accelerator.device)
+    return (accelerator.reduce(values, reduction="max") > 0).tolist()
 
 
 def format_duration(seconds: float) -> str:
@@ -419,6 +432,37 @@ class RunLog:
             f"x {grad_accum_steps} accumulation | {s.max_steps} steps | peak FLOP/s: {self.peak_source}"
         )
 
+    def begin(self, state: RunState) -> None:
+        """Start the clocks: elapsed time carries on from the saved state, the ETA counts from here."""
+        self.started = self.last_save = time.perf_counter()
+        self.first_step, self.total_before = state.step, state.total_seconds
+
+    def tick(self, state: RunState) -> None:
+        state.total_seconds = self.total_before + time.perf_counter() - self.started
+
+    def step(self, state: RunState, loss: float, lr: float, norm: float, dt: float) -> None:
+        """The progress line and the step's metrics."""
+        self.tick(state)
+        if state.bad_steps:
+            self.print(f"warning: step {state.step}: non-finite loss {loss} or grad norm {norm}; update skipped")
+        tokens_per_sec = self.settings.total_batch_tokens / dt
+        utilization = self.mfu(tokens_per_sec)
+        mean_step = (time.perf_counter() - self.started) / (state.step - self.first_step)  # evaluations included
+        eta = mean_step * (self.settings.max_steps - state.step)
+        self.print(
+            f"step {state.step:5d}/{self.settings.max_steps} | loss {loss:.6f} | lr {lr:.4e} | norm {norm:.4f} | "
+            f"dt {dt * 1000:.0f}ms | tok/s {tokens_per_sec:,.0f} | mfu {utilization * 100:.1f}% | "
+            f"elapsed {format_duration(state.total_seconds)} | eta {format_duration(eta)}"
+        )
+        self.metrics(state.step, {"loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_sec": tokens_per_sec,
+                                  "mfu": utilization, "tokens_seen": state.tokens_seen})
+
+    def checkpoint_due(self, step: int) -> bool:
+        """Every --save-every steps, and once --save-every-minutes passed since the last save."""
+        s = self.settings
+        by_time = s.save_every_minutes and time.perf_counter() - self.last_save >= 60 * s.save_every_minutes
+        return bool(s.save_every and step % s.save_every == 0) or bool(by_time)
+
     def mfu(self, tokens_per_sec: float) -> float:
         return mfu(tokens_per_sec / self.accelerator.num_processes, self.flops_per_token, self.peak_flops)
 
@@ -462,7 +506,7 @@ def main(argv=None):
     accelerator = make_accelerator(s)
     device, world = accelerator.device, accelerator.num_processes
     prepare_default_data(s, accelerator)
-    model_config, grad_accum_steps, val_tokens = check_settings(s, world)
+    model_config, accumulation, val_tokens = check_settings(s, world)
     elastic_restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0  # a lost rank's group, restarted
     checkpoints = find_resume_checkpoint(s.resume or ("auto" if elastic_restart else ""), Path(s.run_dir))
 
@@ -478,60 +522,41 @@ def main(argv=None):
     log = RunLog(accelerator, s, preset, argv)
     state = resume(accelerator, checkpoints, loader, log.print)
     hellaswag_items = load_hellaswag_items(s, log.print)
-    log.start(raw_model, model_config, grad_accum_steps, compile_model)
-    stop = StopRequest()
-    started, first_step, total_before = time.perf_counter(), state.step, state.total_seconds
-    last_save = started
+    log.start(raw_model, model_config, accumulation, compile_model)
+    log.begin(state)
 
     # =========================================== the loop ===========================================
     train_model.train()
-    while state.step < s.max_steps:
-        t0 = time.perf_counter()
-        lr = learning_rate(state.step, s)
-        loss, norm, applied = train_step(accelerator, model, train_model, optimizer, loader, s, lr, grad_accum_steps)
-        dt = time.perf_counter() - t0
-        state.step += 1
-        state.tokens_seen += s.total_batch_tokens
-        state.train_seconds += dt
-        state.total_seconds = total_before + time.perf_counter() - started
-        state.bad_steps = 0 if applied else state.bad_steps + 1
-        if not applied:
-            log.print(f"warning: step {state.step}: non-finite loss {loss} or grad norm {norm}; update skipped")
+    with StopRequest() as stop:
+        while state.step < s.max_steps:
+            t0 = time.perf_counter()
+            lr = learning_rate(state.step, s)
+            loss, norm, applied = train_step(accelerator, model, train_model, optimizer, loader, s, lr, accumulation)
+            dt = time.perf_counter() - t0
+            state.advance(s.total_batch_tokens, dt, applied)
+            log.step(state, loss, lr, norm, dt)
             if state.bad_steps >= s.max_bad_steps:
                 raise DivergedError(f"{state.bad_steps} non-finite steps in a row at step {state.step}: training "
                                     "diverged; lower --lr or resume from an earlier checkpoint")
-        tokens_per_sec = s.total_batch_tokens / dt
-        utilization = log.mfu(tokens_per_sec)
-        eta = (time.perf_counter() - started) / (state.step - first_step) * (s.max_steps - state.step)
-        log.print(
-            f"step {state.step:5d}/{s.max_steps} | loss {loss:.6f} | lr {lr:.4e} | norm {norm:.4f} | "
-            f"dt {dt * 1000:.0f}ms | tok/s {tokens_per_sec:,.0f} | mfu {utilization * 100:.1f}% | "
-            f"elapsed {format_duration(state.total_seconds)} | eta {format_duration(eta)}"
-        )
-        log.metrics(state.step, {"loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_sec": tokens_per_sec,
-                                 "mfu": utilization, "tokens_seen": state.tokens_seen})
 
-        done = state.step == s.max_steps
-        time_to_save = bool(s.save_every_minutes) and time.perf_counter() - last_save >= 60 * s.save_every_minutes
-        flags = torch.tensor([float(stop.requested), float(time_to_save)], device=device)
-        stop_now, time_to_save = (accelerator.reduce(flags, reduction="max") > 0).tolist()  # all ranks agree
-        if done or (s.eval_every and state.step % s.eval_every == 0):
-            state.last_eval = evaluate(accelerator, raw_model, tokenizer, s, val_tokens, hellaswag_items)
-            samples = generate_samples(accelerator, raw_model, tokenizer, s, state.step)
-            log.evaluation(state.step, state.last_eval, samples if accelerator.is_main_process else [])
-        if not done and (stop_now or time_to_save or (s.save_every and state.step % s.save_every == 0)):
-            save(accelerator, model, tokenizer, checkpoint_path(s.run_dir, state.step), state, loader, log)
-            last_save = time.perf_counter()
-            if accelerator.is_main_process:
-                prune_checkpoints(Path(s.run_dir), s.keep_checkpoints)
-        if stop_now and not done:
-            log.print(f"stop requested: saved {checkpoint_path(s.run_dir, state.step)}; continue with --resume auto")
-            break
+            done = state.step == s.max_steps
+            stop_now, save_now = any_rank(accelerator, stop.requested, log.checkpoint_due(state.step))
+            if done or (s.eval_every and state.step % s.eval_every == 0):
+                state.last_eval = evaluate(accelerator, raw_model, tokenizer, s, val_tokens, hellaswag_items)
+                samples = generate_samples(accelerator, raw_model, tokenizer, s, state.step)
+                log.evaluation(state.step, state.last_eval, samples if accelerator.is_main_process else [])
+            if not done and (stop_now or save_now):
+                save(accelerator, model, tokenizer, checkpoint_path(s.run_dir, state.step), state, loader, log)
+                if accelerator.is_main_process:
+                    prune_checkpoints(Path(s.run_dir), s.keep_checkpoints)
+            if stop_now and not done:
+                log.print(f"stop requested: saved {checkpoint_path(s.run_dir, state.step)}; continue: --resume auto")
+                break
     # ================================================================================================
 
     if state.step == s.max_steps:
         final = Path(s.run_dir) / "final"
-        state.total_seconds = total_before + time.perf_counter() - started
+        log.tick(state)
         save(accelerator, model, tokenizer, final, state, loader, log)
         log.print(f"final checkpoint: {final}")
         if s.push_to_hub and accelerator.is_main_process:
@@ -541,12 +566,17 @@ def main(argv=None):
 
 
 class StopRequest:
-    """SIGTERM (preemption) or Ctrl-C: finish the current step, save, exit 0."""
+    """SIGTERM (preemption) or Ctrl-C while training: finish the current step, save, exit 0. The previous
+    handlers are back once the loop ends, so a caller of main() keeps its own Ctrl-C."""
 
-    def __init__(self):
+    def __enter__(self):
         self.requested = False
-        signal.signal(signal.SIGTERM, self._handle)
-        signal.signal(signal.SIGINT, self._handle)
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
         if self.requested:  # a second Ctrl-C means now
@@ -555,7 +585,9 @@ class StopRequest:
 
 
 # The project's own errors are one line for the user; anything else (a torch RuntimeError, a bug) keeps its traceback.
-USER_ERRORS = (SettingsError, ShardError, CheckpointError, ValidationError, HellaSwagDataError, DivergedError, PublishError)
+USER_ERRORS = (
+    SettingsError, ShardError, CheckpointError, ValidationError, HellaSwagDataError, DivergedError, PublishError
+)
 
 
 def run(argv=None):

@@ -270,3 +270,41 @@ def test_push_to_hub_offline_fails_clearly_and_keeps_the_checkpoint(data_dir, tm
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: could not push") and "checkpoint is intact" in last
     assert (tmp_path / "final" / "model.safetensors").exists()
+
+
+def test_a_real_runtime_error_keeps_its_traceback_while_project_errors_are_one_line(data_dir, tmp_path, monkeypatch):
+    from accelerate.state import AcceleratorState
+
+    def broken_step(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(train, "train_step", broken_step)
+    common = [*TINY, "--data-dir", str(data_dir), "--run-dir", str(tmp_path), "--max-steps", "1",
+              "--micro-batch-size", "4", "--total-batch-tokens", str(4 * SEQ)]
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(RuntimeError, match="illegal memory access"):  # not swallowed into `error: ...`
+        train.run(common)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(SystemExit, match="^error: --model: unknown model preset 'gpt5'"):
+        train.run([*common, "--model", "gpt5"])
+
+
+def test_a_corrupt_checkpoint_is_refused_in_one_line_and_auto_falls_back_to_the_one_before(data_dir, tmp_path):
+    common = ["--data-dir", data_dir, "--run-dir", tmp_path, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ]
+    run_in_process(*common, "--max-steps", 3, "--save-every", 1, "--keep-checkpoints", 3)
+    import shutil
+
+    shutil.rmtree(tmp_path / "final")
+    newest = tmp_path / "checkpoint-000002"
+    weights_file = newest / "training_state" / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[:1000])  # truncated, as a full disk would leave it
+
+    explicit = run_cli(*common, "--max-steps", 3, "--resume", newest)
+    lines = explicit.stderr.strip().splitlines()
+    assert explicit.returncode != 0 and lines[-1].startswith(f"error: {newest}: cannot load its training state")
+    assert "Traceback" not in explicit.stderr and not (tmp_path / "final").exists()
+
+    fallback = run_cli(*common, "--max-steps", 3, "--resume", "auto")
+    assert fallback.returncode == 0, fallback.stderr[-2000:]
+    assert "trying the checkpoint before it" in fallback.stdout
+    assert f"resumed from {tmp_path / 'checkpoint-000001'} at step 1" in fallback.stdout
