@@ -10,7 +10,7 @@ as uint16. Shards written here train llm.c and modded-nanogpt, and theirs train 
      "shards": [{"file": "x_val_000000.bin", "split": "val", "tokens": ..., "documents": ...,
                  "sha256": ..., "end": [document, token]}, ...],
      "splits": {"val": {"tokens": ..., "documents": ..., "shards": ...}, "train": {...}},
-     "skipped_documents": ..., "complete": true}
+     "skipped_documents": ..., "empty_documents": ..., "complete": true}
 
 `end` is where the stream stands after the shard (the next document and how many of its tokens
 are already written): it is what lets prepare_data resume. A directory made of `part-*-of-*`
@@ -146,6 +146,7 @@ def _merge_parts(data_dir: Path, part_dirs: list[Path]) -> dict:
         shards=shards,
         splits=splits,
         skipped_documents=sum(p.get("skipped_documents", 0) for p in parts),
+        empty_documents=sum(p.get("empty_documents", 0) for p in parts),
         complete=all(p["complete"] for p in parts),
     )
 
@@ -203,6 +204,7 @@ def _llmc_manifest(data_dir: Path, paths: list[Path]) -> dict:
             for split in SPLITS
         },
         "skipped_documents": 0,
+        "empty_documents": 0,
         "complete": True,
     }
 
