@@ -2,7 +2,8 @@
 
 A .txt file is one document; a .jsonl/.json/.parquet row is one document (its `column` field).
 A Source yields the document texts in the same order on every run, which is what lets
-prepare_data.py resume by skipping the documents it has already written.
+prepare_data.py resume by skipping the documents it has already written. Empty (or whitespace-only)
+documents are skipped and counted: each would only add a lone <|endoftext|>.
 """
 
 import glob
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FILE_TYPES = (".txt", ".jsonl", ".json", ".parquet")
+PARQUET_TEXT_TYPES = ("string", "large_string", "string_view", "binary", "large_binary", "binary_view")
 
 
 class SourceError(ValueError):
@@ -26,20 +28,33 @@ class Source:
     label: str  # for messages
     description: dict  # recorded in the manifest; a resumed run must match it
     size_bytes: int | None  # of local files; None for a stream
-    read: Callable[[Callable[[str], None]], Iterator[str]]  # read(not_utf8): the texts behind documents()
+    read: Callable[[Callable[[str], None]], Iterator[tuple[str, str]]]  # read(not_utf8): (where, text) per document
     strict: bool = False  # refuse non-UTF-8 input instead of skipping it
-    skipped: int = 0
+    skipped: int = 0  # documents with non-UTF-8 bytes
     first_skipped: str = ""
+    empty: int = 0  # empty or whitespace-only documents
+    first_empty: str = ""
 
     def documents(self) -> Iterator[str]:
-        """The document texts, in the same order on every run; non-UTF-8 ones skipped and counted."""
-        return self.read(self.not_utf8)
+        """The document texts, in the same order on every run; non-UTF-8 and empty ones skipped and counted."""
+        for where, text in self.read(self.not_utf8):
+            if text and not text.isspace():  # isspace() stops at the first letter: no copy of the text
+                yield text
+            else:
+                self.empty += 1
+                self.first_empty = self.first_empty or where
 
     def not_utf8(self, where: str) -> None:
         if self.strict:
             raise SourceError(f"{where}: not valid UTF-8; fix the input, or drop --strict to skip such documents")
         self.skipped += 1
         self.first_skipped = self.first_skipped or where
+
+
+def _reason(error: Exception) -> str:
+    """The first line of an exception's message (libraries' messages run over several), or its type."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _require_column(columns, column: str, where: str) -> None:
@@ -72,7 +87,11 @@ def _json_rows(path: Path, not_utf8) -> Iterator[tuple[str, object]]:
         f.seek(0)
         if is_array:
             text = _decode(f.read(), str(path), not_utf8)
-            yield from ((f"{path} item {i}", row) for i, row in enumerate(json.loads(text or "[]"), 1))
+            try:
+                rows = json.loads(text or "[]")
+            except json.JSONDecodeError as e:
+                raise SourceError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+            yield from ((f"{path} item {i}", row) for i, row in enumerate(rows, 1))
             return
         for line_number, line in enumerate(f, 1):
             text = _decode(line, f"{path}:{line_number}", not_utf8)
@@ -83,28 +102,50 @@ def _json_rows(path: Path, not_utf8) -> Iterator[tuple[str, object]]:
                     raise SourceError(f"{path}:{line_number}: not valid JSON") from None
 
 
-def _file_documents(path: Path, column: str, not_utf8) -> Iterator[str]:
-    if path.suffix == ".txt":
-        text = _decode(path.read_bytes(), str(path), not_utf8)
-        if text is not None:
-            yield text
-    elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+def _check_parquet(path: Path, column: str) -> None:
+    """Refuse a damaged Parquet file, or one without a text column, from its metadata alone."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-        parquet = pq.ParquetFile(path)
-        _require_column(parquet.schema_arrow.names, column, str(path))
-        row = 0
-        for batch in parquet.iter_batches(columns=[column], batch_size=4096):
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as e:
+        raise SourceError(f"{path}: not a readable Parquet file ({_reason(e)}); download or export it again") from None
+    _require_column(schema.names, column, str(path))
+    kind = schema.field(column).type
+    value_kind = kind.value_type if pa.types.is_dictionary(kind) else kind
+    if str(value_kind) not in PARQUET_TEXT_TYPES:
+        raise SourceError(f"{path}: column '{column}' holds {kind}, not text; pass --text-column NAME")
+
+
+def _parquet_documents(path: Path, column: str, not_utf8) -> Iterator[tuple[str, str]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    row = 0
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(columns=[column], batch_size=4096):
             for value in batch.column(0).to_pylist():
                 row += 1
                 if isinstance(value, bytes):  # a binary column: decode it as the text files are
                     value = _decode(value, f"{path} row {row}", not_utf8)
                     if value is None:
                         continue
-                yield _text({column: value}, column, f"{path} row {row}")
+                yield f"{path} row {row}", _text({column: value}, column, f"{path} row {row}")
+    except (pa.ArrowException, OSError) as e:  # metadata fine (checked up front), data pages damaged
+        raise SourceError(f"{path}: damaged Parquet data after row {row} ({_reason(e)}); get the file again") from None
+
+
+def _file_documents(path: Path, column: str, not_utf8) -> Iterator[tuple[str, str]]:
+    if path.suffix == ".txt":
+        text = _decode(path.read_bytes(), str(path), not_utf8)
+        if text is not None:
+            yield str(path), text
+    elif path.suffix == ".parquet":
+        yield from _parquet_documents(path, column, not_utf8)
     else:
         for where, row in _json_rows(path, not_utf8):
-            yield _text(row, column, where)
+            yield where, _text(row, column, where)
 
 
 def _expand(inputs: list[str]) -> list[Path]:
@@ -134,6 +175,9 @@ def file_source(inputs: list[str], column: str, part: tuple[int, int] | None) ->
     size = sum(f.stat().st_size for f in files)
     name = files[0].stem if len(files) == 1 else Path(os.path.commonpath([f.resolve().parent for f in files])).name
     mine = files[part[0] * len(files) // part[1] : (part[0] + 1) * len(files) // part[1]] if part else files
+    for path in mine:  # from their metadata: a damaged file fails before any shard is written
+        if path.suffix == ".parquet":
+            _check_parquet(path, column)
     return Source(
         name=name,
         label=" ".join(inputs),
@@ -146,22 +190,21 @@ def file_source(inputs: list[str], column: str, part: tuple[int, int] | None) ->
             "part": list(part) if part else None,
         },
         size_bytes=size,
-        read=lambda not_utf8: (text for path in mine for text in _file_documents(path, column, not_utf8)),
+        read=lambda not_utf8: (document for path in mine for document in _file_documents(path, column, not_utf8)),
     )
 
 
 def hub_source(dataset: str, config: str | None, split: str, column: str, part: tuple[int, int] | None) -> Source:
     """A streamed Hub dataset; with `part` = (i, K), the i-th of K contiguous slices of its files."""
 
-    def read(not_utf8) -> Iterator[str]:  # the Hub hands out decoded text: nothing to skip
+    def read(not_utf8) -> Iterator[tuple[str, str]]:  # the Hub hands out decoded text: nothing to skip
         from datasets import load_dataset
 
         try:
             stream = load_dataset(dataset, config, split=split, streaming=True)
         except Exception as e:  # offline, unknown id, no such config/split: one message for all
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SourceError(
-                f"cannot open the Hugging Face dataset '{dataset}' ({reason}); without network, pass local "
+                raise SourceError(
+                f"cannot open the Hugging Face dataset '{dataset}' ({_reason(e)}); without network, pass local "
                 "files instead, e.g. python prepare_data.py path/to/*.parquet --text-column text"
             ) from None
         if stream.column_names is not None:  # known up front for most datasets: check, and decode only the text
@@ -172,7 +215,7 @@ def hub_source(dataset: str, config: str | None, split: str, column: str, part: 
                 raise SourceError(f"{dataset} has {stream.num_shards} files, fewer than --num-shards {part[1]}")
             stream = stream.shard(num_shards=part[1], index=part[0], contiguous=True)
         for row_number, row in enumerate(stream):
-            yield _text(row, column, f"{dataset} row {row_number}")
+            yield f"{dataset} row {row_number}", _text(row, column, f"{dataset} row {row_number}")
 
     return Source(
         name=dataset.rstrip("/").split("/")[-1] + (f"-{config}" if config else ""),

@@ -329,24 +329,31 @@ def load_model(name: str, device: str, dtype: torch.dtype):
         import modeling_gpt2repro  # noqa: F401
     except ImportError:
         pass
+    # transformers builds an empty tokenizer for a GPT-2 directory without tokenizer files, so ask
+    # the directory, not AutoTokenizer. Weights-only checkpoints get the GPT-2 BPE they were trained on.
+    # The tokenizer loads first: a damaged one fails in a moment, not after gigabytes of weights.
+    part = "tokenizer"
     try:
+        if Path(name).is_dir() and not any((Path(name) / f).exists() for f in TOKENIZER_FILES):
+            from tokenization_gpt2repro import load_tokenizer
+
+            print(f"note: no tokenizer files in {name}; using the shipped GPT-2 tokenizer", file=sys.stderr)
+            tokenizer = load_tokenizer()
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(name)
+        part = "model"
         model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=True, dtype=dtype)
-    except (OSError, ValueError) as e:
+    # Damaged files raise whatever their parser raises (SafetensorError, JSONDecodeError, KeyError,
+    # tokenizers' bare Exception): any of them becomes the one-line message.
+    except Exception as e:
         if not Path(name).exists():
             raise SystemExit(
                 f"error: cannot load model {name!r}: not a local directory, and not available from the Hugging "
                 "Face Hub (offline?); pass a local checkpoint directory to --model"
             ) from None
-        raise SystemExit(f"error: cannot load model from {name}: {str(e).splitlines()[0]}") from None
-    # transformers builds an empty tokenizer for a GPT-2 directory without tokenizer files, so ask
-    # the directory, not AutoTokenizer. Weights-only checkpoints get the GPT-2 BPE they were trained on.
-    if Path(name).is_dir() and not any((Path(name) / f).exists() for f in TOKENIZER_FILES):
-        from tokenization_gpt2repro import load_tokenizer
-
-        print(f"note: no tokenizer files in {name}; using the shipped GPT-2 tokenizer", file=sys.stderr)
-        tokenizer = load_tokenizer()
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        first_line = (str(e).strip().splitlines() or [""])[0].rstrip(".")
+        reason = f"{type(e).__name__}: {first_line}" if first_line else type(e).__name__  # a KeyError names only a key
+        raise SystemExit(f"error: cannot load the {part} from {name} ({reason}); are its files complete?") from None
     return model.to(device).eval(), tokenizer
 
 

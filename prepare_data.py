@@ -8,8 +8,14 @@
     python prepare_data.py fineweb-edu-100b --num-shards 8 --shard-index 3   # machine 3 of 8
 
 A .txt file is one document; a .jsonl/.json/.parquet row is one document (document_sources.py).
+<<<<<<< HEAD
 Each document becomes <|endoftext|> + its tokens, and the stream is cut into llm.c-format shards
 (token_shards.py): the first --val-split-tokens tokens are the validation split, the rest train.
+=======
+Empty ones are skipped; each other document becomes <|endoftext|> + its tokens, and the stream is
+cut into llm.c-format shards (token_shards.py): the first --val-tokens tokens are the validation
+split, the rest train.
+>>>>>>> inputs
 Worker processes tokenize batches of documents and the results are written in document order, so
 the shards are the same bytes whatever --num-proc is. After every shard, manifest.json records
 where the stream stands: a rerun after a crash or Ctrl-C continues from the last complete shard,
@@ -191,8 +197,20 @@ class ShardWriter:
             self.flush(self.next_document, 0)
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an output path that cannot become a directory of shards, before any work (creates nothing)."""
+    for path in (out_dir, *out_dir.parents):  # the first that exists decides
+        if path.exists():
+            if not path.is_dir():
+                raise PrepareError(f"cannot write shards to {out_dir}: {path} is a file; pass another --out")
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise PrepareError(f"cannot write shards to {out_dir}: {path} is not writable; pass another --out")
+            return
+
+
 def start_manifest(out_dir: Path, identity: dict, overwrite: bool) -> dict:
     """The manifest to continue: that of an interrupted run of the same job, or a fresh one."""
+    check_out_dir(out_dir)
     ours = re.compile(rf"{re.escape(identity['name'])}_(val|train)_\d{{6}}\.bin")
     files = sorted(out_dir.glob("*.bin*")) if out_dir.is_dir() else []
     manifest_path = out_dir / MANIFEST_NAME
@@ -223,7 +241,7 @@ def start_manifest(out_dir: Path, identity: dict, overwrite: bool) -> dict:
         return manifest
     elif files:
         raise PrepareError(f"{out_dir} holds .bin files but no {MANIFEST_NAME}; pass --overwrite or another --out")
-    return dict(identity, shards=[], splits={}, skipped_documents=0, complete=False)
+    return dict(identity, shards=[], splits={}, skipped_documents=0, empty_documents=0, complete=False)
 
 
 def prepare(source: Source, out_dir: Path, val_tokens: int, shard_tokens: int, num_proc: int, overwrite=False) -> dict:
@@ -256,16 +274,21 @@ def prepare(source: Source, out_dir: Path, val_tokens: int, shard_tokens: int, n
             progress.update(len(tokens))
             progress.set_postfix(docs=f"{writer.next_document:,}", refresh=False)
     if writer.next_document == 0:
-        raise PrepareError(f"no documents in {source.label} ({source.skipped} skipped as non-UTF-8)")
+        raise PrepareError(
+            f"no documents with text in {source.label} ({source.empty} empty, {source.skipped} not valid UTF-8); "
+            "nothing to tokenize"
+        )
     if writer.accepted <= val_tokens:
         raise PrepareError(f"all {writer.accepted:,} tokens went to validation; pass a smaller --val-split-tokens")
     writer.finish()
-    manifest.update(skipped_documents=source.skipped, complete=True)
+    manifest.update(skipped_documents=source.skipped, empty_documents=source.empty, complete=True)
     write_manifest(out_dir, manifest)
 
     if source.skipped:
         first = source.first_skipped
         print(f"warning: skipped {source.skipped} documents with non-UTF-8 bytes (first: {first})", file=sys.stderr)
+    if source.empty:
+        print(f"warning: skipped {source.empty} empty documents (first: {source.first_empty})", file=sys.stderr)
     seconds = time.perf_counter() - start_time
     splits = manifest["splits"]
     print(

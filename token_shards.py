@@ -10,11 +10,15 @@ as uint16. Shards written here train llm.c and modded-nanogpt, and theirs train 
      "shards": [{"file": "x_val_000000.bin", "split": "val", "tokens": ..., "documents": ...,
                  "sha256": ..., "end": [document, token]}, ...],
      "splits": {"val": {"tokens": ..., "documents": ..., "shards": ...}, "train": {...}},
-     "skipped_documents": ..., "complete": true}
+     "skipped_documents": ..., "empty_documents": ..., "complete": true}
 
 `end` is where the stream stands after the shard (the next document and how many of its tokens
 are already written): it is what lets prepare_data resume. A directory made of `part-*-of-*`
 subdirectories (prepare_data --num-shards) reads as one dataset.
+
+A directory of llm.c / modded-nanogpt shards without a manifest (`fineweb_val_000000.bin`,
+`edu_fineweb_train_000001.bin`, `tiny_shakespeare_val.bin`, ...) also reads as a dataset:
+`load_manifest` makes up its manifest from the file names and shard headers (see `_llmc_manifest`).
 
 `ShardedTokenLoader` reads (batch_size, seq_len + 1) windows for one rank of a data-parallel run.
 """
@@ -142,12 +146,72 @@ def _merge_parts(data_dir: Path, part_dirs: list[Path]) -> dict:
         shards=shards,
         splits=splits,
         skipped_documents=sum(p.get("skipped_documents", 0) for p in parts),
+        empty_documents=sum(p.get("empty_documents", 0) for p in parts),
         complete=all(p["complete"] for p in parts),
     )
 
 
+# llm.c's fineweb_val_000000.bin, edu_fineweb_train_000001.bin; its starter pack's tiny_shakespeare_val.bin
+LLMC_SHARD_NAME = re.compile(r"(?P<dataset>.+?)_(?P<split>val|train)(?:_\d+)?\.bin")
+
+
+def _llmc_manifest(data_dir: Path, paths: list[Path]) -> dict:
+    """The manifest of a directory of llm.c / modded-nanogpt shards, which come without one.
+
+    The split is in each file name, the order is by name, the token counts come from the (validated)
+    headers. Shards in this format (magic 20240520, version 1, uint16 tokens) are GPT-2 BPE: that is
+    what llm.c writes for gpt-2 (its llama-3 shards have another magic, uint32 tokens, and are
+    refused by read_shard_header) and the only tokenizer modded-nanogpt uses. So the tokenizer is
+    this project's GPT-2 fingerprint. Document counts are unknown (None): counting them would read
+    every token. With no sha256, the loader identifies a shard by its file name and token count.
+    """
+    matches = {path: LLMC_SHARD_NAME.fullmatch(path.name) for path in paths}
+    strangers = [path.name for path, match in matches.items() if not match]
+    if strangers:
+        raise ShardError(
+            f"{data_dir}: no {MANIFEST_NAME}, and {strangers[0]} is not named like an llm.c shard "
+            "(NAME_val_000000.bin, NAME_train_000001.bin); rename it, or create the shards with prepare_data.py"
+        )
+    datasets = sorted({match["dataset"] for match in matches.values()})
+    if len(datasets) > 1:
+        raise ShardError(f"{data_dir}: shards of several datasets ({', '.join(datasets)}); keep one per directory")
+    shards = [
+        {"file": path.name, "split": split, "tokens": read_shard_header(path), "documents": None}
+        for split in SPLITS
+        for path in sorted(p for p, match in matches.items() if match["split"] == split)
+    ]
+    for split in SPLITS:
+        if not any(shard["split"] == split for shard in shards):
+            raise ShardError(
+                f"{data_dir}: llm.c shards without a {split} split (no *_{split}_*.bin among {len(paths)} .bin files); "
+                f"add the {split} shards, or create the data with prepare_data.py"
+            )
+    from tokenization_gpt2repro import tokenizer_fingerprint
+
+    return {
+        "format_version": MANIFEST_VERSION,
+        "name": datasets[0],
+        "source": {"type": "llm.c shards"},
+        "tokenizer": tokenizer_fingerprint(),
+        "settings": {},
+        "shards": shards,
+        "splits": {
+            split: {
+                "tokens": sum(s["tokens"] for s in shards if s["split"] == split),
+                "documents": None,
+                "shards": sum(s["split"] == split for s in shards),
+            }
+            for split in SPLITS
+        },
+        "skipped_documents": 0,
+        "empty_documents": 0,
+        "complete": True,
+    }
+
+
 def load_manifest(data_dir: str | Path) -> dict:
-    """The validated manifest of a prepared data directory (or of a directory of prepared parts)."""
+    """The validated manifest of a prepared data directory, of a directory of prepared parts, or of
+    a directory of llm.c / modded-nanogpt shards (made up from their names and headers)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise ShardError(f"{data_dir}: no such data directory; create it with prepare_data.py")
@@ -156,7 +220,10 @@ def load_manifest(data_dir: str | Path) -> dict:
     part_dirs = sorted(d for d in data_dir.glob("part-*-of-*") if (d / MANIFEST_NAME).is_file())
     if part_dirs:
         return _merge_parts(data_dir, part_dirs)
-    raise ShardError(f"{data_dir}: no {MANIFEST_NAME}; create the shards with prepare_data.py")
+    shard_paths = sorted(data_dir.glob("*.bin"))
+    if shard_paths:
+        return _llmc_manifest(data_dir, shard_paths)
+    raise ShardError(f"{data_dir}: no {MANIFEST_NAME} and no .bin shards; create the shards with prepare_data.py")
 
 
 def check_tokenizer(data_dir: str | Path, expected: str | None = None) -> None:
@@ -230,7 +297,8 @@ class ShardedTokenLoader:
                 f"fewer than one window of seq_len + 1 = {seq_len + 1}"
             )
         # Identifies the data a saved position refers to.
-        checksums = "".join(f"{s.get('sha256')}:{s['tokens']}," for s in entries)
+        # llm.c shards have no sha256: their names (e.g. edu_fineweb_ or fineweb_) and sizes tell them apart.
+        checksums = "".join(f"{s.get('sha256') or s['file']}:{s['tokens']}," for s in entries)
         self.data_id = hashlib.sha256(checksums.encode()).hexdigest()[:16]
         self.position = 0  # windows of the global order consumed so far, by all ranks together
         self._layout_cache = (None, None)  # (epoch, layout): batches walk one epoch at a time

@@ -386,6 +386,45 @@ def test_hub_id_offline_is_a_one_line_error():
     assert "gpt2" in str(error.value) and "local" in str(error.value) and "\n" not in str(error.value)
 
 
+def damaged_model_dir(path, gpt2, tokenizer, file, data: bytes | None = None):
+    """A saved model directory whose `file` is cut in half, or replaced by `data`."""
+    gpt2.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    original = (path / file).read_bytes()
+    (path / file).write_bytes(original[: len(original) // 2] if data is None else data)
+    return path
+
+
+@pytest.mark.parametrize("file, part", [("model.safetensors", "model"), ("tokenizer.json", "tokenizer")])
+def test_cli_truncated_model_files_are_a_one_line_error(tmp_path, gpt2, tokenizer, file, part):
+    model_dir = damaged_model_dir(tmp_path / "model", gpt2, tokenizer, file)
+    output = tmp_path / "results.json"
+    command = [sys.executable, str(REPO / "eval_hellaswag.py"), "--model", str(model_dir), "--data", str(FIXTURE),
+               "--limit", "2", "--output", str(output)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_VERBOSITY"}  # as a user runs it: all warnings
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert run.returncode == 1
+    assert run.stderr.startswith("error: ") and run.stderr.count("\n") == 1, run.stderr
+    assert f"cannot load the {part} from {model_dir} (" in run.stderr and "are its files complete?" in run.stderr
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    "file, data, reason",
+    [
+        ("model.safetensors", np.random.default_rng(0).bytes(5000), "SafetensorError"),
+        ("tokenizer.json", b"{}", "KeyError: 'added_tokens'"),  # valid JSON, no tokenizer in it
+        ("tokenizer.json", b"\xff\xfe garbage", "UnicodeDecodeError"),
+    ],
+)
+def test_garbage_model_files_are_a_one_line_error(tmp_path, gpt2, tokenizer, file, data, reason):
+    damaged_model_dir(tmp_path, gpt2, tokenizer, file, data)
+    with pytest.raises(SystemExit) as error:
+        ev.load_model(str(tmp_path), "cpu", torch.float32)
+    assert str(error.value).startswith(f"error: cannot load the {'model' if file.startswith('model') else 'tokenizer'}")
+    assert reason in str(error.value) and "\n" not in str(error.value)
+
+
 def test_cli_end_to_end(tmp_path, gpt2, tokenizer, items, scores, val_dir):
     official = tmp_path / "gpt2-like"
     gpt2.save_pretrained(official)

@@ -42,6 +42,20 @@ def write(path: Path, data: bytes | str) -> Path:
     return path
 
 
+def table(path: Path, **columns) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def truncated(path: Path) -> Path:
+    data = path.read_bytes()
+    return write(path, data[: len(data) // 2])
+
+
 def expected_stream(texts):
     encoding = get_encoding()
     return np.concatenate([[EOT_ID] + encoding.encode_ordinary(t) for t in texts]).astype(np.uint16)
@@ -174,15 +188,15 @@ def test_hub_path_streams_a_dataset_and_splits_it_by_files(tmp_path, monkeypatch
     assert "no column 'body' (columns: text)" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
-def test_parquet_files_including_binary_text(tmp_path):
+def test_parquet_files_including_binary_and_dictionary_text(tmp_path):
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    write(tmp_path / "in" / "a.txt", "")  # an empty document is still a document: <|endoftext|> alone
-    pq.write_table(pa.table({"text": ["first row", "second row"]}), tmp_path / "in" / "b.parquet")
-    pq.write_table(pa.table({"text": [b"third \xe2\x9c\x93", b"bad \xff"]}), tmp_path / "in" / "c.parquet")
+    table(tmp_path / "in" / "b.parquet", text=["first row", "second row"])
+    table(tmp_path / "in" / "c.parquet", text=[b"third \xe2\x9c\x93", b"bad \xff"])
+    table(tmp_path / "in" / "d.parquet", text=pa.array(["fourth", "fourth"]).dictionary_encode())
     prepare(tmp_path / "in", "--out", tmp_path / "out", "--val-split-tokens", 3, "--num-proc", 1)
-    assert np.array_equal(stream(tmp_path / "out"), expected_stream(["", "first row", "second row", "third ✓"]))
+    expected = ["first row", "second row", "third ✓", "fourth", "fourth"]
+    assert np.array_equal(stream(tmp_path / "out"), expected_stream(expected))
     assert load_manifest(tmp_path / "out")["skipped_documents"] == 1
 
 
@@ -212,6 +226,19 @@ def test_non_utf8_documents_are_skipped_and_counted(tmp_path):
     assert np.array_equal(stream(tmp_path / "out"), expected_stream(["good one", "good two"]))
 
 
+def test_empty_documents_are_skipped_and_counted(tmp_path):
+    write(tmp_path / "in" / "a.txt", "")
+    write(tmp_path / "in" / "b.jsonl", "".join(json.dumps({"text": t}) + "\n" for t in ["one", " \n\t", "two", ""]))
+    write(tmp_path / "in" / "c.txt", "\n")
+    result = cli(tmp_path / "in", "--out", tmp_path / "out", "--val-split-tokens", 2)
+    assert result.returncode == 0, result.stderr
+    assert "skipped 4 empty documents (first: " in result.stderr and "a.txt)" in result.stderr
+    manifest = load_manifest(tmp_path / "out")
+    assert manifest["empty_documents"] == 4 and manifest["skipped_documents"] == 0
+    assert np.array_equal(stream(tmp_path / "out"), expected_stream(["one", "two"]))  # no lone <|endoftext|>
+    assert manifest["splits"]["val"]["documents"] + manifest["splits"]["train"]["documents"] == 2
+
+
 def parquet(path: Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -228,6 +255,33 @@ BAD_INPUTS = {
     ),
     "missing column (parquet)": (lambda d: [parquet(d / "a.parquet")], "no column 'text' (columns: body, url)"),
     "empty dataset": (lambda d: [write(d / "a.jsonl", "")], "no documents"),
+    "empty .txt": (lambda d: [write(d / "a.txt", "")], "no documents with text in"),
+    "only empty documents": (
+        lambda d: [write(d / "a.jsonl", '{"text": ""}\n{"text": " \\n "}\n'), write(d / "b.txt", "\n\n")],
+        "(3 empty, 0 not valid UTF-8)",
+    ),
+    "random bytes as .parquet": (
+        lambda d: [write(d / "x.parquet", np.random.default_rng(0).bytes(3000))],
+        "x.parquet: not a readable Parquet file",
+    ),
+    # a first batch of documents (BATCH_CHARS) fills shards before b.parquet is read: checked up front
+    "truncated .parquet after good input": (
+        lambda d: [write(d / "a.txt", SHAKESPEARE), truncated(table(d / "b.parquet", text=["x " * 500] * 20)),
+                   "--shard-tokens", 100_000, "--val-split-tokens", 100_000, "--num-proc", 1],  # fmt: skip
+        "b.parquet: not a readable Parquet file",
+    ),
+    "non-text parquet column": (
+        lambda d: [table(d / "a.parquet", text=[1, 2])],
+        "a.parquet: column 'text' holds int64, not text; pass --text-column",
+    ),
+    "non-text jsonl field": (
+        lambda d: [write(d / "a.jsonl", '{"text": "fine"}\n{"text": ["a", "list"]}\n')],
+        "a.jsonl:2: column 'text' holds list, not text",
+    ),
+    "invalid .json": (
+        lambda d: [write(d / "a.json", '[{"text": "one"},\n {"text": "two"}\n')],
+        "a.json: not valid JSON (Expecting ',' delimiter at line 3 column 1)",  # the unclosed array
+    ),
     "no matching files": (lambda d: [str(d / "*.jsonl")], "no such file"),
     "non-UTF-8 with --strict": (
         lambda d: [write(d / "a.txt", b"caf\xe9"), "--strict"],
@@ -249,6 +303,16 @@ def test_bad_input_gives_a_one_line_error_and_no_file(tmp_path, case):
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
     assert message in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("out", ["file", "file/data"])
+def test_an_out_path_through_an_existing_file_is_refused_and_the_file_kept(tmp_path, out):
+    write(tmp_path / "file", "precious")
+    result = cli(write(tmp_path / "a.txt", "some text " * 50), "--out", tmp_path / out)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    assert f"{tmp_path / 'file'} is a file; pass another --out" in result.stderr
+    assert (tmp_path / "file").read_text() == "precious"
 
 
 def test_refuses_a_directory_of_another_source_unless_overwrite(tmp_path):

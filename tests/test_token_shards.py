@@ -183,3 +183,79 @@ def test_resume_refuses_another_layout(data_dir):
     ):
         with pytest.raises(ValueError, match="cannot resume"):
             loader.load_state_dict(state)
+
+
+# ---- llm.c / modded-nanogpt shards: no manifest ----
+
+
+def make_llmc_dir(data_dir: Path, names_and_lengths: dict[str, int]) -> dict[str, np.ndarray]:
+    """Shards as llm.c writes them (no manifest), each holding distinct tokens; returns them by name."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tokens, position = {}, 0
+    for name, n in names_and_lengths.items():
+        tokens[name] = np.arange(position, position + n)
+        write_shard(data_dir / name, tokens[name])
+        position += n
+    return tokens
+
+
+@pytest.mark.parametrize("dataset", ["fineweb", "edu_fineweb"])
+def test_llmc_shards_without_a_manifest_train_us(tmp_path, dataset):
+    # written out of name order: the split and the order come from the names, not from the directory
+    shards = make_llmc_dir(
+        tmp_path / "fineweb10B",
+        {f"{dataset}_train_000002.bin": 90, f"{dataset}_val_000000.bin": 50, f"{dataset}_train_000001.bin": 70},
+    )
+    manifest = load_manifest(tmp_path / "fineweb10B")
+    assert [(s["file"], s["split"], s["tokens"]) for s in manifest["shards"]] == [
+        (f"{dataset}_val_000000.bin", "val", 50),
+        (f"{dataset}_train_000001.bin", "train", 70),
+        (f"{dataset}_train_000002.bin", "train", 90),
+    ]
+    assert manifest["splits"]["val"]["tokens"] == 50 and manifest["splits"]["train"]["tokens"] == 160
+    assert manifest["source"] == {"type": "llm.c shards"} and manifest["complete"]
+    check_tokenizer(tmp_path / "fineweb10B")  # llm.c's GPT-2 shards: our tokenizer
+
+    val = ShardedTokenLoader(tmp_path / "fineweb10B", "val", batch_size=3, seq_len=T)
+    val_tokens = shards[f"{dataset}_val_000000.bin"]
+    assert np.array_equal(val.next_batch().numpy(), [val_tokens[i * T : i * T + T + 1] for i in range(3)])
+    train_tokens = np.concatenate([shards[f"{dataset}_train_00000{i}.bin"] for i in (1, 2)])
+    train = ShardedTokenLoader(tmp_path / "fineweb10B", "train", batch_size=1, seq_len=T, seed=7)
+    assert train.windows_per_epoch == (160 - 1) // T
+    inputs = np.concatenate([train.next_batch().numpy()[0, :-1] for _ in range(train.windows_per_epoch)])
+    # every train token but the epoch's tail is an input once; no val token is
+    assert len(np.unique(inputs)) == len(inputs) == train.windows_per_epoch * T
+    assert np.isin(inputs, train_tokens).all()
+
+
+def test_llmc_starter_pack_names_and_data_identity(tmp_path):
+    make_llmc_dir(tmp_path / "shakespeare", {"tiny_shakespeare_val.bin": 40, "tiny_shakespeare_train.bin": 200})
+    assert [s["split"] for s in load_manifest(tmp_path / "shakespeare")["shards"]] == ["val", "train"]
+    # same token counts, other files: a saved position must not resume on them
+    make_llmc_dir(tmp_path / "stories", {"TinyStories_val.bin": 40, "TinyStories_train.bin": 200})
+    state = ShardedTokenLoader(tmp_path / "shakespeare", seq_len=T).state_dict()
+    with pytest.raises(ValueError, match="data_id"):
+        ShardedTokenLoader(tmp_path / "stories", seq_len=T).load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        (["fineweb_train_000001.bin", "fineweb_train_000002.bin"], r"without a val split \(no \*_val_\*\.bin"),
+        (["fineweb_val_000000.bin"], r"without a train split \(no \*_train_\*\.bin"),
+        (["fineweb_val_000000.bin", "fineweb_train_000001.bin", "tokens.bin"], "tokens.bin is not named like"),
+        (["fineweb_val_000000.bin", "edu_fineweb_train_000001.bin"], r"several datasets \(edu_fineweb, fineweb\)"),
+    ],
+)
+def test_llmc_directories_that_are_not_a_dataset_get_one_line(tmp_path, names, message):
+    make_llmc_dir(tmp_path, {name: 100 for name in names})
+    with pytest.raises(ShardError, match=message) as error:
+        ShardedTokenLoader(tmp_path, seq_len=T)
+    assert "\n" not in str(error.value)
+
+
+def test_every_llmc_shard_header_is_checked(tmp_path):
+    make_llmc_dir(tmp_path, {"fineweb_val_000000.bin": 100, "fineweb_train_000001.bin": 100})
+    (tmp_path / "fineweb_train_000002.bin").write_bytes(b"\0" * 2048)  # never read by a val loader
+    with pytest.raises(ShardError, match="fineweb_train_000002.bin: not a token shard"):
+        load_manifest(tmp_path)
