@@ -369,7 +369,7 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main():
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, help="checkpoint, HF dir or Hub id; repeatable")
     parser.add_argument("--data", help="HellaSwag .jsonl (rowanz) or .parquet (Rowan/hellaswag); default: download val")
@@ -388,9 +388,14 @@ def main():
     parser.add_argument("--val-batch-size", type=int, help="validation windows per forward (default: by device)")
     parser.add_argument("--output", help="write the summary and per-item log-likelihoods to this JSON file")
     parser.add_argument("--push-results", metavar="REPO", help="add the first --model's results to REPO's Hub card")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if len(set(args.model)) != len(args.model):
         parser.error("each --model may appear once")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device == "cpu":
         keep_freed_memory_for_reuse()  # each batch's logits reuse the last one's memory instead of faulting it in

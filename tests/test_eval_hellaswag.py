@@ -13,6 +13,7 @@ from conftest import REPO
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import eval_hellaswag as ev
+import validation
 from token_shards import write_shard
 from tokenization_gpt2repro import load_tokenizer
 
@@ -276,7 +277,7 @@ def test_accelerator_path_and_refusals(gpt2, tokenizer, items, scores):
         gpt2.eval()
 
 
-# ---- validation loss ----
+# ---- validation loss (validation.py) in the distributed evaluation ----
 
 
 @pytest.fixture
@@ -288,22 +289,6 @@ def val_dir(tmp_path):
     return tmp_path
 
 
-def test_validation_loss_is_the_mean_over_exactly_val_tokens_targets(gpt2, val_dir):
-    shards = [np.fromfile(val_dir / f"tiny_val_00000{i}.bin", np.uint16)[512:] for i in (0, 1)]  # past the header
-    tokens = torch.from_numpy(np.concatenate(shards).astype(np.int64))
-    losses = []
-    with torch.no_grad():
-        for start in range(0, 500, 64):  # 7 windows of 64, one of 52; one crosses the shard boundary
-            window = tokens[start : min(start + 64, 500) + 1]
-            losses.append(F.cross_entropy(gpt2(window[None, :-1]).logits[0], window[1:], reduction="sum").item())
-    expected = sum(losses) / 500
-    for batch_size in (1, 3):
-        loss = ev.validation_loss(gpt2, val_dir, 500, seq_len=64, batch_size=batch_size)
-        assert loss == pytest.approx(expected, abs=1e-5)
-    with pytest.raises(ValueError, match="hold 600 tokens, 601 needed"):
-        ev.validation_loss(gpt2, val_dir, 600, seq_len=64)
-
-
 def test_two_processes_shard_and_gather_to_the_single_process_numbers(tmp_path, gpt2, items, scores, val_dir):
     gpt2.save_pretrained(tmp_path / "model")
     script = tmp_path / "distributed_eval.py"
@@ -313,13 +298,14 @@ sys.path.insert(0, {str(REPO)!r})
 from accelerate import Accelerator
 from transformers import GPT2LMHeadModel
 import eval_hellaswag as ev
+import validation
 from tokenization_gpt2repro import load_tokenizer
 
 accelerator = Accelerator(cpu=True)
 model = accelerator.prepare(GPT2LMHeadModel.from_pretrained({str(tmp_path / "model")!r}).eval())  # DDP-wrapped
 items = ev.load_hellaswag({str(FIXTURE)!r})
 result = ev.score_hellaswag(model, load_tokenizer(), items, batch_size=4, accelerator=accelerator)
-result["val_loss"] = ev.validation_loss(model, {str(val_dir)!r}, 500, seq_len=64, batch_size=2, accelerator=accelerator)
+result["val"] = validation.validation_loss(model, {str(val_dir)!r}, 500, seq_len=64, batch_size=2, accelerator=accelerator)
 result["one_item"] = ev.score_hellaswag(model, load_tokenizer(), items[:1], accelerator=accelerator)  # rank 1 idle
 with open({str(tmp_path)!r} + f"/rank{{accelerator.process_index}}.json", "w") as f:
     json.dump(result, f)
@@ -327,35 +313,14 @@ with open({str(tmp_path)!r} + f"/rank{{accelerator.process_index}}.json", "w") a
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)]
     run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    expected_loss = ev.validation_loss(gpt2, val_dir, 500, seq_len=64)
+    expected_val = validation.validation_loss(gpt2, val_dir, 500, seq_len=64)
     first_item = {**ev.summarize(scores["per_item"][:1]), "per_item": scores["per_item"][:1]}
     for rank in (0, 1):  # every rank returns the whole result
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert [item["ind"] for item in result["per_item"]] == [item["ind"] for item in items]
         assert_same_scores(result, scores)
-        assert result["val_loss"] == pytest.approx(expected_loss, abs=1e-5)
+        assert result["val"] == pytest.approx(expected_val, abs=1e-5)
         assert_same_scores(result["one_item"], first_item)
-
-
-def test_validation_loss_reads_prepare_data_output_like_the_training_loader(tmp_path, gpt2):
-    import prepare_data
-    from token_shards import ShardedTokenLoader
-
-    corpus = (REPO / "assets" / "tinyshakespeare.txt").read_text()
-    for i in range(2):
-        (tmp_path / f"doc{i}.txt").write_text(corpus[i * 3000 : (i + 1) * 3000])
-    for index in range(2):  # two machines' parts: data/part-0000i-of-00002, validation in part 0
-        prepare_data.main([str(tmp_path / "doc0.txt"), str(tmp_path / "doc1.txt"), "--out", str(tmp_path / "data"),
-                           "--val-split-tokens", "400", "--shard-tokens", "150", "--num-proc", "1",
-                           "--num-shards", "2", "--shard-index", str(index)])  # fmt: skip
-    assert not list((tmp_path / "data").glob("*.bin"))  # the shards live in the part directories
-
-    loader = ShardedTokenLoader(tmp_path / "data", split="val", batch_size=5, seq_len=64)
-    windows = loader.next_batch()  # the first 5 windows of 64 + 1 tokens, crossing shard boundaries
-    with torch.no_grad():
-        expected = F.cross_entropy(gpt2(windows[:, :-1]).logits.flatten(0, 1), windows[:, 1:].flatten()).item()
-    loss = ev.validation_loss(gpt2, tmp_path / "data", 320, seq_len=64, batch_size=2)
-    assert loss == pytest.approx(expected, abs=1e-5)
 
 
 # ---- command line ----
@@ -366,7 +331,7 @@ def test_validation_loss_reads_prepare_data_output_like_the_training_loader(tmp_
     [
         ([], "cannot download HellaSwag"),  # offline without --data
         (["--data", "missing.jsonl"], "missing.jsonl: no such file"),
-        (["--data", str(FIXTURE), "--val-data", "."], "no validation shards"),
+        (["--data", str(FIXTURE), "--val-data", "."], "no manifest.json"),
     ],
 )
 def test_cli_bad_inputs_are_one_line_errors_before_any_model_loads(tmp_path, monkeypatch, args, message):
@@ -449,7 +414,8 @@ def test_cli_end_to_end(tmp_path, gpt2, tokenizer, items, scores, val_dir):
         assert result["summary"]["items"] == 8 and len(result["items"]) == 8
         assert [item["ind"] for item in result["items"]] == [item["ind"] for item in items[:8]]
         assert_same_scores({**result["summary"], "per_item": result["items"]}, expected)
-        assert result["summary"]["val_loss"] == pytest.approx(ev.validation_loss(gpt2, val_dir, 200, 128), abs=1e-4)
+        expected_val = validation.validation_loss(gpt2, val_dir, 200, 128)
+        assert {k: result["summary"][k] for k in expected_val} == pytest.approx(expected_val, abs=1e-4)
     table = run.stdout.splitlines()
     assert table[0].split()[:3] == ["model", "items", "compl"] and len(table) >= 3
     assert "no tokenizer files in" in run.stderr
