@@ -134,4 +134,6 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-__all__ = ["flops_per_token", "device_peak_flops", "datasheet_bf16_peak", "mfu", "device_name", "keep_freed_memory_for_reuse"]
+__all__ = [
+    "flops_per_token", "device_peak_flops", "datasheet_bf16_peak", "mfu", "device_name", "keep_freed_memory_for_reuse"
+]
