@@ -9,20 +9,23 @@ import ctypes
 import functools
 import os
 import platform
+import re
 import time
 from pathlib import Path
 
 import torch
 
-# Dense bf16 tensor-core peaks from NVIDIA's datasheets (the sparsity figures are twice these).
-# Matched in order against torch.cuda.get_device_name: the specific variants before the family.
+# Dense bf16 tensor-core peaks from NVIDIA's datasheets (the "with sparsity" figures are twice these).
+# Regular expressions searched in order in torch.cuda.get_device_name: the specific variants before the
+# family. Whole words only, so that e.g. an "RTX A1000" or a "GH200" is not taken for an A100 or an H200:
+# a GPU no pattern names gets a measured peak instead, and the source string says so.
 GPU_BF16_PEAK_TFLOPS = (
-    ("H100 PCIe", 756.0),
-    ("H100 NVL", 835.0),
-    ("H100", 989.0),  # SXM5, named "NVIDIA H100 80GB HBM3"
-    ("H200 NVL", 835.0),
-    ("H200", 989.0),
-    ("A100", 312.0),  # SXM and PCIe alike
+    (r"\bH100\b.*\bPCIe\b", 756.0),
+    (r"\bH100\b.*\bNVL\b", 835.0),
+    (r"\bH100\b", 989.0),  # SXM5, named "NVIDIA H100 80GB HBM3"
+    (r"\bH200\b.*\bNVL\b", 835.0),
+    (r"\bH200\b", 989.0),
+    (r"\bA100\b", 312.0),  # SXM and PCIe alike
 )
 
 
@@ -47,18 +50,28 @@ def mfu(tokens_per_second: float, flops_per_token: float, peak_flops: float) -> 
     return tokens_per_second * flops_per_token / peak_flops
 
 
+def datasheet_bf16_peak(gpu_name: str) -> float | None:
+    """The dense bf16 peak FLOP/s of the GPU torch.cuda.get_device_name calls `gpu_name`; None if not in the table."""
+    for pattern, tflops in GPU_BF16_PEAK_TFLOPS:
+        if re.search(pattern, gpu_name, flags=re.IGNORECASE):
+            return tflops * 1e12
+    return None
+
+
 @functools.cache
 def device_peak_flops(device, dtype=torch.bfloat16) -> tuple[float, str]:
     """(peak FLOP/s, where it came from): the datasheet for known GPUs in bf16, else a measured matmul probe."""
     device = torch.device(device)
-    if device.type == "cuda" and dtype == torch.bfloat16:
+    where = device.type
+    if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, tflops in GPU_BF16_PEAK_TFLOPS:
-            if key in name:
-                return tflops * 1e12, f"table: {name} bf16 dense {tflops:.0f} TFLOP/s"
+        peak = datasheet_bf16_peak(name) if dtype == torch.bfloat16 else None
+        if peak is not None:
+            return peak, f"table: {name} bf16 dense {peak / 1e12:.0f} TFLOP/s"
+        where = name + (" (not in the datasheet table)" if dtype == torch.bfloat16 else "")
     flops = _matmul_probe(device, dtype)
     unit, scale = ("TFLOP/s", 1e12) if flops >= 1e12 else ("GFLOP/s", 1e9)
-    return flops, f"measured {str(dtype).removeprefix('torch.')} matmul probe on {device.type}: {flops / scale:.0f} {unit}"
+    return flops, f"measured {str(dtype).removeprefix('torch.')} matmul probe on {where}: {flops / scale:.0f} {unit}"
 
 
 def _matmul_probe(device, dtype, repeats=10) -> float:
@@ -121,4 +134,6 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-__all__ = ["flops_per_token", "device_peak_flops", "mfu", "device_name", "keep_freed_memory_for_reuse"]
+__all__ = [
+    "flops_per_token", "device_peak_flops", "datasheet_bf16_peak", "mfu", "device_name", "keep_freed_memory_for_reuse"
+]

@@ -11,22 +11,17 @@ log-likelihoods of both must agree, so the comparison is between equal results.
 
 import argparse
 import os
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _common import REPO, timed  # first: puts the repository on sys.path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from configuration_gpt2repro import PRESETS, GPT2ReproConfig  # noqa: E402
-from eval_hellaswag import encode_requests, ending_logliks, load_hellaswag, score_hellaswag  # noqa: E402
-from modeling_gpt2repro import GPT2ReproForCausalLM  # noqa: E402
-from throughput import device_name, keep_freed_memory_for_reuse  # noqa: E402
-from tokenization_gpt2repro import get_encoding, load_tokenizer  # noqa: E402
+from configuration_gpt2repro import PRESETS, GPT2ReproConfig
+from eval_hellaswag import encode_requests, ending_logliks, load_hellaswag, score_hellaswag
+from modeling_gpt2repro import GPT2ReproForCausalLM
+from throughput import device_name, keep_freed_memory_for_reuse
+from tokenization_gpt2repro import get_encoding, load_tokenizer
 
 FIXTURE = REPO / "tests" / "fixtures" / "hellaswag_tiny.jsonl"
 
@@ -46,22 +41,17 @@ def render_example(enc, item):
 @torch.no_grad()
 def baseline_logliks(model, enc, items) -> np.ndarray:
     """build-nanogpt's evaluation loop, one item per forward; returns summed log-likelihoods."""
+    device = next(model.parameters()).device
     result = []
     for item in items:
-        tokens, mask = render_example(enc, item)
+        tokens, mask = (t.to(device) for t in render_example(enc, item))
         logits = model(tokens, use_cache=False).logits  # its GPT has no KV cache either
         shift_logits = logits[..., :-1, :].contiguous()
         shift_tokens = tokens[..., 1:].contiguous()
         losses = F.cross_entropy(shift_logits.view(-1, shift_logits.size(-1)), shift_tokens.view(-1), reduction="none")
         sum_loss = (losses.view(tokens.size(0), -1) * mask[..., 1:]).sum(dim=1)
-        result.append((-sum_loss).double().numpy())
+        result.append((-sum_loss).double().cpu().numpy())
     return np.stack(result)
-
-
-def timed(fn):
-    started = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - started
 
 
 def main():

@@ -22,13 +22,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import REPO  # first: puts the repository on sys.path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-import prepare_data  # noqa: E402
-from token_shards import load_manifest, read_shard  # noqa: E402
-from tokenization_gpt2repro import EOT_ID, get_encoding  # noqa: E402
+import prepare_data
+from token_shards import load_manifest, read_shard
+from tokenization_gpt2repro import EOT_ID, get_encoding
 
 SHARD_SIZE = 100_000_000  # fineweb.py's shard size; prepare_data's default
 

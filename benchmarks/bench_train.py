@@ -24,12 +24,10 @@ import datetime
 import multiprocessing as mp
 import os
 import statistics
-import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from _common import sync, timed  # first: puts the repository on sys.path
+
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
@@ -102,7 +100,7 @@ class Worker:
         self.input_ids = self.tokens(batch)
         for _ in range(self.args.warmup):  # compilation and first-touch allocations happen here
             self.step(self.input_ids)
-        self.sync()
+        sync(self.device)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
@@ -113,14 +111,7 @@ class Worker:
         )
 
     def time(self, steps):
-        times = []
-        for _ in range(steps):
-            self.sync()
-            start = time.perf_counter()
-            self.step(self.input_ids)
-            self.sync()
-            times.append(time.perf_counter() - start)
-        return times
+        return [timed(self.step, self.input_ids, device=self.device)[1] for _ in range(steps)]
 
     def memory(self):
         """Peak memory over the timed steps (read first), then the CPU tensor peak of one profiled step."""
@@ -155,10 +146,6 @@ class Worker:
 
     def peak(self):
         return device_peak_flops(self.device, self.dtype)
-
-    def sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
 
 def serve(side, args, conn):
