@@ -6,7 +6,7 @@ positions, masked to the endings. Both run on the same randomly initialised mode
 not depend on the weights) and the same items: the test fixture repeated. The completion-style
 log-likelihoods of both must agree, so the comparison is between equal results.
 
-    python benchmarks/bench_eval.py [--preset gpt2] [--items 96] [--batch-size 16] [--repeats 2] [--threads N]
+    python benchmarks/bench_eval.py [--preset gpt2-124m] [--items 96] [--batch-size 16] [--repeats 2] [--threads N]
 """
 
 import argparse
@@ -56,7 +56,7 @@ def baseline_logliks(model, enc, items) -> np.ndarray:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="gpt2", choices=PRESETS, help="model shape (random weights)")
+    parser.add_argument("--preset", default="gpt2-124m", choices=PRESETS, help="model shape (random weights)")
     parser.add_argument("--items", type=int, default=96, help="items: the 12-item fixture repeated")
     parser.add_argument("--batch-size", type=int, default=16, help="items per forward for eval_hellaswag")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each; the fastest counts")

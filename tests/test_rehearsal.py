@@ -129,7 +129,7 @@ def test_the_readme_real_run_works_end_to_end_offline(tmp_path):
     results = json.loads((run_dir / "eval_results.json").read_text())["models"]
     ours, theirs = results["runs/gpt2-124m/final"]["summary"], results[exported]["summary"]
     assert ours["val_tokens"] == theirs["val_tokens"] == 512  # the whole split, by default
-    assert ours["val_loss"] == pytest.approx(final_eval["val_loss"], abs=2e-3)  # train.py and eval agree
+    # (train.py scored 128-token windows here, the shrunk --seq-len; eval_hellaswag the model's 1,024)
     assert ours["val_loss"] == pytest.approx(theirs["val_loss"], abs=1e-4)  # the export is the same model
     assert ours["val_bpb"] == pytest.approx(theirs["val_bpb"], abs=1e-4)
     assert ours["completion_acc_norm"] == theirs["completion_acc_norm"]
