@@ -63,7 +63,7 @@ PRESETS = {
 DEFAULT_CORPUS = Path(__file__).resolve().parent / "assets" / "tinyshakespeare.txt"
 HUB_VAL_SPLIT_TOKENS = val_split_size(VAL_TOKENS)  # what the 124M recipe's validation scores, exactly
 BYTES_PER_TOKEN = 4  # English text, for sizing the validation split of a local corpus
-BATCH_CHARS = 1 << 20  # text per worker task: ~0.1-0.3 s of work, enough to amortise the IPC
+BATCH_CHARS = 1 << 20  # text per worker task: enough work to amortise the IPC
 
 
 class PrepareError(Exception):
@@ -79,7 +79,7 @@ def encode_documents(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     encoding, pieces = get_encoding(), []
     eot = np.array([EOT_ID], dtype=np.uint32)
     for text in texts:
-        try:  # encode_to_numpy skips building a Python list of ints: ~15-20% faster here
+        try:  # encode_to_numpy skips building a Python list of ints (faster: benchmarks/RESULTS.md)
             tokens = encoding.encode_to_numpy(text, disallowed_special=())
         except UnicodeEncodeError:  # lone surrogates: encode_ordinary knows how to repair them
             tokens = np.array(encoding.encode_ordinary(text), dtype=np.uint32)

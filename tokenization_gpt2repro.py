@@ -1,7 +1,7 @@
 """The GPT-2 tokenizer, offline: one loader for the whole project.
 
 Two faces of the same BPE, built from OpenAI's merge ranks shipped in assets/tokenizer/:
-- `get_encoding()`: a tiktoken encoder, ~3x faster than `tokenizers`, for bulk work (prepare_data).
+- `get_encoding()`: a tiktoken encoder, several times faster than `tokenizers`, for bulk work (prepare_data).
 - `load_tokenizer()`: a `PreTrainedTokenizerFast`, saved with every checkpoint so that
   `AutoTokenizer.from_pretrained(checkpoint)` works anywhere.
 Both produce identical ids (tests/test_tokenizer.py checks it on the whole shipped corpus).
@@ -96,7 +96,7 @@ def main():
         return
     tokenizer = build_tokenizer_from_ranks()
     tokenizer.save_pretrained(str(TOKENIZER_DIR))
-    # Compact JSON: 2.4 MB instead of 6.3 MB in git, same content.
+    # Compact JSON: less than half the bytes in git, same content.
     tokenizer.backend_tokenizer.save(str(TOKENIZER_DIR / "tokenizer.json"), pretty=False)
     print(f"wrote the GPT-2 tokenizer files to {TOKENIZER_DIR}")
 

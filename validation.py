@@ -57,7 +57,7 @@ def resolve_val_tokens(data_dir: str | Path, val_tokens: int | None = None) -> i
 
 def windows_per_forward(device, seq_len: int) -> int:
     """Validation windows per forward. Its (windows x seq_len x vocab) logits are the memory peak; on a CPU,
-    whose heap keeps what it once held (throughput.keep_freed_memory_for_reuse), a forward holds ~1,024 tokens
+    whose heap keeps what it once held (throughput.keep_freed_memory_for_reuse), a forward holds 1,024 tokens
     (more raised the tiny demo's peak RSS several-fold: benchmarks/RESULTS.md); a GPU takes 16 windows of 1,024."""
     tokens = 16 * 1024 if str(device).startswith("cuda") else 1024
     return max(1, tokens // seq_len)
