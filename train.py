@@ -375,24 +375,26 @@ def plot_curves(run_dir: Path, val_reference: dict | None) -> None:
 
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
-    def series(key):
-        return list(zip(*[(r["step"], r[key]) for r in rows if key in r])) or [(), ()]
+    def plot(ax, key, style, label, **kwargs):  # only what was logged: no empty legend entries
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            ax.plot(*zip(*points), style, label=label, **kwargs)
+        return bool(points)
 
     fig, (ax_loss, ax_bpb, ax_hella) = plt.subplots(1, 3, figsize=(16, 4.5))
-    ax_loss.plot(*series("loss"), label="train loss", alpha=0.6)
-    ax_loss.plot(*series("val_loss"), "o-", label="val loss")
+    plot(ax_loss, "loss", "-", "train loss", alpha=0.6)
+    plot(ax_loss, "val_loss", "o-", "val loss")
     if val_reference:
         ax_loss.axhline(val_reference["value"], color="r", ls="--", label=val_reference["label"])
     ax_loss.set(xlabel="step", ylabel="loss (nats/token)", title="loss")
-    ax_bpb.plot(*series("val_bpb"), "o-", label="val bits per byte")
+    plot(ax_bpb, "val_bpb", "o-", "val bits per byte")
     ax_bpb.set(xlabel="step", ylabel="bits per byte", title="validation bits per byte")
-    hella = series("hellaswag_completion_acc_norm")
-    ax_hella.plot(*hella, "o-", label="HellaSwag acc_norm (completion)")
-    ax_hella.plot(*series("hellaswag_lm_eval_acc_norm"), "s-", label="HellaSwag acc_norm (lm-eval)")
-    if val_reference or hella[0]:
+    hella = plot(ax_hella, "hellaswag_completion_acc_norm", "o-", "HellaSwag acc_norm (completion)")
+    plot(ax_hella, "hellaswag_lm_eval_acc_norm", "s-", "HellaSwag acc_norm (lm-eval)")
+    if hella:
         reference = GPT2_124M_REFERENCE["hellaswag_completion_acc_norm"]
         ax_hella.axhline(reference, color="r", ls="--", label="OpenAI GPT-2 124M (completion)")
-    ax_hella.set(xlabel="step", ylabel="accuracy", title="HellaSwag" if hella[0] else "HellaSwag (not evaluated)")
+    ax_hella.set(xlabel="step", ylabel="accuracy", title="HellaSwag" if hella else "HellaSwag (not evaluated)")
     for ax in (ax_loss, ax_bpb, ax_hella):
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
