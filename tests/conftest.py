@@ -33,3 +33,17 @@ def tiny_config():
 
     # vocab stays GPT-2's: padding/tokenizer behaviour is part of what is tested.
     return GPT2ReproConfig(n_layer=2, n_head=2, n_embd=64, n_positions=64)
+
+
+@pytest.fixture(scope="session")
+def shakespeare_shards(tmp_path_factory):
+    """~30k tokens of Shakespeare as several small shards (2,048 validation tokens), through prepare_data."""
+    import prepare_data
+
+    root = tmp_path_factory.mktemp("shakespeare")
+    corpus = root / "corpus.txt"
+    corpus.write_text((REPO / "assets" / "tinyshakespeare.txt").read_text()[:120_000])
+    out = root / "shards"
+    prepare_data.main([str(corpus), "--out", str(out), "--shard-tokens", "8000", "--val-split-tokens", "2048",
+                       "--num-proc", "1"])
+    return out

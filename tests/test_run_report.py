@@ -11,16 +11,8 @@ from run_report import GPT2_124M_REFERENCE
 
 
 @pytest.fixture(scope="module")
-def local_data(tmp_path_factory):
-    """A few thousand tokens of Shakespeare through the real prepare_data CLI (a local-files manifest)."""
-    import prepare_data
-
-    root = tmp_path_factory.mktemp("data")
-    corpus = root / "corpus.txt"
-    corpus.write_text((REPO / "assets" / "tinyshakespeare.txt").read_text()[:20_000])
-    out = root / "shakespeare"
-    prepare_data.main([str(corpus), "--out", str(out), "--val-split-tokens", "1000", "--num-proc", "1"])
-    return out
+def local_data(shakespeare_shards):
+    return shakespeare_shards
 
 
 def hub_data(local_data, tmp_path, dataset, config):

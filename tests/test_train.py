@@ -22,16 +22,8 @@ TINY = ["--model", "tiny", "--seq-len", str(SEQ), "--log-with", "none", "--mixed
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """~30k tokens of Shakespeare as several small shards, through the real prepare_data CLI."""
-    import prepare_data
-
-    root = tmp_path_factory.mktemp("data")
-    corpus = root / "corpus.txt"
-    corpus.write_text((REPO / "assets" / "tinyshakespeare.txt").read_text()[:120_000])
-    out = root / "shards"
-    prepare_data.main([str(corpus), "--out", str(out), "--shard-tokens", "8000", "--val-split-tokens", "2048", "--num-proc", "1"])
-    return out
+def data_dir(shakespeare_shards):
+    return shakespeare_shards
 
 
 def run_in_process(*args):
