@@ -13,7 +13,7 @@ from conftest import REPO
 from safetensors.torch import load_file
 
 import train
-from checkpoints import find_resume_checkpoint
+from checkpoints import STATE_FILE, find_resume_checkpoint
 
 SEQ = 32
 # The tiny preset (4 layers, 128 wide) on 32-token windows: a step takes tens of milliseconds.
@@ -145,7 +145,7 @@ def test_resumed_run_is_identical_to_an_uninterrupted_one(data_dir, tmp_path):
     common = ["--data-dir", data_dir, "--max-steps", 6, "--micro-batch-size", 4, "--total-batch-tokens", 8 * SEQ]
     run_in_process(*common, "--run-dir", tmp_path / "full", "--save-every", 3, "--keep-checkpoints", 1)
     checkpoint = tmp_path / "full" / "checkpoint-000003"
-    assert (checkpoint / "training_state" / "trainer_state.json").exists()
+    assert (checkpoint / STATE_FILE).exists()
     run_in_process(*common, "--run-dir", tmp_path / "resumed", "--resume", checkpoint)
     assert_same_weights(tmp_path / "full" / "final", tmp_path / "resumed" / "final")
     assert logged(tmp_path / "resumed", "loss") == logged(tmp_path / "full", "loss")[3:]
@@ -191,7 +191,7 @@ def test_sigterm_finishes_the_step_saves_and_resumes(data_dir, tmp_path):
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr[-2000:]
     saved = find_resume_checkpoint("auto", tmp_path)[0]
-    step = json.loads((saved / "training_state" / "trainer_state.json").read_text())["step"]
+    step = json.loads((saved / STATE_FILE).read_text())["step"]
     assert step >= 3 and f"saved {saved}" in stdout
     resumed = run_cli("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", step + 2,
                       "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ, "--resume", "auto")
