@@ -11,9 +11,13 @@ and only renamed (complete) checkpoints are ever resumed from.
 
 import json
 import os
+import pickle
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
 
 STATE_FILE = Path("training_state") / "trainer_state.json"
 
@@ -44,6 +48,7 @@ def save_checkpoint(accelerator, model, path: Path, trainer_state: dict, extras:
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp / "training_state"))
+    accelerator.wait_for_everyone()  # every rank's files are written before the main process renames the folder
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(tmp, save_function=accelerator.save)
         if extras is not None:
@@ -68,6 +73,15 @@ def complete_checkpoints(run_dir: Path, include_final: bool = True) -> list[Path
         except (CheckpointError, KeyError, TypeError):
             continue
     return sorted(steps, key=steps.get)
+
+
+def discard_after(run_dir: Path, step: int) -> list[Path]:
+    """Remove the checkpoints (final included) of steps after `step`: when a run resumes from an earlier
+    checkpoint, the later ones belong to the branch it abandons and must not be resumed from or kept instead."""
+    later = [p for p in complete_checkpoints(run_dir) if read_trainer_state(p)["step"] > step]
+    for path in later:
+        shutil.rmtree(path, ignore_errors=True)
+    return later
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
@@ -97,7 +111,10 @@ def load_checkpoint(accelerator, checkpoint: Path) -> dict:
     state = read_trainer_state(checkpoint)
     try:
         accelerator.load_state(str(Path(checkpoint) / "training_state"))
-    except Exception as e:  # truncated safetensors, a corrupt pickle, another model's shapes: all unloadable
+    except torch.OutOfMemoryError:
+        raise
+    # truncated safetensors or pickles, missing files, another model's shapes: the checkpoint is unloadable
+    except (OSError, EOFError, KeyError, ValueError, RuntimeError, pickle.UnpicklingError, SafetensorError) as e:
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"{checkpoint}: cannot load its training state ({type(e).__name__}: {reason}); "
@@ -107,6 +124,6 @@ def load_checkpoint(accelerator, checkpoint: Path) -> dict:
 
 
 __all__ = [
-    "STATE_FILE", "CheckpointError", "checkpoint_path", "complete_checkpoints", "find_resume_checkpoint",
-    "load_checkpoint", "prune_checkpoints", "read_trainer_state", "save_checkpoint",
+    "STATE_FILE", "CheckpointError", "checkpoint_path", "complete_checkpoints", "discard_after",
+    "find_resume_checkpoint", "load_checkpoint", "prune_checkpoints", "read_trainer_state", "save_checkpoint",
 ]

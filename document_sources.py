@@ -203,7 +203,7 @@ def hub_source(dataset: str, config: str | None, split: str, column: str, part: 
         try:
             stream = load_dataset(dataset, config, split=split, streaming=True)
         except Exception as e:  # offline, unknown id, no such config/split: one message for all
-                raise SourceError(
+            raise SourceError(
                 f"cannot open the Hugging Face dataset '{dataset}' ({_reason(e)}); without network, pass local "
                 "files instead, e.g. python prepare_data.py path/to/*.parquet --text-column text"
             ) from None

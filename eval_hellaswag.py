@@ -400,6 +400,8 @@ def main(argv=None):
     if device == "cpu":
         keep_freed_memory_for_reuse()  # each batch's logits reuse the last one's memory instead of faulting it in
 
+    if args.output and not Path(args.output).resolve().parent.is_dir():
+        raise SystemExit(f"error: --output {args.output}: its directory does not exist; create it first")
     try:  # bad data fails here, before any model is loaded
         items = load_hellaswag(args.data, args.limit)
         if args.val_data:

@@ -8,14 +8,9 @@
     python prepare_data.py fineweb-edu-100b --num-shards 8 --shard-index 3   # machine 3 of 8
 
 A .txt file is one document; a .jsonl/.json/.parquet row is one document (document_sources.py).
-<<<<<<< HEAD
-Each document becomes <|endoftext|> + its tokens, and the stream is cut into llm.c-format shards
-(token_shards.py): the first --val-split-tokens tokens are the validation split, the rest train.
-=======
 Empty ones are skipped; each other document becomes <|endoftext|> + its tokens, and the stream is
-cut into llm.c-format shards (token_shards.py): the first --val-tokens tokens are the validation
+cut into llm.c-format shards (token_shards.py): the first --val-split-tokens tokens are the validation
 split, the rest train.
->>>>>>> inputs
 Worker processes tokenize batches of documents and the results are written in document order, so
 the shards are the same bytes whatever --num-proc is. After every shard, manifest.json records
 where the stream stands: a rerun after a crash or Ctrl-C continues from the last complete shard,

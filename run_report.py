@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from token_shards import ShardError, load_manifest
+from validation import VAL_TOKENS
 
 CODE_DIR = Path(__file__).resolve().parent
 REPORT_JSON, REPORT_MD, CURVES = "report.json", "report.md", "curves.png"
@@ -120,7 +121,7 @@ def describe_data(data_dir: str | Path) -> dict:
     data_dir = Path(data_dir)
     try:
         manifest = load_manifest(data_dir)
-    except ShardError:  # shards made by llm.c or others carry no manifest
+    except ShardError:  # not a data directory (any more): the report still gets written
         manifest = None
     source = (manifest or {}).get("source") or {}
     hub_id = source.get("dataset") if source.get("type") == "hub" else None
@@ -266,8 +267,11 @@ def results_rows(final_eval: dict, data: dict) -> list[tuple[str, str, str]]:
     validation data, which decides the published loss it compares with."""
     ref, val_ref = GPT2_124M_REFERENCE, val_loss_reference(data)
     val_label = f"validation loss ({data.get('name', 'val')}, {_num(final_eval.get('val_tokens'), ',')} tokens)"
+    val_cell = f"{val_ref['value']} ({val_ref['label']})" if val_ref else "n/a"
+    if val_ref and final_eval.get("val_tokens") not in (None, VAL_TOKENS):  # e.g. llm.c's whole 100M val shard
+        val_cell += f"; scored on the first {VAL_TOKENS:,} tokens, so not directly comparable"
     rows = [
-        (val_label, _num(final_eval.get("val_loss")), f"{val_ref['value']} ({val_ref['label']})" if val_ref else "n/a"),
+        (val_label, _num(final_eval.get("val_loss")), val_cell),
         ("validation bits per byte", _num(final_eval.get("val_bpb")), "n/a"),
     ]
     items = final_eval.get("hellaswag_items")

@@ -351,7 +351,7 @@ class ShardedTokenLoader:
         return torch.from_numpy(batch)
 
     def reset(self) -> None:
-        """Back to the first window (e.g. before each validation pass)."""
+        """Back to the first window."""
         self.position = 0
 
     def state_dict(self) -> dict:

@@ -28,6 +28,8 @@ from accelerate.utils import InitProcessGroupKwargs, set_seed
 from checkpoints import (
     CheckpointError,
     checkpoint_path,
+    complete_checkpoints,
+    discard_after,
     find_resume_checkpoint,
     load_checkpoint,
     prune_checkpoints,
@@ -38,7 +40,7 @@ from eval_hellaswag import HellaSwagDataError, load_hellaswag, score_hellaswag
 from model_card import PublishError, push_to_hub, write_model_card
 from modeling_gpt2repro import GPT2ReproForCausalLM
 from prepare_data import data_dir_for
-from run_report import GPT2_124M_REFERENCE, describe_data, val_loss_reference, write_report
+from run_report import GPT2_124M_REFERENCE, describe_data, val_loss_reference, write_atomically, write_report
 from throughput import device_peak_flops, flops_per_token, keep_freed_memory_for_reuse, mfu
 from token_shards import ShardedTokenLoader, ShardError, check_tokenizer
 from tokenization_gpt2repro import load_tokenizer
@@ -80,7 +82,7 @@ class Settings:
     hub_private: bool = False  # create that repo private
     # system
     seed: int = 1337
-    mixed_precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | fp16 | no
+    mixed_precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | no (fp32)
     compile: bool | None = None  # None: on with CUDA
     log_with: str = "tensorboard"  # Accelerate tracker: tensorboard | wandb | trackio | none
     max_bad_steps: int = 5  # abort after this many non-finite steps in a row
@@ -101,6 +103,11 @@ PRESETS = {
     "gpt2-124m-fineweb": {**GPT2_124M, "data_dir": str(data_dir_for("fineweb-10b"))},  # vs the FineWeb 3.28 target
     "gpt2-350m": {**GPT2_124M, "model": "gpt2-350m", "micro_batch_size": 32, "lr": 3e-4},  # GPT-3 paper's 350M lr
 }
+
+
+# Settings with a fixed set of values (fp16 is not offered: bf16 needs no loss scaling, and GPUs without bf16
+# train in fp32).
+CHOICES = {"mixed_precision": ("auto", "bf16", "no"), "log_with": ("tensorboard", "wandb", "trackio", "none")}
 
 
 class SettingsError(ValueError):
@@ -143,30 +150,60 @@ def parse_settings(argv=None) -> tuple[str, Settings]:
         if f.type in (bool, bool | None):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         else:
-            parser.add_argument(flag, type=f.type if f.type in (int, float) else str, default=None)
+            kind = f.type if f.type in (int, float) else str
+            parser.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name))
     args = parser.parse_args(argv)
 
     values = dict(PRESETS[args.preset])
     if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise SettingsError(f"--config {path}: no such file")
-        loaded = yaml.safe_load(path.read_text()) or {}  # YAML is a superset of JSON
-        unknown = set(loaded) - {f.name for f in dataclasses.fields(Settings)}
-        if unknown:
-            raise SettingsError(f"--config {path}: unknown settings {sorted(unknown)}")
-        values.update(loaded)
+        values.update(read_config(Path(args.config)))
     values.update({k: v for k, v in vars(args).items() if k not in ("preset", "config") and v is not None})
     values["run_dir"] = values.get("run_dir") or f"runs/{args.preset}"
     return args.preset, Settings(**values)
 
 
+def _as_field_type(kind, value):
+    if kind in (bool, bool | None):
+        if isinstance(value, bool) or value is None:
+            return value
+        raise ValueError
+    if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+        raise ValueError
+    return kind(value) if kind in (int, float) else str(value)
+
+
+def read_config(path: Path) -> dict:
+    """Settings from a YAML or JSON file, each converted to its field's type (YAML reads 6e-4 as a string)."""
+    if not path.is_file():
+        raise SettingsError(f"--config {path}: no such file")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}  # YAML is a superset of JSON
+    except yaml.YAMLError as e:
+        raise SettingsError(f"--config {path}: not valid YAML or JSON ({str(e).splitlines()[0]})") from None
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    if not isinstance(loaded, dict) or set(loaded) - set(fields):
+        unknown = sorted(set(loaded) - set(fields)) if isinstance(loaded, dict) else "not a mapping"
+        raise SettingsError(f"--config {path}: unknown settings {unknown}; see python train.py --help")
+    values = {}
+    for name, value in loaded.items():
+        try:
+            values[name] = _as_field_type(fields[name].type, value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"--config {path}: {name}: {value!r} is not a {getattr(fields[name].type, '__name__', fields[name].type)}") from None
+        if name in CHOICES and value not in CHOICES[name]:
+            raise SettingsError(f"--config {path}: {name}: {value!r}; choose one of {', '.join(CHOICES[name])}")
+    return values
+
+
 def check_settings(s: Settings, world_size: int) -> tuple[GPT2ReproConfig, int, int]:
     """Refuse settings that cannot work, up front; return the model config, the gradient accumulation steps
     and the number of validation targets."""
-    for name in ("max_steps", "micro_batch_size", "seq_len", "total_batch_tokens"):
+    for name in ("max_steps", "micro_batch_size", "seq_len", "total_batch_tokens", "collective_timeout_minutes"):
         if getattr(s, name) <= 0:
             raise SettingsError(f"--{name.replace('_', '-')} must be positive")
+    for name in ("eval_every", "save_every", "save_every_minutes", "keep_checkpoints", "val_tokens"):
+        if getattr(s, name) < 0:
+            raise SettingsError(f"--{name.replace('_', '-')} must not be negative (0 turns it off)")
     try:
         model_config = GPT2ReproConfig.from_preset(s.model)
     except ValueError as e:
@@ -313,29 +350,57 @@ def generate_samples(accelerator, model, tokenizer, s: Settings, step: int, coun
     return tokenizer.batch_decode(out, skip_special_tokens=True)
 
 
-def load_hellaswag_items(s: Settings, print0) -> list:
+def load_hellaswag_items(s: Settings, accelerator, print0) -> list:
+    """HellaSwag on every rank or on none (scoring gathers across ranks). `auto` downloads once, on the main
+    process, and skips HellaSwag if that fails; a file named by --hellaswag must load."""
+    limit = s.hellaswag_limit or None
     if s.hellaswag == "off":
         return []
-    try:
-        return load_hellaswag(None if s.hellaswag == "auto" else s.hellaswag, limit=s.hellaswag_limit or None)
-    except (OSError, HellaSwagDataError) as e:
-        print0(f"notice: HellaSwag skipped ({str(e).splitlines()[0]})")
+    if s.hellaswag != "auto":
+        return load_hellaswag(s.hellaswag, limit=limit)  # the same file fails the same way on every rank
+    items, reason = [], "not available on another rank"
+    with accelerator.main_process_first():  # the others read the main process's download from the cache
+        try:
+            items = load_hellaswag(None, limit=limit)
+        except (OSError, HellaSwagDataError) as e:
+            reason = str(e).splitlines()[0]
+    if any_rank(accelerator, not items)[0]:
+        print0(f"notice: HellaSwag skipped ({reason})")
         return []
+    return items
 
 
-def resume(accelerator, candidates: list[Path], loader, print0) -> RunState:
+def resume_candidates(s: Settings) -> list[Path]:
+    """The checkpoints to resume from, newest first. A group torch elastic restarted after losing a rank resumes
+    from the newest complete checkpoint by itself; a fresh run never mixes into another run's directory."""
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    candidates = find_resume_checkpoint("auto" if restarted else s.resume, Path(s.run_dir))
+    if not s.resume and not restarted and complete_checkpoints(Path(s.run_dir)):
+        raise SettingsError(f"--run-dir {s.run_dir} holds another run's checkpoints; continue it with --resume auto, "
+                            "or choose another --run-dir")
+    return candidates
+
+
+def resume(accelerator, candidates: list[Path], loader, run_dir: Path, print0) -> RunState:
     """Load the newest loadable checkpoint of `candidates` (newest first) and return its run state."""
     for checkpoint in candidates:
+        problem = None
         try:
             saved = load_checkpoint(accelerator, checkpoint)
             loader.load_state_dict(saved["train_loader"])
         except (CheckpointError, ValueError, KeyError) as e:
+            problem = str(e) if isinstance(e, CheckpointError) else f"{checkpoint}: {e}"
+        if any_rank(accelerator, problem is not None)[0]:  # every rank falls back together, or none does
+            problem = problem or f"{checkpoint}: unloadable on another rank"
             if checkpoint == candidates[-1]:
-                raise CheckpointError(f"{checkpoint}: {e}" if not isinstance(e, CheckpointError) else str(e)) from e
-            print0(f"warning: {e}; trying the checkpoint before it")
+                raise CheckpointError(problem)
+            print0(f"warning: {problem}; trying the checkpoint before it")
             continue
         state = RunState(**{f.name: saved[f.name] for f in dataclasses.fields(RunState) if f.name in saved})
         print0(f"resumed from {checkpoint} at step {state.step} ({state.tokens_seen:,} tokens)")
+        if accelerator.is_main_process:
+            for later in discard_after(run_dir, state.step):  # in this run's directory, never the source's
+                print0(f"removed {later}: after step {state.step}, on the branch this resume abandons")
         return state
     return RunState()
 
@@ -414,9 +479,8 @@ class RunLog:
         self.val_reference = val_loss_reference(describe_data(s.data_dir))
         if accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "settings.yaml").write_text(
-                yaml.safe_dump({"preset": preset, **dataclasses.asdict(s)}, sort_keys=False)
-            )
+            settings = yaml.safe_dump({"preset": preset, **dataclasses.asdict(s)}, sort_keys=False)
+            write_atomically(self.run_dir / "settings.yaml", settings)
         accelerator.init_trackers("gpt2repro", config={k: v for k, v in dataclasses.asdict(s).items() if v is not None})
 
     def start(self, model, model_config, grad_accum_steps: int, compiled: bool) -> None:
@@ -435,7 +499,12 @@ class RunLog:
         )
 
     def begin(self, state: RunState) -> None:
-        """Start the clocks: elapsed time carries on from the saved state, the ETA counts from here."""
+        """Start the clocks (elapsed time carries on from the saved state, the ETA counts from here) and forget
+        the metrics of steps after it: they belong to a branch a resume abandoned, or to an abandoned start."""
+        metrics = self.run_dir / "metrics.jsonl"
+        if self.accelerator.is_main_process and metrics.exists():
+            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= state.step]
+            write_atomically(metrics, "".join(line + "\n" for line in kept))
         self.started = self.last_save = time.perf_counter()
         self.first_step, self.total_before = state.step, state.total_seconds
 
@@ -509,8 +578,7 @@ def main(argv=None):
     device, world = accelerator.device, accelerator.num_processes
     prepare_default_data(s, accelerator)
     model_config, accumulation, val_tokens = check_settings(s, world)
-    elastic_restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0  # a lost rank's group, restarted
-    checkpoints = find_resume_checkpoint(s.resume or ("auto" if elastic_restart else ""), Path(s.run_dir))
+    checkpoints = resume_candidates(s)
 
     model = GPT2ReproForCausalLM(model_config)
     optimizer = make_optimizer(model, s, device)
@@ -522,8 +590,8 @@ def main(argv=None):
                                 seed=s.seed)
     tokenizer = load_tokenizer()
     log = RunLog(accelerator, s, preset, argv)
-    state = resume(accelerator, checkpoints, loader, log.print)
-    hellaswag_items = load_hellaswag_items(s, log.print)
+    state = resume(accelerator, checkpoints, loader, Path(s.run_dir), log.print)
+    hellaswag_items = load_hellaswag_items(s, accelerator, log.print)
     log.start(raw_model, model_config, accumulation, compile_model)
     log.begin(state)
 
@@ -542,8 +610,8 @@ def main(argv=None):
                                     "diverged; lower --lr or resume from an earlier checkpoint")
 
             done = state.step == s.max_steps
-            stop_now, save_now = any_rank(accelerator, stop.requested, log.checkpoint_due(state.step))
-            if done or (s.eval_every and state.step % s.eval_every == 0):
+            stop_now, save_now = any_rank(accelerator, stop.requested and not done, log.checkpoint_due(state.step))
+            if not stop_now and (done or (s.eval_every and state.step % s.eval_every == 0)):  # a stop saves first
                 state.last_eval = evaluate(accelerator, raw_model, tokenizer, s, val_tokens, hellaswag_items)
                 samples = generate_samples(accelerator, raw_model, tokenizer, s, state.step)
                 log.evaluation(state.step, state.last_eval, samples if accelerator.is_main_process else [])
@@ -551,7 +619,7 @@ def main(argv=None):
                 save(accelerator, model, tokenizer, checkpoint_path(s.run_dir, state.step), state, loader, log)
                 if accelerator.is_main_process:
                     prune_checkpoints(Path(s.run_dir), s.keep_checkpoints)
-            if stop_now and not done:
+            if stop_now:
                 log.print(f"stop requested: saved {checkpoint_path(s.run_dir, state.step)}; continue: --resume auto")
                 break
     # ================================================================================================

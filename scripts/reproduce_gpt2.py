@@ -28,6 +28,7 @@ import torch  # noqa: E402
 
 import prepare_data  # noqa: E402
 import train  # noqa: E402
+from checkpoints import CheckpointError, read_trainer_state  # noqa: E402
 from token_shards import MANIFEST_NAME, ShardError, load_manifest  # noqa: E402
 
 STEPS = 4
@@ -48,7 +49,7 @@ def main(argv=None) -> None:
         note(f"preset {args.preset} on {f'{gpus} GPU(s)' if gpus else 'the CPU'} | data {s.data_dir} | run {s.run_dir}")
         steps = Steps(args.dry_run)
         prepare_data_step(steps, s.data_dir)
-        train_step(steps, launcher(gpus) + ["train.py", *train_args], s.run_dir)
+        train_step(steps, launcher(gpus) + ["train.py", *train_args], s.run_dir, s.max_steps)
         evaluate_step(steps, s.run_dir, s.data_dir)
         report_step(steps, s.run_dir)
     except (ReproduceError, train.SettingsError, ShardError) as e:
@@ -70,10 +71,17 @@ def prepare_data_step(steps, data_dir: str) -> None:
     steps.run("data", command)
 
 
-def train_step(steps, command: list[str], run_dir: str) -> None:
+def train_step(steps, command: list[str], run_dir: str, max_steps: int) -> None:
     final = Path(run_dir) / "final"
     if (ROOT / final).is_dir():
-        return steps.skip("train", f"{final} exists")
+        try:
+            trained = read_trainer_state(ROOT / final)["step"]
+        except (CheckpointError, KeyError) as e:
+            raise ReproduceError(f"{final}: not a checkpoint train.py wrote ({e}); move it away and rerun") from None
+        if trained < max_steps:  # e.g. a short trial run in the same directory
+            raise ReproduceError(f"{final} was trained for {trained} steps, this run asks for {max_steps}; pass "
+                                 "another --run-dir, or remove that run")
+        return steps.skip("train", f"{final} exists ({trained} steps)")
     steps.run("train", command)
     if not steps.dry_run and not (ROOT / final).is_dir():  # train.py exits 0 after saving on SIGTERM or Ctrl-C
         raise ReproduceError(f"training stopped before the end (no {final}); rerun the same command to continue")

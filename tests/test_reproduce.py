@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from checkpoints import STATE_FILE
 from conftest import REPO
 
 from token_shards import MANIFEST_NAME, write_manifest, write_shard
@@ -169,11 +170,19 @@ def test_absent_data_that_no_data_preset_makes_is_refused_with_one_line(capsys, 
 
 
 def test_a_finished_run_skips_training_and_an_evaluated_one_skips_evaluation(capsys, data, run_dir):
-    (run_dir / "final").mkdir(parents=True)
-    args = ["--gpus", "8", "--run-dir", str(run_dir), "--", "--data-dir", str(data)]
+    (run_dir / "final" / "training_state").mkdir(parents=True)
+    (run_dir / "final" / STATE_FILE).write_text('{"step": 100}')
+    args = ["--gpus", "8", "--run-dir", str(run_dir), "--", "--data-dir", str(data), "--max-steps", "100"]
     assert [c[1] for c in plan(capsys, *args)] == ["eval_hellaswag.py", "run_report.py"]
     (run_dir / "eval_results.json").write_text("{}")
     assert [c[1] for c in plan(capsys, *args)] == ["run_report.py"]
+
+
+def test_a_shorter_run_left_in_the_run_dir_is_not_taken_for_the_reproduction(capsys, data, run_dir):
+    (run_dir / "final" / "training_state").mkdir(parents=True)
+    (run_dir / "final" / STATE_FILE).write_text('{"step": 100}')  # a trial with -- --max-steps 100
+    message = refusal(capsys, "--gpus", "8", "--run-dir", str(run_dir), "--", "--data-dir", str(data))
+    assert "trained for 100 steps, this run asks for 19073" in message and "--run-dir" in message
 
 
 def test_no_gpu_is_refused_with_one_line_unless_the_cpu_is_allowed(capsys, data, run_dir):
@@ -222,4 +231,4 @@ def test_ctrl_c_or_sigterm_lets_the_running_step_save_and_finish_instead_of_kill
 
 def test_training_that_stops_without_a_final_checkpoint_is_not_evaluated(run_dir):
     with pytest.raises(reproduce.ReproduceError, match="rerun the same command to continue"):
-        reproduce.train_step(reproduce.Steps(dry_run=False), [sys.executable, "-c", "pass"], str(run_dir))
+        reproduce.train_step(reproduce.Steps(dry_run=False), [sys.executable, "-c", "pass"], str(run_dir), 10)

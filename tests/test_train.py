@@ -300,3 +300,44 @@ def test_a_corrupt_checkpoint_is_refused_in_one_line_and_auto_falls_back_to_the_
     assert fallback.returncode == 0, fallback.stderr[-2000:]
     assert "trying the checkpoint before it" in fallback.stdout
     assert f"resumed from {tmp_path / 'checkpoint-000001'} at step 1" in fallback.stdout
+
+
+def test_resuming_from_an_earlier_checkpoint_abandons_the_later_branch(data_dir, tmp_path):
+    common = ["--data-dir", data_dir, "--run-dir", tmp_path, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ]
+    run_in_process(*common, "--max-steps", 4, "--save-every", 1, "--keep-checkpoints", 4)
+    run_in_process(*common, "--max-steps", 4, "--resume", tmp_path / "checkpoint-000001", "--save-every", 0)
+    # the first run's checkpoints 2 and 3 and its final were removed, then this run saved its own final
+    assert [p.name for p in find_resume_checkpoint("auto", tmp_path)] == ["final", "checkpoint-000001"]
+    assert [r["step"] for r in metrics(tmp_path) if "loss" in r] == [1, 2, 3, 4]  # no step logged twice
+
+
+def test_a_fresh_run_refuses_a_directory_holding_another_runs_checkpoints(data_dir, tmp_path, monkeypatch):
+    common = ["--data-dir", data_dir, "--run-dir", tmp_path, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ,
+              "--max-steps", 1]
+    run_in_process(*common)
+    with pytest.raises(train.SettingsError, match="holds another run's checkpoints; continue it with --resume auto"):
+        run_in_process(*common)
+    # a group that torch elastic restarts resumes from the newest checkpoint, whatever --resume said
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    _, s = train.parse_settings([*TINY, *map(str, common), "--resume", str(tmp_path / "gone")])
+    assert train.resume_candidates(s) == [tmp_path / "final"]
+
+
+def test_config_files_are_typed_like_flags(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("lr: 6e-4\nmax_steps: 100\ncompile: false\n")  # YAML reads 6e-4 as a string
+    _, s = train.parse_settings(["--config", str(config)])
+    assert (s.lr, s.max_steps, s.compile) == (6e-4, 100, False)
+    for text, message in [("lr: fast\n", "lr: 'fast' is not a float"), ("max_steps: 1.5\n", "is not a int"),
+                          ("mixed_precision: fp16\n", "choose one of auto, bf16, no"), ("lrr: 1\n", "unknown")]:
+        config.write_text(text)
+        with pytest.raises(train.SettingsError, match=message):
+            train.parse_settings(["--config", str(config)])
+
+
+def test_a_malformed_hellaswag_file_named_by_the_user_stops_the_run(data_dir, tmp_path):
+    bad = tmp_path / "hellaswag.jsonl"
+    bad.write_text('{"ind": 1}\n')
+    result = run_cli("--data-dir", data_dir, "--run-dir", tmp_path / "r", "--max-steps", 1, "--micro-batch-size", 4,
+                     "--total-batch-tokens", 4 * SEQ, "--hellaswag", bad)
+    assert result.returncode != 0 and "malformed HellaSwag item" in result.stderr and "Traceback" not in result.stderr
