@@ -238,12 +238,20 @@ def test_bad_settings_each_give_a_one_line_error(data_dir, tmp_path):
         "not a complete checkpoint": ["--data-dir", data_dir, "--resume", tmp_path / "nope"],
         "validation tokens in": ["--data-dir", data_dir, "--val-tokens", 10**6],
     }
-    for expected, args in cases.items():
-        result = subprocess.run([sys.executable, str(REPO / "train.py"), *TINY, "--run-dir", str(tmp_path / "r"),
-                                 *map(str, args)], capture_output=True, text=True)
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert result.returncode != 0, expected
-        assert lines and lines[-1].startswith("error: ") and expected in lines[-1], (expected, result.stderr[-1500:])
+    from accelerate.state import AcceleratorState
+
+    for i, (expected, args) in enumerate(cases.items()):
+        argv = [*TINY, "--run-dir", str(tmp_path / "r"), *map(str, args)]
+        if i == 0:  # once through the real command line: a non-zero exit and the message last on stderr
+            result = subprocess.run([sys.executable, str(REPO / "train.py"), *argv], capture_output=True, text=True)
+            assert result.returncode != 0, result.stderr[-1500:]
+            message = [line for line in result.stderr.splitlines() if line.strip()][-1]
+        else:  # the same path in this process: train.run exits with the message
+            AcceleratorState._reset_state(reset_partial_state=True)
+            with pytest.raises(SystemExit) as exit_info:
+                train.run(argv)
+            message = str(exit_info.value)
+        assert message.startswith("error: ") and expected in message and "\n" not in message, (expected, message)
         assert not (tmp_path / "r" / "final").exists()
 
 
@@ -281,7 +289,7 @@ def test_a_real_runtime_error_keeps_its_traceback_while_project_errors_are_one_l
         train.run([*common, "--model", "gpt5"])
 
 
-def test_a_corrupt_checkpoint_is_refused_in_one_line_and_auto_falls_back_to_the_one_before(data_dir, tmp_path):
+def test_a_corrupt_checkpoint_is_refused_in_one_line_and_auto_falls_back_to_the_one_before(data_dir, tmp_path, capsys):
     common = ["--data-dir", data_dir, "--run-dir", tmp_path, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ]
     run_in_process(*common, "--max-steps", 3, "--save-every", 1, "--keep-checkpoints", 3)
     import shutil
@@ -291,15 +299,19 @@ def test_a_corrupt_checkpoint_is_refused_in_one_line_and_auto_falls_back_to_the_
     weights_file = newest / "training_state" / "model.safetensors"
     weights_file.write_bytes(weights_file.read_bytes()[:1000])  # truncated, as a full disk would leave it
 
-    explicit = run_cli(*common, "--max-steps", 3, "--resume", newest)
-    lines = explicit.stderr.strip().splitlines()
-    assert explicit.returncode != 0 and lines[-1].startswith(f"error: {newest}: cannot load its training state")
-    assert "Traceback" not in explicit.stderr and not (tmp_path / "final").exists()
+    from accelerate.state import AcceleratorState
 
-    fallback = run_cli(*common, "--max-steps", 3, "--resume", "auto")
-    assert fallback.returncode == 0, fallback.stderr[-2000:]
-    assert "trying the checkpoint before it" in fallback.stdout
-    assert f"resumed from {tmp_path / 'checkpoint-000001'} at step 1" in fallback.stdout
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(SystemExit) as exit_info:
+        train.run([*TINY, *map(str, common), "--max-steps", "3", "--resume", str(newest)])
+    message = str(exit_info.value)
+    assert message.startswith(f"error: {newest}: cannot load its training state") and "\n" not in message
+    assert not (tmp_path / "final").exists()
+
+    capsys.readouterr()
+    run_in_process(*common, "--max-steps", 3, "--resume", "auto")
+    out = capsys.readouterr().out
+    assert "trying the checkpoint before it" in out and f"resumed from {tmp_path / 'checkpoint-000001'} at step 1" in out
 
 
 def test_resuming_from_an_earlier_checkpoint_abandons_the_later_branch(data_dir, tmp_path):
