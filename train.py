@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 import yaml
-from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs, set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, InitProcessGroupKwargs, set_seed
 
 from checkpoints import (
     CheckpointError,
@@ -206,6 +206,15 @@ def make_accelerator(s: Settings) -> Accelerator:
         mixed_precision=mixed_precision_for(s.mixed_precision), log_with=None if s.log_with == "none" else s.log_with,
         project_dir=s.run_dir, cpu=multi_cpu, kwargs_handlers=[timeout],
     )
+    if multi_cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        # Accelerate silently turns an FSDP launch into DDP without GPUs; keep FSDP, so that it runs (and is tested)
+        # on CPU processes over gloo too.
+        plugin = FullyShardedDataParallelPlugin()  # from the launcher's environment, as Accelerator reads it
+        if accelerator.mixed_precision != "no":
+            plugin.set_mixed_precision(accelerator.mixed_precision)
+        accelerator.state.fsdp_plugin = plugin
+        for state in (PartialState(), accelerator.state):  # both, as Accelerate's own FSDP set-up does
+            state.distributed_type = DistributedType.FSDP
     if accelerator.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: free speed for the fp32 parts
         torch.backends.cudnn.allow_tf32 = True
@@ -317,11 +326,11 @@ def load_hellaswag_items(s: Settings, print0) -> list:
         return []
 
 
-def resume(accelerator, candidates: list[Path], loader, print0) -> RunState:
+def resume(accelerator, model, optimizer, candidates: list[Path], loader, print0) -> RunState:
     """Load the newest loadable checkpoint of `candidates` (newest first) and return its run state."""
     for checkpoint in candidates:
         try:
-            saved = load_checkpoint(accelerator, checkpoint)
+            saved = load_checkpoint(accelerator, checkpoint, model, optimizer)
             loader.load_state_dict(saved["train_loader"])
         except (CheckpointError, ValueError, KeyError) as e:
             if checkpoint == candidates[-1]:
@@ -476,7 +485,7 @@ def main(argv=None):
                                 seed=s.seed)
     tokenizer = load_tokenizer()
     log = RunLog(accelerator, s, preset)
-    state = resume(accelerator, checkpoints, loader, log.print)
+    state = resume(accelerator, model, optimizer, checkpoints, loader, log.print)
     hellaswag_items = load_hellaswag_items(s, log.print)
     precision = accelerator.mixed_precision
     flops_token = flops_per_token(model_config, s.seq_len)
