@@ -14,6 +14,7 @@ import datetime
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -201,20 +202,14 @@ def make_accelerator(s: Settings) -> Accelerator:
     # Without GPUs, several processes are DDP over gloo on the CPU; Accelerate needs cpu=True to pick that.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     # A lost rank leaves the others waiting in a collective: end them after this long, not the default 30 minutes.
-    timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(minutes=s.collective_timeout_minutes))
+    timeout = datetime.timedelta(minutes=s.collective_timeout_minutes)
+    start_restarted_group(timeout)
     accelerator = Accelerator(
         mixed_precision=mixed_precision_for(s.mixed_precision), log_with=None if s.log_with == "none" else s.log_with,
-        project_dir=s.run_dir, cpu=multi_cpu, kwargs_handlers=[timeout],
+        project_dir=s.run_dir, cpu=multi_cpu, kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)],
     )
     if multi_cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        # Accelerate silently turns an FSDP launch into DDP without GPUs; keep FSDP, so that it runs (and is tested)
-        # on CPU processes over gloo too.
-        plugin = FullyShardedDataParallelPlugin()  # from the launcher's environment, as Accelerator reads it
-        if accelerator.mixed_precision != "no":
-            plugin.set_mixed_precision(accelerator.mixed_precision)
-        accelerator.state.fsdp_plugin = plugin
-        for state in (PartialState(), accelerator.state):  # both, as Accelerate's own FSDP set-up does
-            state.distributed_type = DistributedType.FSDP
+        keep_fsdp(accelerator)
     if accelerator.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: free speed for the fp32 parts
         torch.backends.cudnn.allow_tf32 = True
@@ -222,6 +217,33 @@ def make_accelerator(s: Settings) -> Accelerator:
         keep_freed_memory_for_reuse()  # no page faults re-zeroing each step's buffers (benchmarks/RESULTS.md)
     set_seed(s.seed)  # the same initial weights on every rank
     return accelerator
+
+
+def start_restarted_group(timeout: datetime.timedelta) -> None:
+    """Start the process group of a torch-elastic restart on keys of its own. The static rendezvous (Accelerate's
+    default) keeps one store across restarts and torch no longer scopes the group's keys by attempt (its fix for
+    pytorch#135712 covers the c10d rendezvous only), so a restarted rank can read the address of a dead one and
+    fail to connect. Accelerate then finds the group started and uses it."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if attempt == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return
+    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                       timeout=timeout)
+    torch.distributed.init_process_group(
+        store=torch.distributed.PrefixStore(f"gpt2repro-restart-{attempt}", store), rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout,
+    )
+
+
+def keep_fsdp(accelerator) -> None:
+    """Accelerate silently turns an FSDP launch into DDP without GPUs; keep FSDP, so that it runs (and is tested)
+    on CPU processes over gloo too."""
+    plugin = FullyShardedDataParallelPlugin()  # from the launcher's environment, as Accelerator reads it
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    accelerator.state.fsdp_plugin = plugin
+    for state in (PartialState(), accelerator.state):  # both, as Accelerate's own FSDP set-up does
+        state.distributed_type = DistributedType.FSDP
 
 
 def prepare_default_data(s: Settings, accelerator) -> None:
@@ -291,10 +313,13 @@ def train_step(accelerator, model, train_model, optimizer, loader, s: Settings, 
 def evaluate(accelerator, model, tokenizer, s: Settings, val_tokens: int, hellaswag_items) -> dict:
     """Validation loss and bits per byte, and HellaSwag in both conventions, on the uncompiled module."""
     model.eval()
+    # FSDP gathers weights in each forward, so every rank must run the same forwards, and the evaluations' split
+    # across ranks can give one rank a forward more: under FSDP every rank evaluates everything.
+    split = None if accelerator.distributed_type == DistributedType.FSDP else accelerator
     with torch.no_grad(), accelerator.autocast():
-        results = validation_loss(model, s.data_dir, val_tokens, seq_len=s.seq_len, accelerator=accelerator)
+        results = validation_loss(model, s.data_dir, val_tokens, seq_len=s.seq_len, accelerator=split)
         if hellaswag_items:
-            scores = score_hellaswag(model, tokenizer, hellaswag_items, batch_size=16, accelerator=accelerator)
+            scores = score_hellaswag(model, tokenizer, hellaswag_items, batch_size=16, accelerator=split)
             for key in ("items", "completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm"):
                 results[f"hellaswag_{key}"] = scores[key]
     model.train()
@@ -472,8 +497,11 @@ def main(argv=None):
     device, world = accelerator.device, accelerator.num_processes
     prepare_default_data(s, accelerator)
     model_config, grad_accum_steps, val_tokens = check_settings(s, world)
-    elastic_restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0  # a lost rank's group, restarted
-    checkpoints = find_resume_checkpoint(s.resume or ("auto" if elastic_restart else ""), Path(s.run_dir))
+    # A torch-elastic restart (a lost rank's group, started again) continues from the run's own newest checkpoint,
+    # else from where the first start did.
+    elastic_restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    own_checkpoints = find_resume_checkpoint("auto", Path(s.run_dir)) if elastic_restart else []
+    checkpoints = own_checkpoints or find_resume_checkpoint(s.resume, Path(s.run_dir))
 
     model = GPT2ReproForCausalLM(model_config)
     optimizer = make_optimizer(model, s, device)
@@ -575,11 +603,24 @@ class StopRequest:
 USER_ERRORS = (SettingsError, ShardError, CheckpointError, ValidationError, HellaSwagDataError, DivergedError, PushError)
 
 
+def lost_a_process(e: RuntimeError) -> bool:
+    """A collective failed because another rank died, or stopped answering for --collective-timeout-minutes:
+    gloo reports it from its transport layer, NCCL as a DistError."""
+    return isinstance(e, torch.distributed.DistError) or "gloo/transport/" in str(e)
+
+
 def run(argv=None):
     try:
         main(argv)
     except USER_ERRORS as e:
         sys.exit(f"error: {e}")
+    except RuntimeError as e:
+        if not lost_a_process(e):
+            raise
+        detail = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip().splitlines()[0]).split(". ")[0]  # no source path
+        sys.exit(f"error: rank {os.environ.get('RANK', '0')}: another process died or stopped answering ({detail}); "
+                 "continue from the newest checkpoint with --resume auto (accelerate launch --max_restarts N does so "
+                 "by itself)")
 
 
 if __name__ == "__main__":
