@@ -119,7 +119,7 @@ def load_checkpoint(accelerator, checkpoint: Path, model, optimizer) -> dict:
     state = read_trainer_state(checkpoint)
     training_state = Path(checkpoint) / "training_state"
     try:
-        if is_sharded(training_state) == (accelerator.distributed_type == DistributedType.FSDP):
+        if written_by_fsdp(training_state) == (accelerator.distributed_type == DistributedType.FSDP):
             accelerator.load_state(str(training_state))
         else:
             load_other_layout(accelerator, Path(checkpoint), model, optimizer)
@@ -132,9 +132,9 @@ def load_checkpoint(accelerator, checkpoint: Path, model, optimizer) -> dict:
     return state
 
 
-def is_sharded(training_state: Path) -> bool:
-    """Whether Accelerate wrote this training state under FSDP (sharded files) rather than DDP (whole files)."""
-    return (training_state / "pytorch_model_fsdp_0").is_dir()
+def written_by_fsdp(training_state: Path) -> bool:
+    """Whether Accelerate wrote this training state under FSDP (pytorch_model_fsdp*) rather than DDP or one process."""
+    return any(training_state.glob("pytorch_model_fsdp*"))
 
 
 def load_other_layout(accelerator, checkpoint: Path, model, optimizer) -> None:
@@ -150,7 +150,7 @@ def load_other_layout(accelerator, checkpoint: Path, model, optimizer) -> None:
     whole = StateDictOptions(full_state_dict=True, strict=False)  # strict=False: the tied lm_head is not in the file
     set_model_state_dict(model, load_file(checkpoint / "model.safetensors"), options=whole)
     training_state = checkpoint / "training_state"
-    if is_sharded(training_state):  # DCP re-shards to whatever this run holds: whole tensors here
+    if (training_state / "optimizer_0").is_dir():  # FSDP's shards: DCP re-shards them to what this run holds
         optimizer_state = get_optimizer_state_dict(model, optimizer)
         dcp.load({"optimizer": optimizer_state}, checkpoint_id=training_state / "optimizer_0")
         set_optimizer_state_dict(model, optimizer, optimizer_state)
