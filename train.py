@@ -220,10 +220,10 @@ def make_accelerator(s: Settings) -> Accelerator:
 
 
 def start_restarted_group(timeout: datetime.timedelta) -> None:
-    """Start the process group of a torch-elastic restart on keys of its own. The static rendezvous (Accelerate's
-    default) keeps one store across restarts and torch no longer scopes the group's keys by attempt (its fix for
-    pytorch#135712 covers the c10d rendezvous only), so a restarted rank can read the address of a dead one and
-    fail to connect. Accelerate then finds the group started and uses it."""
+    """Start the process group of a torch-elastic restart on keys of its own. torch stopped scoping the group's keys
+    by attempt when its c10d rendezvous began making a new store for each restart (pytorch#135712), but the static
+    rendezvous (Accelerate's default) keeps one store: a restarted rank can read a dead rank's address and fail to
+    connect. Accelerate then finds the group started and uses it."""
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     if attempt == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return
