@@ -152,8 +152,7 @@ def load_other_layout(accelerator, checkpoint: Path, model, optimizer) -> None:
     training_state = checkpoint / "training_state"
     if (training_state / "optimizer_0").is_dir():  # FSDP's shards: DCP re-shards them to what this run holds
         optimizer_state = get_optimizer_state_dict(model, optimizer)
-        dcp.load({"optimizer": optimizer_state}, checkpoint_id=training_state / "optimizer_0",
-                 no_dist=not torch.distributed.is_initialized())  # one process: no group to load with
+        dcp.load({"optimizer": optimizer_state}, checkpoint_id=training_state / "optimizer_0")
         set_optimizer_state_dict(model, optimizer, optimizer_state)
     else:  # torch's own format numbers parameters in the optimizer's order, the same in every layout: name them
         saved = torch.load(training_state / "optimizer.bin", map_location="cpu", weights_only=True)
