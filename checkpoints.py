@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from accelerate.utils import DistributedType
 from safetensors import SafetensorError
 
 STATE_FILE = Path("training_state") / "trainer_state.json"
@@ -49,8 +50,12 @@ def save_checkpoint(accelerator, model, path: Path, trainer_state: dict, extras:
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp / "training_state"))
     accelerator.wait_for_everyone()  # every rank's files are written before the main process renames the folder
+    weights = accelerator.get_state_dict(model)  # every rank takes part: FSDP gathers the full weights to rank 0
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(tmp, save_function=accelerator.save)
+        model = accelerator.unwrap_model(model)
+        if accelerator.is_fsdp2:
+            model = unsharded_copy(model, weights)
+        model.save_pretrained(tmp, save_function=accelerator.save)
         if extras is not None:
             extras(tmp)
         state_file = tmp / STATE_FILE
@@ -60,6 +65,20 @@ def save_checkpoint(accelerator, model, path: Path, trainer_state: dict, extras:
             shutil.rmtree(path)
         os.replace(tmp, path)
     accelerator.wait_for_everyone()
+
+
+def unsharded_copy(model, weights: dict):
+    """A plain instance of an FSDP2-wrapped model holding the gathered `weights`. FSDP2 changes the model's class to
+    FSDP<Class>: saved as is, the folder would name that class in auto_map and ship torch's FSDP source instead of
+    the model's code, and the tied lm_head (a separate gathered copy) would be written twice."""
+    from torch.distributed.fsdp import FSDPModule  # torch >= 2.6, as FSDP2 itself
+
+    plain_class = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+    with torch.device("meta"):  # no memory, no initialization: every weight comes from `weights`
+        plain = plain_class(model.config)
+    plain.load_state_dict(weights, assign=True)
+    plain.tie_weights()
+    return plain
 
 
 def complete_checkpoints(run_dir: Path, include_final: bool = True) -> list[Path]:
@@ -106,11 +125,16 @@ def find_resume_checkpoint(setting: str, run_dir: Path) -> list[Path]:
     return [path]
 
 
-def load_checkpoint(accelerator, checkpoint: Path) -> dict:
-    """Restore weights, optimizer and RNG into the prepared objects; return the trainer state."""
+def load_checkpoint(accelerator, checkpoint: Path, model, optimizer) -> dict:
+    """Restore weights, optimizer and RNG into the prepared objects; return the trainer state. A checkpoint
+    written by FSDP resumes under DDP (or one process) and the reverse: it is converted on the way in."""
     state = read_trainer_state(checkpoint)
+    training_state = Path(checkpoint) / "training_state"
     try:
-        accelerator.load_state(str(Path(checkpoint) / "training_state"))
+        if written_by_fsdp(training_state) == (accelerator.distributed_type == DistributedType.FSDP):
+            accelerator.load_state(str(training_state))
+        else:
+            load_other_layout(accelerator, Path(checkpoint), model, optimizer)
     except torch.OutOfMemoryError:
         raise
     # truncated safetensors or pickles, missing files, another model's shapes: the checkpoint is unloadable
@@ -121,6 +145,42 @@ def load_checkpoint(accelerator, checkpoint: Path) -> dict:
             "resume from another checkpoint or start afresh"
         ) from e
     return state
+
+
+def written_by_fsdp(training_state: Path) -> bool:
+    """Whether Accelerate wrote this training state under FSDP (pytorch_model_fsdp*) rather than DDP or one process."""
+    return any(training_state.glob("pytorch_model_fsdp*"))
+
+
+def load_other_layout(accelerator, checkpoint: Path, model, optimizer) -> None:
+    """Load a checkpoint written under the other layout through torch's layout-free state dicts: the weights from
+    the model folder (whole in both), the optimizer from FSDP's shards or DDP's whole file, the RNG as saved."""
+    import torch.distributed.checkpoint as dcp
+    from accelerate.checkpointing import load_accelerator_state
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
+    )
+
+    whole = StateDictOptions(full_state_dict=True, strict=False)  # strict=False: the tied lm_head is not in the file
+    set_model_state_dict(model, load_file(checkpoint / "model.safetensors"), options=whole)
+    training_state = checkpoint / "training_state"
+    if (training_state / "optimizer_0").is_dir():  # FSDP's shards: DCP re-shards them to what this run holds
+        optimizer_state = get_optimizer_state_dict(model, optimizer)
+        dcp.load({"optimizer": optimizer_state}, checkpoint_id=training_state / "optimizer_0")
+        set_optimizer_state_dict(model, optimizer, optimizer_state)
+    else:  # torch's own format numbers parameters in the optimizer's order, the same in every layout: name them
+        saved = torch.load(training_state / "optimizer.bin", map_location="cpu", weights_only=True)
+        names = {id(p): name for name, p in accelerator.unwrap_model(model).named_parameters()}
+        order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+        optimizer_state = {
+            "state": {order[i]: value for i, value in saved["state"].items()},
+            "param_groups": [
+                {**group, "params": [order[i] for i in group["params"]]} for group in saved["param_groups"]
+            ],
+        }
+        set_optimizer_state_dict(model, optimizer, optimizer_state, options=StateDictOptions(full_state_dict=True))
+    load_accelerator_state(training_state, [], [], [], [], accelerator.process_index)  # the RNG only
 
 
 __all__ = [

@@ -55,7 +55,8 @@ class GPT2ReproConfig(PreTrainedConfig):
         """A size preset by its name (case-insensitive) or its Hub name: gpt2-124m or gpt2, tiny, ..."""
         key = HUB_NAMES.get(name.lower(), name.lower())
         if key not in PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)} (or {', '.join(HUB_NAMES)})")
+            choices = f"{', '.join(PRESETS)} (or {', '.join(HUB_NAMES)})"
+            raise ValueError(f"unknown model preset {name!r}; choose one of: {choices}")
         return cls(**{**PRESETS[key], **overrides})
 
     def validate_architecture(self):

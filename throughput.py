@@ -108,7 +108,8 @@ def keep_freed_memory_for_reuse() -> bool:
     A CPU training step frees and reallocates the same large buffers (activations, gradients, lm_head
     chunks) every step. glibc serves each allocation above its mmap threshold (at most 32 MiB) with a fresh
     mmap and unmaps it on free, so every step faults in those bytes again, one zero-filled 4 KiB page at a
-    time, which costs a large share of a CPU step (figures in benchmarks/RESULTS.md). With mmap off and trimming deferred, the main heap keeps and reuses that memory
+    time, which costs a large share of a CPU step (figures in benchmarks/RESULTS.md). With mmap off and
+    trimming deferred, the main heap keeps and reuses that memory
     (threads other than the main one still get mmapped buffers, but training allocates on the main thread);
     the cost is that the process keeps its peak heap, as PyTorch's CUDA caching allocator does. Returns
     whether it applied: only with glibc (not musl, macOS or Windows), and not where another allocator such

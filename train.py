@@ -14,6 +14,7 @@ import datetime
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -22,8 +23,8 @@ from pathlib import Path
 
 import torch
 import yaml
-from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs, set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, InitProcessGroupKwargs, set_seed
 
 from checkpoints import (
     CheckpointError,
@@ -189,7 +190,8 @@ def read_config(path: Path) -> dict:
         try:
             values[name] = _as_field_type(fields[name].type, value)
         except (TypeError, ValueError):
-            raise SettingsError(f"--config {path}: {name}: {value!r} is not a {getattr(fields[name].type, '__name__', fields[name].type)}") from None
+            kind = getattr(fields[name].type, "__name__", fields[name].type)
+            raise SettingsError(f"--config {path}: {name}: {value!r} is not a {kind}") from None
         if name in CHOICES and value not in CHOICES[name]:
             raise SettingsError(f"--config {path}: {name}: {value!r}; choose one of {', '.join(CHOICES[name])}")
     return values
@@ -244,11 +246,14 @@ def make_accelerator(s: Settings) -> Accelerator:
     # Without GPUs, several processes are DDP over gloo on the CPU; Accelerate needs cpu=True to pick that.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     # A lost rank leaves the others waiting in a collective: end them after this long, not the default 30 minutes.
-    timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(minutes=s.collective_timeout_minutes))
+    timeout = datetime.timedelta(minutes=s.collective_timeout_minutes)
+    start_restarted_group(timeout)
     accelerator = Accelerator(
         mixed_precision=mixed_precision_for(s.mixed_precision), log_with=None if s.log_with == "none" else s.log_with,
-        project_dir=s.run_dir, cpu=multi_cpu, kwargs_handlers=[timeout],
+        project_dir=s.run_dir, cpu=multi_cpu, kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)],
     )
+    if multi_cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        keep_fsdp(accelerator)
     if accelerator.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: free speed for the fp32 parts
         torch.backends.cudnn.allow_tf32 = True
@@ -256,6 +261,33 @@ def make_accelerator(s: Settings) -> Accelerator:
         keep_freed_memory_for_reuse()  # no page faults re-zeroing each step's buffers (benchmarks/RESULTS.md)
     set_seed(s.seed)  # the same initial weights on every rank
     return accelerator
+
+
+def start_restarted_group(timeout: datetime.timedelta) -> None:
+    """Start the process group of a torch-elastic restart on keys of its own. torch stopped scoping the group's keys
+    by attempt when its c10d rendezvous began making a new store for each restart (pytorch#135712), but the static
+    rendezvous (Accelerate's default) keeps one store: a restarted rank can read a dead rank's address and fail to
+    connect. Accelerate then finds the group started and uses it."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if attempt == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return
+    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                       timeout=timeout)
+    torch.distributed.init_process_group(
+        store=torch.distributed.PrefixStore(f"gpt2repro-restart-{attempt}", store), rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout,
+    )
+
+
+def keep_fsdp(accelerator) -> None:
+    """Accelerate silently turns an FSDP launch into DDP without GPUs; keep FSDP, so that it runs (and is tested)
+    on CPU processes over gloo too."""
+    plugin = FullyShardedDataParallelPlugin()  # from the launcher's environment, as Accelerator reads it
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    accelerator.state.fsdp_plugin = plugin
+    for state in (PartialState(), accelerator.state):  # both, as Accelerate's own FSDP set-up does
+        state.distributed_type = DistributedType.FSDP
 
 
 def prepare_default_data(s: Settings, accelerator) -> None:
@@ -325,10 +357,13 @@ def train_step(accelerator, model, train_model, optimizer, loader, s: Settings, 
 def evaluate(accelerator, model, tokenizer, s: Settings, val_tokens: int, hellaswag_items) -> dict:
     """Validation loss and bits per byte, and HellaSwag in both conventions, on the uncompiled module."""
     model.eval()
+    # FSDP gathers weights in each forward, so every rank must run the same forwards, and the evaluations' split
+    # across ranks can give one rank a forward more: under FSDP every rank evaluates everything.
+    split = None if accelerator.distributed_type == DistributedType.FSDP else accelerator
     with torch.no_grad(), accelerator.autocast():
-        results = validation_loss(model, s.data_dir, val_tokens, seq_len=s.seq_len, accelerator=accelerator)
+        results = validation_loss(model, s.data_dir, val_tokens, seq_len=s.seq_len, accelerator=split)
         if hellaswag_items:
-            scores = score_hellaswag(model, tokenizer, hellaswag_items, batch_size=16, accelerator=accelerator)
+            scores = score_hellaswag(model, tokenizer, hellaswag_items, batch_size=16, accelerator=split)
             for key in ("items", "completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm"):
                 results[f"hellaswag_{key}"] = scores[key]
     model.train()
@@ -371,22 +406,23 @@ def load_hellaswag_items(s: Settings, accelerator, print0) -> list:
 
 
 def resume_candidates(s: Settings) -> list[Path]:
-    """The checkpoints to resume from, newest first. A group torch elastic restarted after losing a rank resumes
-    from the newest complete checkpoint by itself; a fresh run never mixes into another run's directory."""
+    """The checkpoints to resume from, newest first. A group that torch elastic restarted after losing a rank
+    continues from the run's own newest checkpoint (else from where its first start did); a fresh run never mixes
+    into another run's directory."""
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-    candidates = find_resume_checkpoint("auto" if restarted else s.resume, Path(s.run_dir))
+    own = find_resume_checkpoint("auto", Path(s.run_dir)) if restarted else []
     if not s.resume and not restarted and complete_checkpoints(Path(s.run_dir)):
         raise SettingsError(f"--run-dir {s.run_dir} holds another run's checkpoints; continue it with --resume auto, "
                             "or choose another --run-dir")
-    return candidates
+    return own or find_resume_checkpoint(s.resume, Path(s.run_dir))
 
 
-def resume(accelerator, candidates: list[Path], loader, run_dir: Path, print0) -> RunState:
+def resume(accelerator, model, optimizer, candidates: list[Path], loader, run_dir: Path, print0) -> RunState:
     """Load the newest loadable checkpoint of `candidates` (newest first) and return its run state."""
     for checkpoint in candidates:
         problem = None
         try:
-            saved = load_checkpoint(accelerator, checkpoint)
+            saved = load_checkpoint(accelerator, checkpoint, model, optimizer)
             loader.load_state_dict(saved["train_loader"])
         except (CheckpointError, ValueError, KeyError) as e:
             problem = str(e) if isinstance(e, CheckpointError) else f"{checkpoint}: {e}"
@@ -590,7 +626,7 @@ def main(argv=None):
                                 seed=s.seed)
     tokenizer = load_tokenizer()
     log = RunLog(accelerator, s, preset, argv)
-    state = resume(accelerator, checkpoints, loader, Path(s.run_dir), log.print)
+    state = resume(accelerator, model, optimizer, checkpoints, loader, Path(s.run_dir), log.print)
     hellaswag_items = load_hellaswag_items(s, accelerator, log.print)
     log.start(raw_model, model_config, accumulation, compile_model)
     log.begin(state)
@@ -660,11 +696,24 @@ USER_ERRORS = (
 )
 
 
+def lost_a_process(e: RuntimeError) -> bool:
+    """A collective failed because another rank died, or stopped answering for --collective-timeout-minutes:
+    gloo reports it from its transport layer, NCCL as a DistError."""
+    return isinstance(e, torch.distributed.DistError) or "gloo/transport/" in str(e)
+
+
 def run(argv=None):
     try:
         main(argv)
     except USER_ERRORS as e:
         sys.exit(f"error: {e}")
+    except RuntimeError as e:
+        if not lost_a_process(e):
+            raise
+        detail = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip().splitlines()[0]).split(". ")[0]  # no source path
+        sys.exit(f"error: rank {os.environ.get('RANK', '0')}: another process died or stopped answering ({detail}); "
+                 "continue from the newest checkpoint with --resume auto (accelerate launch --max_restarts N does so "
+                 "by itself)")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def resolve_val_tokens(data_dir: str | Path, val_tokens: int | None = None) -> i
             "or prepare a larger split (prepare_data.py --val-split-tokens)"
         )
     if val_tokens == 0:
-        raise ValidationError(f"{data_dir} has no validation split; prepare it with prepare_data.py --val-split-tokens N")
+        raise ValidationError(f"{data_dir} has no validation split; prepare one: prepare_data.py --val-split-tokens N")
     return val_tokens
 
 
@@ -91,7 +91,9 @@ def read_val_tokens(data_dir: str | Path, n_tokens: int) -> np.ndarray:
         have += len(parts[-1])
         if have == n_tokens:
             return np.concatenate(parts)
-    raise ValidationError(f"{data_dir}: the validation shards hold {have:,} tokens, {n_tokens:,} needed; lower --val-tokens")
+    raise ValidationError(
+        f"{data_dir}: the validation shards hold {have:,} tokens, {n_tokens:,} needed; lower --val-tokens"
+    )
 
 
 def validation_loss(model, data_dir, val_tokens=None, seq_len=1024, batch_size=None, accelerator=None) -> dict:

@@ -305,7 +305,8 @@ accelerator = Accelerator(cpu=True)
 model = accelerator.prepare(GPT2LMHeadModel.from_pretrained({str(tmp_path / "model")!r}).eval())  # DDP-wrapped
 items = ev.load_hellaswag({str(FIXTURE)!r})
 result = ev.score_hellaswag(model, load_tokenizer(), items, batch_size=4, accelerator=accelerator)
-result["val"] = validation.validation_loss(model, {str(val_dir)!r}, 500, seq_len=64, batch_size=2, accelerator=accelerator)
+result["val"] = validation.validation_loss(model, {str(val_dir)!r}, 500, seq_len=64, batch_size=2,
+                                          accelerator=accelerator)
 result["one_item"] = ev.score_hellaswag(model, load_tokenizer(), items[:1], accelerator=accelerator)  # rank 1 idle
 with open({str(tmp_path)!r} + f"/rank{{accelerator.process_index}}.json", "w") as f:
     json.dump(result, f)

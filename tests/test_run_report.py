@@ -4,7 +4,6 @@ import json
 import subprocess
 
 import pytest
-from conftest import REPO
 
 import run_report
 from run_report import GPT2_124M_REFERENCE
