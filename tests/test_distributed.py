@@ -226,7 +226,8 @@ def test_a_killed_rank_is_restarted_and_the_run_ends_as_if_uninterrupted(data_di
     assert process.returncode == 0, stderr[-3000:]
     assert f"resumed from {ddp / 'checkpoint-000002'} at step 2" in stdout
     assert re.search(rf"resumed from {re.escape(str(tmp_path))}/checkpoint-00000[46] at step [46]", stdout), stdout
-    assert "error: rank 0: another process died or stopped answering" in stderr  # the survivor, in one line
+    # The survivor says so in one line when it meets the loss in a collective; the agent may also tear it down
+    # first (the hung-rank test below checks the message). Either way, never a traceback.
     assert "[rank0]: Traceback" not in stderr
     assert_same_weights(ddp / "final", tmp_path / "final")  # fp32: exactly
 
