@@ -22,9 +22,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# --resume auto: a rerun continues an interrupted demo, or finds it done (train.py refuses a fresh run into a
+# directory that holds another run's checkpoints).
 demo: setup
 	$(PY) prepare_data.py
-	$(PY) train.py
+	$(PY) train.py --resume auto
 
 test: setup
 	$(PY) -m pytest -q
