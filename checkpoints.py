@@ -20,6 +20,8 @@ import torch
 from accelerate.utils import DistributedType
 from safetensors import SafetensorError
 
+from run_report import write_atomically
+
 STATE_FILE = Path("training_state") / "trainer_state.json"
 
 
@@ -58,9 +60,7 @@ def save_checkpoint(accelerator, model, path: Path, trainer_state: dict, extras:
         model.save_pretrained(tmp, save_function=accelerator.save)
         if extras is not None:
             extras(tmp)
-        state_file = tmp / STATE_FILE
-        state_file.with_name(state_file.name + ".tmp").write_text(json.dumps(trainer_state, indent=2))
-        os.replace(state_file.with_name(state_file.name + ".tmp"), state_file)
+        write_atomically(tmp / STATE_FILE, json.dumps(trainer_state, indent=2))
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -36,13 +36,12 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
 from model_card import PublishError, add_eval_results, load_card, upload_card
-from run_report import describe_data, provenance
+from run_report import HELLASWAG_VAL_ITEMS, describe_data, provenance, write_atomically
 from throughput import keep_freed_memory_for_reuse
 from token_shards import ShardError
 from validation import ValidationError, eval_module, resolve_val_tokens, token_logprobs, validation_loss
 
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
-HELLASWAG_VAL_ITEMS = 10_042
 TEXT_FIELDS = ("activity_label", "ctx_a", "ctx_b", "ctx")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
@@ -429,9 +428,7 @@ def main(argv=None):
 
     print(format_table(results))
     if args.output:
-        tmp = Path(args.output).with_name(Path(args.output).name + ".tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        os.replace(tmp, args.output)  # never a half-written results file
+        write_atomically(Path(args.output), json.dumps(results, indent=1))  # never a half-written results file
         print(f"wrote {args.output}")
     if card is not None:
         data = describe_data(args.val_data) if args.val_data else None

@@ -16,8 +16,18 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 
 from run_report import (
-    CURVES, GPT2_124M_REFERENCE, REPORT_JSON, REPORT_MD, hardware_lines, markdown_table, reproduce_command,
-    results_rows, training_lines, val_loss_note, write_atomically,
+    CURVES,
+    GPT2_124M_REFERENCE,
+    REPORT_JSON,
+    REPORT_MD,
+    SAMPLE_PROMPT,
+    hardware_lines,
+    markdown_table,
+    reproduce_command,
+    results_rows,
+    training_lines,
+    val_loss_note,
+    write_atomically,
 )
 
 # What a checkpoint folder holds for its users: save_pretrained's weights, config and remote code, the
@@ -125,7 +135,7 @@ def card_body(report: dict, model_name: str) -> str:
         "",
         f'model = AutoModelForCausalLM.from_pretrained("{model_name}", trust_remote_code=True)',
         f'tokenizer = AutoTokenizer.from_pretrained("{model_name}")',
-        "ids = tokenizer(\"Hello, I'm a language model,\", return_tensors=\"pt\")",
+        f"ids = tokenizer({SAMPLE_PROMPT!r}, return_tensors=\"pt\")",
         "print(tokenizer.decode(model.generate(**ids, max_new_tokens=30, do_sample=True, top_k=50)[0]))",
         "```",
         "",

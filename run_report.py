@@ -29,10 +29,12 @@ CODE_DIR = Path(__file__).resolve().parent
 REPORT_JSON, REPORT_MD, CURVES = "report.json", "report.md", "curves.png"
 LIBRARIES = ("torch", "transformers", "accelerate", "datasets", "huggingface_hub", "tokenizers")
 
+HELLASWAG_VAL_ITEMS = 10_042  # the HellaSwag validation set (rowanz/hellaswag, Rowan/hellaswag)
+SAMPLE_PROMPT = "Hello, I'm a language model,"  # train.py's samples and the model card's example
 # Published figures of OpenAI's GPT-2 (124M); accuracies as fractions, like eval_hellaswag.py's summaries.
 GPT2_124M_REFERENCE = {
-    # HellaSwag validation, all 10,042 items, in the two conventions eval_hellaswag.py reports
-    "hellaswag_items": 10_042,
+    # HellaSwag validation, all items, in the two conventions eval_hellaswag.py reports
+    "hellaswag_items": HELLASWAG_VAL_ITEMS,
     "hellaswag_completion_acc": 0.2859,  # build-nanogpt / llm.c scoring
     "hellaswag_completion_acc_norm": 0.2955,
     "hellaswag_lm_eval_acc": 0.2892,  # lm-evaluation-harness scoring
@@ -282,8 +284,15 @@ def results_rows(final_eval: dict, data: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
-def markdown_table(header: list[str], rows: list) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+def markdown_table(header: list[str], rows: list, right: frozenset = frozenset()) -> list[str]:
+    """The lines of a markdown table; columns whose index is in `right` are right-aligned. Pipes and newlines in
+    cells are escaped, so a message cannot break the table."""
+
+    def cell(value) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    align = ["---:" if i in right else "---" for i in range(len(header))]
+    return ["| " + " | ".join(map(cell, line)) + " |" for line in [header, align, *rows]]
 
 
 def val_loss_note(data: dict) -> str:

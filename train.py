@@ -41,13 +41,12 @@ from eval_hellaswag import HellaSwagDataError, load_hellaswag, score_hellaswag
 from model_card import PublishError, push_to_hub, write_model_card
 from modeling_gpt2repro import GPT2ReproForCausalLM
 from prepare_data import data_dir_for
-from run_report import GPT2_124M_REFERENCE, describe_data, val_loss_reference, write_atomically, write_report
+from run_report import GPT2_124M_REFERENCE, SAMPLE_PROMPT, describe_data, val_loss_reference, write_atomically, write_report
 from throughput import device_peak_flops, flops_per_token, keep_freed_memory_for_reuse, mfu
 from token_shards import ShardedTokenLoader, ShardError, check_tokenizer
 from tokenization_gpt2repro import load_tokenizer
 from validation import ValidationError, resolve_val_tokens, validation_loss
 
-SAMPLE_PROMPT = "Hello, I'm a language model,"
 
 
 @dataclass

@@ -74,15 +74,3 @@ def nvidia_driver_version() -> str:
     except (OSError, subprocess.SubprocessError, IndexError):
         version = torch._C._cuda_getDriverVersion()  # e.g. 12040; 0 when no driver answers
         return f"CUDA driver API {version // 1000}.{version % 1000 // 10}" if version else "unknown"
-
-
-def markdown_table(header: list[str], rows: list[list], right: set[int] = frozenset()) -> str:
-    """A markdown table; columns whose index is in `right` are right-aligned (numbers). Pipes in cells are
-    escaped so a message cannot break the table."""
-
-    def cell(value) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    align = ["---:" if i in right else "---" for i in range(len(header))]
-    lines = [header, align, *([cell(v) for v in row] for row in rows)]
-    return "\n".join("| " + " | ".join(line) + " |" for line in lines)

@@ -34,7 +34,7 @@ import time
 import traceback
 from pathlib import Path
 
-from _common import REPO, describe_machine, markdown_table, sync, timed  # first: puts the repository on sys.path
+from _common import REPO, describe_machine, sync, timed  # first: puts the repository on sys.path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -43,6 +43,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from configuration_gpt2repro import GPT2ReproConfig  # noqa: E402
+from run_report import git_state, markdown_table, write_atomically  # noqa: E402
 from modeling_gpt2repro import GPT2ReproForCausalLM  # noqa: E402
 from throughput import device_peak_flops, flops_per_token, keep_freed_memory_for_reuse, mfu  # noqa: E402
 from tokenization_gpt2repro import VOCAB_SIZE  # noqa: E402
@@ -701,7 +702,7 @@ def run_sections(args) -> list[Row]:
         print(f"== {name}", flush=True)
         started = time.perf_counter()
         section_rows, context = (run_isolated if args.isolate else run_here)(name, args, context)
-        print(markdown_table(TABLE_HEADER, [row_cells(r) for r in section_rows]), flush=True)
+        print("\n".join(markdown_table(TABLE_HEADER, [row_cells(r) for r in section_rows])), flush=True)
         print(f"   ({time.perf_counter() - started:.0f} s)", flush=True)
         rows += section_rows
     return rows
@@ -729,14 +730,8 @@ def report_markdown(rows: list[Row], machine: dict, when: datetime.datetime, com
         f"| Python {machine['python']}, {machine['threads']} CPU threads | commit {machine.get('commit', 'unknown')}",
         f"Command: `{command}`",
         "",
-        markdown_table(TABLE_HEADER, [row_cells(r) for r in rows]),
+        "\n".join(markdown_table(TABLE_HEADER, [row_cells(r) for r in rows])),
     ])
-
-
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def append_results(path: Path, section: str) -> None:
@@ -746,12 +741,8 @@ def append_results(path: Path, section: str) -> None:
 
 
 def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True,
-                             timeout=10)  # "-dirty": the figures come from uncommitted code
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    state = git_state()
+    return state["commit"][:12] + ("-dirty" if state["dirty"] else "")  # "-dirty": figures from uncommitted code
 
 
 # ----------------------------------------------------------------------------------------------
