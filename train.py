@@ -466,6 +466,17 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
+def read_metrics(run_dir: Path) -> list[dict]:
+    """metrics.jsonl's rows. A crash mid-append can leave a torn last line: it is skipped, not fatal."""
+    rows = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
 def plot_curves(run_dir: Path, val_reference: dict | None) -> None:
     """Loss, bits-per-byte and HellaSwag curves, with the published figure the data's loss compares with."""
     import matplotlib
@@ -473,7 +484,7 @@ def plot_curves(run_dir: Path, val_reference: dict | None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(run_dir)
 
     def plot(ax, key, style, label, **kwargs):  # only what was logged: no empty legend entries
         points = [(r["step"], r[key]) for r in rows if key in r]
@@ -518,8 +529,10 @@ class RunLog:
             write_atomically(self.run_dir / "settings.yaml", settings)
         accelerator.init_trackers("gpt2repro", config={k: v for k, v in dataclasses.asdict(s).items() if v is not None})
 
-    def start(self, model, model_config, grad_accum_steps: int, compiled: bool) -> None:
-        """Note what the run is (for the banner, MFU and the report) and print the banner."""
+    def start(self, state: RunState, model, model_config, accumulation: int, compiled: bool) -> None:
+        """Note what the run is (for the banner, MFU and the report), print the banner, start the clocks (elapsed
+        time carries on from the saved state, the ETA counts from here), and forget the metrics of steps after the
+        state: they belong to a branch a resume abandoned, or to an abandoned start."""
         s, device, world = self.settings, self.accelerator.device, self.accelerator.num_processes
         self.compiled, self.precision = compiled, self.accelerator.mixed_precision
         self.n_params = sum(p.numel() for p in model.parameters())
@@ -530,16 +543,11 @@ class RunLog:
             f"model {s.model}: {self.n_params / 1e6:.1f}M parameters | {world} process(es) on {device.type} | "
             f"precision {self.precision} | compile {compiled}\n"
             f"batch: {s.total_batch_tokens:,} tokens/step = {s.micro_batch_size} x {s.seq_len} x {world} processes "
-            f"x {grad_accum_steps} accumulation | {s.max_steps} steps | peak FLOP/s: {self.peak_source}"
+            f"x {accumulation} accumulation | {s.max_steps} steps | peak FLOP/s: {self.peak_source}"
         )
-
-    def begin(self, state: RunState) -> None:
-        """Start the clocks (elapsed time carries on from the saved state, the ETA counts from here) and forget
-        the metrics of steps after it: they belong to a branch a resume abandoned, or to an abandoned start."""
-        metrics = self.run_dir / "metrics.jsonl"
-        if self.accelerator.is_main_process and metrics.exists():
-            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= state.step]
-            write_atomically(metrics, "".join(line + "\n" for line in kept))
+        if self.accelerator.is_main_process and (self.run_dir / "metrics.jsonl").exists():
+            kept = [row for row in read_metrics(self.run_dir) if row["step"] <= state.step]
+            write_atomically(self.run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in kept))
         self.started = self.last_save = time.perf_counter()
         self.first_step, self.total_before = state.step, state.total_seconds
 
@@ -627,8 +635,7 @@ def main(argv=None):
     log = RunLog(accelerator, s, preset, argv)
     state = resume(accelerator, model, optimizer, checkpoints, loader, Path(s.run_dir), log.print)
     hellaswag_items = load_hellaswag_items(s, accelerator, log.print)
-    log.start(raw_model, model_config, accumulation, compile_model)
-    log.begin(state)
+    log.start(state, raw_model, model_config, accumulation, compile_model)
 
     # =========================================== the loop ===========================================
     train_model.train()

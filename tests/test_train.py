@@ -318,6 +318,8 @@ def test_a_corrupt_checkpoint_is_refused_in_one_line_and_auto_falls_back_to_the_
 def test_resuming_from_an_earlier_checkpoint_abandons_the_later_branch(data_dir, tmp_path):
     common = ["--data-dir", data_dir, "--run-dir", tmp_path, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ]
     run_in_process(*common, "--max-steps", 4, "--save-every", 1, "--keep-checkpoints", 4)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')  # the torn last line a kill -9 mid-append leaves
     run_in_process(*common, "--max-steps", 4, "--resume", tmp_path / "checkpoint-000001", "--save-every", 0)
     # the first run's checkpoints 2 and 3 and its final were removed, then this run saved its own final
     assert [p.name for p in find_resume_checkpoint("auto", tmp_path)] == ["final", "checkpoint-000001"]
