@@ -81,23 +81,27 @@ def unsharded_copy(model, weights: dict):
     return plain
 
 
-def complete_checkpoints(run_dir: Path, include_final: bool = True) -> list[Path]:
-    """Checkpoints whose rename happened (temp dirs are ignored) and whose state reads, oldest first."""
+def checkpoint_steps(run_dir: Path, include_final: bool = True) -> dict[Path, int]:
+    """{checkpoint: step} of those whose rename happened (temp dirs are ignored) and whose state reads, oldest first."""
     run_dir = Path(run_dir)
-    candidates = [*run_dir.glob("checkpoint-*"), *([run_dir / "final"] if include_final else [])]
     steps = {}
-    for path in candidates:
+    for path in [*run_dir.glob("checkpoint-*"), *([run_dir / "final"] if include_final else [])]:
         try:
             steps[path] = read_trainer_state(path)["step"]
         except (CheckpointError, KeyError, TypeError):
             continue
-    return sorted(steps, key=steps.get)
+    return dict(sorted(steps.items(), key=lambda item: item[1]))
+
+
+def complete_checkpoints(run_dir: Path, include_final: bool = True) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    return list(checkpoint_steps(run_dir, include_final))
 
 
 def discard_after(run_dir: Path, step: int) -> list[Path]:
     """Remove the checkpoints (final included) of steps after `step`: when a run resumes from an earlier
     checkpoint, the later ones belong to the branch it abandons and must not be resumed from or kept instead."""
-    later = [p for p in complete_checkpoints(run_dir) if read_trainer_state(p)["step"] > step]
+    later = [path for path, saved_step in checkpoint_steps(run_dir).items() if saved_step > step]
     for path in later:
         shutil.rmtree(path, ignore_errors=True)
     return later

@@ -175,11 +175,11 @@ def _as_field_type(kind, value):
 def read_config(path: Path) -> dict:
     """Settings from a YAML or JSON file, each converted to its field's type (YAML reads 6e-4 as a string)."""
     if not path.is_file():
-        raise SettingsError(f"--config {path}: no such file")
+        raise SettingsError(f"--config {path}: no such file; pass a YAML or JSON file of settings")
     try:
         loaded = yaml.safe_load(path.read_text()) or {}  # YAML is a superset of JSON
     except yaml.YAMLError as e:
-        raise SettingsError(f"--config {path}: not valid YAML or JSON ({str(e).splitlines()[0]})") from None
+        raise SettingsError(f"--config {path}: not valid YAML or JSON ({str(e).splitlines()[0]}); fix the file") from None
     fields = {f.name: f for f in dataclasses.fields(Settings)}
     if not isinstance(loaded, dict) or set(loaded) - set(fields):
         unknown = sorted(set(loaded) - set(fields)) if isinstance(loaded, dict) else "not a mapping"
@@ -190,7 +190,7 @@ def read_config(path: Path) -> dict:
             values[name] = _as_field_type(fields[name].type, value)
         except (TypeError, ValueError):
             kind = getattr(fields[name].type, "__name__", fields[name].type)
-            raise SettingsError(f"--config {path}: {name}: {value!r} is not a {kind}") from None
+            raise SettingsError(f"--config {path}: {name}: {value!r} is not a {kind}; fix that value") from None
         if name in CHOICES and value not in CHOICES[name]:
             raise SettingsError(f"--config {path}: {name}: {value!r}; choose one of {', '.join(CHOICES[name])}")
     return values

@@ -110,7 +110,8 @@ def validation_loss(model, data_dir, val_tokens=None, seq_len=1024, batch_size=N
     tokens = torch.from_numpy(read_val_tokens(data_dir, val_split_size(val_tokens)))
     byte_table = torch.from_numpy(token_bytes().astype(np.int64))
     if int(tokens.max()) >= min(len(byte_table), model.config.vocab_size):
-        raise ValidationError(f"{data_dir}: validation token id {int(tokens.max())} is not a GPT-2 token id")
+        raise ValidationError(f"{data_dir}: validation token id {int(tokens.max())} is not a GPT-2 token id; "
+                              "re-create the shards with prepare_data.py")
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     starts = list(range(0, val_tokens, seq_len))[rank::world]
 
