@@ -41,7 +41,9 @@ from eval_hellaswag import HellaSwagDataError, load_hellaswag, score_hellaswag
 from model_card import PublishError, push_to_hub, write_model_card
 from modeling_gpt2repro import GPT2ReproForCausalLM
 from prepare_data import data_dir_for
-from run_report import GPT2_124M_REFERENCE, SAMPLE_PROMPT, describe_data, val_loss_reference, write_atomically, write_report
+from run_report import (
+    GPT2_124M_REFERENCE, SAMPLE_PROMPT, describe_data, val_loss_reference, write_atomically, write_report,
+)
 from throughput import device_peak_flops, flops_per_token, keep_freed_memory_for_reuse, mfu
 from token_shards import ShardedTokenLoader, ShardError, check_tokenizer
 from tokenization_gpt2repro import load_tokenizer
@@ -179,7 +181,8 @@ def read_config(path: Path) -> dict:
     try:
         loaded = yaml.safe_load(path.read_text()) or {}  # YAML is a superset of JSON
     except yaml.YAMLError as e:
-        raise SettingsError(f"--config {path}: not valid YAML or JSON ({str(e).splitlines()[0]}); fix the file") from None
+        reason = str(e).splitlines()[0]
+        raise SettingsError(f"--config {path}: not valid YAML or JSON ({reason}); fix the file") from None
     fields = {f.name: f for f in dataclasses.fields(Settings)}
     if not isinstance(loaded, dict) or set(loaded) - set(fields):
         unknown = sorted(set(loaded) - set(fields)) if isinstance(loaded, dict) else "not a mapping"
