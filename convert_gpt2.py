@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from modeling_gpt2repro import GPT2ReproForCausalLM
-from tokenization_gpt2repro import load_tokenizer
+from gpt2repro.tokenizer import load_tokenizer
 
 
 def main(argv=None):

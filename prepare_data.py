@@ -9,7 +9,7 @@
 
 A .txt file is one document; a .jsonl/.json/.parquet row is one document (document_sources.py).
 Empty ones are skipped; each other document becomes <|endoftext|> + its tokens, and the stream is
-cut into llm.c-format shards (token_shards.py): the first --val-split-tokens tokens are the validation
+cut into llm.c-format shards (gpt2repro/token_shards.py): the first --val-split-tokens tokens are the validation
 split, the rest train.
 Worker processes tokenize batches of documents and the results are written in document order, so
 the shards are the same bytes whatever --num-proc is. After every shard, manifest.json records
@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from document_sources import FILE_TYPES, Source, SourceError, file_source, hub_source
-from token_shards import (
+from gpt2repro.document_sources import FILE_TYPES, Source, SourceError, file_source, hub_source
+from gpt2repro.token_shards import (
     MANIFEST_NAME,
     MANIFEST_VERSION,
     SPLITS,
@@ -45,8 +45,8 @@ from token_shards import (
     write_manifest,
     write_shard,
 )
-from tokenization_gpt2repro import EOT_ID, get_encoding, tokenizer_fingerprint
-from validation import VAL_TOKENS, val_split_size
+from gpt2repro.tokenizer import EOT_ID, get_encoding, tokenizer_fingerprint
+from gpt2repro.validation import VAL_TOKENS, val_split_size
 
 # Data presets, named like every preset in this project (lowercase; matched in any case): name -> (Hub
 # dataset, configuration). Each is written to data/<name> (data_dir_for), where train.py's presets look.
@@ -55,7 +55,7 @@ PRESETS = {
     "fineweb-edu-100b": ("HuggingFaceFW/fineweb-edu", "sample-100BT"),
     "fineweb-10b": ("HuggingFaceFW/fineweb", "sample-10BT"),  # llm.c's and modded-nanogpt's FineWeb val target
 }
-DEFAULT_CORPUS = Path(__file__).resolve().parent / "assets" / "tinyshakespeare.txt"
+DEFAULT_CORPUS = Path(__file__).resolve().parent / "gpt2repro" / "assets" / "tinyshakespeare.txt"
 HUB_VAL_SPLIT_TOKENS = val_split_size(VAL_TOKENS)  # what the 124M recipe's validation scores, exactly
 BYTES_PER_TOKEN = 4  # English text, for sizing the validation split of a local corpus
 BATCH_CHARS = 1 << 20  # text per worker task: enough work to amortise the IPC

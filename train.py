@@ -26,7 +26,7 @@ import yaml
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, InitProcessGroupKwargs, set_seed
 
-from checkpoints import (
+from gpt2repro.checkpoints import (
     CheckpointError,
     checkpoint_path,
     complete_checkpoints,
@@ -37,17 +37,17 @@ from checkpoints import (
     save_checkpoint,
 )
 from configuration_gpt2repro import GPT2ReproConfig
-from eval_hellaswag import HellaSwagDataError, load_hellaswag, score_hellaswag
-from model_card import PublishError, push_to_hub, write_model_card
+from gpt2repro.hellaswag import HellaSwagDataError, load_hellaswag, score_hellaswag
+from gpt2repro.model_card import PublishError, push_to_hub, write_model_card
 from modeling_gpt2repro import GPT2ReproForCausalLM
 from prepare_data import data_dir_for
-from run_report import (
+from gpt2repro.report import (
     GPT2_124M_REFERENCE, SAMPLE_PROMPT, describe_data, val_loss_reference, write_atomically, write_report,
 )
-from throughput import device_peak_flops, flops_per_token, keep_freed_memory_for_reuse, mfu
-from token_shards import ShardedTokenLoader, ShardError, check_tokenizer
-from tokenization_gpt2repro import load_tokenizer
-from validation import ValidationError, resolve_val_tokens, validation_loss
+from gpt2repro.throughput import device_peak_flops, flops_per_token, keep_freed_memory_for_reuse, mfu
+from gpt2repro.token_shards import ShardedTokenLoader, ShardError, check_tokenizer
+from gpt2repro.tokenizer import load_tokenizer
+from gpt2repro.validation import ValidationError, resolve_val_tokens, validation_loss
 
 
 

@@ -43,7 +43,7 @@ def describe_machine(device) -> dict:
     import torch
     import transformers
 
-    from throughput import device_name
+    from gpt2repro.throughput import device_name
 
     device = torch.device(device)
     info = {

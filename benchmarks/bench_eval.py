@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from _common import REPO, timed  # first: puts the repository on sys.path
 
 from configuration_gpt2repro import PRESETS, GPT2ReproConfig
-from eval_hellaswag import encode_requests, ending_logliks, load_hellaswag, score_hellaswag
+from gpt2repro.hellaswag import encode_requests, ending_logliks, load_hellaswag, score_hellaswag
 from modeling_gpt2repro import GPT2ReproForCausalLM
-from throughput import device_name, keep_freed_memory_for_reuse
-from tokenization_gpt2repro import get_encoding, load_tokenizer
+from gpt2repro.throughput import device_name, keep_freed_memory_for_reuse
+from gpt2repro.tokenizer import get_encoding, load_tokenizer
 
 FIXTURE = REPO / "tests" / "fixtures" / "hellaswag_tiny.jsonl"
 

@@ -25,8 +25,8 @@ import numpy as np
 from _common import REPO  # first: puts the repository on sys.path
 
 import prepare_data
-from token_shards import load_manifest, read_shard
-from tokenization_gpt2repro import EOT_ID, get_encoding
+from gpt2repro.token_shards import load_manifest, read_shard
+from gpt2repro.tokenizer import EOT_ID, get_encoding
 
 SHARD_SIZE = 100_000_000  # fineweb.py's shard size; prepare_data's default
 
@@ -64,7 +64,7 @@ def baseline(corpus: Path, out_dir: Path) -> None:
 
 
 def write_corpus(path: Path, megabytes: float, doc_chars: int | None) -> int:
-    text = (REPO / "assets" / "tinyshakespeare.txt").read_text()
+    text = (REPO / "gpt2repro" / "assets" / "tinyshakespeare.txt").read_text()
     copies = max(1, round(megabytes * 1e6 / len(text.encode())))
     docs = [text[i : i + doc_chars] for i in range(0, len(text), doc_chars)] if doc_chars else [text]
     with open(path, "w") as f:

@@ -32,7 +32,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
-from throughput import device_name, device_peak_flops, flops_per_token, keep_freed_memory_for_reuse, mfu  # noqa: E402
+from gpt2repro.throughput import device_name, device_peak_flops, flops_per_token, keep_freed_memory_for_reuse, mfu  # noqa: E402
 
 CPU_DEFAULTS = dict(n_layer=6, n_head=6, n_embd=384, seq=256, batch=8)
 CUDA_DEFAULTS = dict(n_layer=12, n_head=12, n_embd=768, seq=1024, batch=None)  # None: largest that fits

@@ -43,10 +43,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from configuration_gpt2repro import GPT2ReproConfig  # noqa: E402
-from run_report import git_state, markdown_table, write_atomically  # noqa: E402
+from gpt2repro.fileio import write_atomically  # noqa: E402
+from gpt2repro.report import git_state, markdown_table  # noqa: E402
 from modeling_gpt2repro import GPT2ReproForCausalLM  # noqa: E402
-from throughput import device_peak_flops, flops_per_token, keep_freed_memory_for_reuse, mfu  # noqa: E402
-from tokenization_gpt2repro import VOCAB_SIZE  # noqa: E402
+from gpt2repro.throughput import device_peak_flops, flops_per_token, keep_freed_memory_for_reuse, mfu  # noqa: E402
+from gpt2repro.tokenizer import VOCAB_SIZE  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 SECTION_NAMES = ("parity", "attention", "train", "data", "eval", "shakespeare")
@@ -490,8 +491,8 @@ def training_row(side, batch, r, ours, peak_flops, per_token, args, profile) -> 
 def write_synthetic_shards(data_dir: Path, shards: int, shard_tokens: int, val_tokens: int) -> np.ndarray:
     """Shards whose token at stream position p is p mod the vocabulary (so a window shows where it came from),
     plus a manifest as prepare_data.py writes it. Returns the val split's tokens."""
-    from token_shards import MANIFEST_VERSION, write_manifest, write_shard
-    from tokenization_gpt2repro import tokenizer_fingerprint
+    from gpt2repro.token_shards import MANIFEST_VERSION, write_manifest, write_shard
+    from gpt2repro.tokenizer import tokenizer_fingerprint
 
     entries, position, val = [], 0, None
     for i, (split, n) in enumerate([("val", val_tokens)] + [("train", shard_tokens)] * shards):
@@ -512,7 +513,7 @@ def write_synthetic_shards(data_dir: Path, shards: int, shard_tokens: int, val_t
 def check_windows(loader, val_tokens: np.ndarray, d: dict) -> str:
     """The loader's windows are the shards' tokens: val in file order exactly, train windows contiguous but for
     at most one shard boundary each. Returns a description; raises CheckFailed."""
-    from token_shards import ShardedTokenLoader
+    from gpt2repro.token_shards import ShardedTokenLoader
 
     val = ShardedTokenLoader(loader.data_dir, "val", d["batch"], d["seq"]).next_batch().numpy()
     expected = np.stack([val_tokens[i * d["seq"] : i * d["seq"] + d["seq"] + 1] for i in range(d["batch"])])
@@ -529,7 +530,7 @@ def check_windows(loader, val_tokens: np.ndarray, d: dict) -> str:
 
 
 def section_data(args, profile, context):
-    from token_shards import ShardedTokenLoader
+    from gpt2repro.token_shards import ShardedTokenLoader
 
     device, d = torch.device(args.device), profile.data
     with tempfile.TemporaryDirectory() as tmp:
@@ -566,8 +567,8 @@ def section_data(args, profile, context):
 
 def section_eval(args, profile, context):
     import bench_eval
-    from eval_hellaswag import encode_requests, ending_logliks, load_hellaswag, score_hellaswag
-    from tokenization_gpt2repro import get_encoding, load_tokenizer
+    from gpt2repro.hellaswag import encode_requests, ending_logliks, load_hellaswag, score_hellaswag
+    from gpt2repro.tokenizer import get_encoding, load_tokenizer
 
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -28,8 +28,8 @@ import torch  # noqa: E402
 
 import prepare_data  # noqa: E402
 import train  # noqa: E402
-from checkpoints import CheckpointError, read_trainer_state  # noqa: E402
-from token_shards import MANIFEST_NAME, ShardError, load_manifest  # noqa: E402
+from gpt2repro.checkpoints import CheckpointError, read_trainer_state  # noqa: E402
+from gpt2repro.token_shards import MANIFEST_NAME, ShardError, load_manifest  # noqa: E402
 
 STEPS = 4
 ACCELERATE_CONFIGS = {0: "accelerate_configs/cpu.yaml", 1: "accelerate_configs/1gpu.yaml",

@@ -42,7 +42,7 @@ def shakespeare_shards(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("shakespeare")
     corpus = root / "corpus.txt"
-    corpus.write_text((REPO / "assets" / "tinyshakespeare.txt").read_text()[:120_000])
+    corpus.write_text((REPO / "gpt2repro" / "assets" / "tinyshakespeare.txt").read_text()[:120_000])
     out = root / "shards"
     prepare_data.main([str(corpus), "--out", str(out), "--shard-tokens", "8000", "--val-split-tokens", "2048",
                        "--num-proc", "1"])

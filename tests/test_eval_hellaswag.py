@@ -13,9 +13,10 @@ from conftest import REPO
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import eval_hellaswag as ev
-import validation
-from token_shards import write_shard
-from tokenization_gpt2repro import load_tokenizer
+from gpt2repro import hellaswag
+from gpt2repro import validation
+from gpt2repro.token_shards import write_shard
+from gpt2repro.tokenizer import load_tokenizer
 
 FIXTURE = REPO / "tests" / "fixtures" / "hellaswag_tiny.jsonl"
 LOGLIK_KEYS = ("completion_loglik", "lm_eval_loglik")
@@ -38,7 +39,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def items():
-    return ev.load_hellaswag(FIXTURE)
+    return hellaswag.load_hellaswag(FIXTURE)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def gpt2():
 
 @pytest.fixture(scope="module")
 def scores(gpt2, tokenizer, items):
-    return ev.score_hellaswag(gpt2, tokenizer, items, batch_size=16)
+    return hellaswag.score_hellaswag(gpt2, tokenizer, items, batch_size=16)
 
 
 def logliks(result):
@@ -91,8 +92,8 @@ def test_malformed_jsonl_items_are_reported_by_line(tmp_path):
     ]
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(ev.HellaSwagDataError) as error:
-        ev.load_hellaswag(path)
+    with pytest.raises(hellaswag.HellaSwagDataError) as error:
+        hellaswag.load_hellaswag(path)
     message = str(error.value)
     assert "6 malformed" in message
     for expected in (
@@ -105,7 +106,7 @@ def test_malformed_jsonl_items_are_reported_by_line(tmp_path):
     ):
         assert expected in message
     assert "line 1:" not in message and "line 7:" not in message
-    assert len(ev.load_hellaswag(path, limit=1)) == 1  # the limit stops before the bad lines
+    assert len(hellaswag.load_hellaswag(path, limit=1)) == 1  # the limit stops before the bad lines
 
 
 def test_parquet_in_hub_format_loads_like_jsonl(tmp_path, items):
@@ -116,23 +117,23 @@ def test_parquet_in_hub_format_loads_like_jsonl(tmp_path, items):
     for row in rows:
         row["label"] = str(row["label"])  # Rowan/hellaswag stores labels as strings
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "validation.parquet")
-    assert ev.load_hellaswag(tmp_path / "validation.parquet") == items
+    assert hellaswag.load_hellaswag(tmp_path / "validation.parquet") == items
 
     rows[1]["label"] = "4"
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "bad.parquet")
-    with pytest.raises(ev.HellaSwagDataError, match="row 2: label '4'"):
-        ev.load_hellaswag(tmp_path / "bad.parquet")
+    with pytest.raises(hellaswag.HellaSwagDataError, match="row 2: label '4'"):
+        hellaswag.load_hellaswag(tmp_path / "bad.parquet")
 
 
 def test_default_data_is_downloaded_once_into_the_cache(tmp_path, monkeypatch, items):
     source = tmp_path / "served.jsonl"
     source.write_bytes(FIXTURE.read_bytes())
     monkeypatch.setenv("GPT2REPRO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(ev, "HELLASWAG_VAL_URL", source.as_uri())
-    monkeypatch.setattr(ev, "HELLASWAG_VAL_ITEMS", 12)
-    assert ev.load_hellaswag() == items
+    monkeypatch.setattr(hellaswag, "HELLASWAG_VAL_URL", source.as_uri())
+    monkeypatch.setattr(hellaswag, "HELLASWAG_VAL_ITEMS", 12)
+    assert hellaswag.load_hellaswag() == items
     source.unlink()  # a second load must not fetch again
-    assert ev.load_hellaswag(limit=3) == items[:3]
+    assert hellaswag.load_hellaswag(limit=3) == items[:3]
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["hellaswag_val.jsonl"]
 
 
@@ -140,12 +141,12 @@ def test_truncated_or_failed_download_leaves_no_cache(tmp_path, monkeypatch):
     source = tmp_path / "served.jsonl"
     source.write_bytes(FIXTURE.read_bytes())
     monkeypatch.setenv("GPT2REPRO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(ev, "HELLASWAG_VAL_URL", source.as_uri())  # 12 items, 10,042 expected
-    with pytest.raises(ev.HellaSwagDataError, match="expected 10042"):
-        ev.load_hellaswag()
-    monkeypatch.setattr(ev, "HELLASWAG_VAL_URL", "http://127.0.0.1:9/hellaswag_val.jsonl")  # nothing listens
-    with pytest.raises(ev.HellaSwagDataError) as error:
-        ev.load_hellaswag()
+    monkeypatch.setattr(hellaswag, "HELLASWAG_VAL_URL", source.as_uri())  # 12 items, 10,042 expected
+    with pytest.raises(hellaswag.HellaSwagDataError, match="expected 10042"):
+        hellaswag.load_hellaswag()
+    monkeypatch.setattr(hellaswag, "HELLASWAG_VAL_URL", "http://127.0.0.1:9/hellaswag_val.jsonl")  # nothing listens
+    with pytest.raises(hellaswag.HellaSwagDataError) as error:
+        hellaswag.load_hellaswag()
     assert "\n" not in str(error.value) and "--data hellaswag_val.jsonl" in str(error.value)
     assert list((tmp_path / "cache").iterdir()) == []
 
@@ -165,30 +166,30 @@ def test_truncated_or_failed_download_leaves_no_cache(tmp_path, monkeypatch):
     ],
 )
 def test_lm_eval_preprocess(raw, cleaned):
-    assert ev.lm_eval_preprocess(raw) == cleaned
+    assert hellaswag.lm_eval_preprocess(raw) == cleaned
 
 
 def test_lm_eval_queries_and_choices(items):
     by_ind = {item["ind"]: item for item in items}
-    query, choices = ev.lm_eval_query_and_choices(by_ind[9002])
+    query, choices = hellaswag.lm_eval_query_and_choices(by_ind[9002])
     assert query == "Playing badminton: Two players stand on either side of a net in a gym. The man in the red shirt"
-    query, choices = ev.lm_eval_query_and_choices(by_ind[9004])  # empty ctx_b; an ending with a trailing space
+    query, choices = hellaswag.lm_eval_query_and_choices(by_ind[9004])  # empty ctx_b; an ending with a trailing space
     assert query == "Tug of war: Two teams hold a long rope on a grassy field while a referee raises a flag."
     assert choices[0] == "The rope turns into a snake and the teams run away."
-    query, choices = ev.lm_eval_query_and_choices(by_ind[9103])
+    query, choices = hellaswag.lm_eval_query_and_choices(by_ind[9103])
     assert query == (
         "Finance and Business: How to make a monthly budget. Gather your bank statements.  "
         "Collect the statements from the last three months."
     )
     assert choices[1] == "Burn the statements in the fireplace.. Spend whatever you like."
-    query, _ = ev.lm_eval_query_and_choices(by_ind[9102])  # the removed trailing [step] leaves a space
+    query, _ = hellaswag.lm_eval_query_and_choices(by_ind[9102])  # the removed trailing [step] leaves a space
     assert query == "Home and Garden: How to fold a fitted sheet. Turn the sheet inside out. "
 
 
 def test_token_ids_of_both_conventions(tokenizer, items):
-    requests = ev.encode_requests(tokenizer, items)
+    requests = hellaswag.encode_requests(tokenizer, items)
     k = [item["ind"] for item in items].index(9102)
-    query, choices = ev.lm_eval_query_and_choices(items[k])
+    query, choices = hellaswag.lm_eval_query_and_choices(items[k])
     context, endings = requests["lm_eval"][0][k], requests["lm_eval"][1][k]
     # lm-eval moves the context's trailing space into the continuation
     assert tokenizer.decode(context) == query.rstrip()
@@ -209,7 +210,7 @@ def test_accuracies_and_normalisations_by_hand():
         dict(label=0, completion_loglik=[-1, -5, -6, -7], completion_tokens=[1, 1, 1, 1],
              lm_eval_loglik=[-1, -5, -6, -7], lm_eval_chars=[1, 1, 1, 1]),
     ]  # fmt: skip
-    assert ev.summarize(per_item) == {
+    assert hellaswag.summarize(per_item) == {
         "items": 2, "completion_acc": 0.5, "completion_acc_norm": 1.0, "lm_eval_acc": 0.5, "lm_eval_acc_norm": 0.5,
     }  # fmt: skip
 
@@ -233,7 +234,7 @@ def test_scores_equal_a_naive_reference(gpt2, tokenizer, items, scores):
         np.testing.assert_allclose(result["completion_loglik"], expected, rtol=0, atol=1e-4)
         assert result["completion_tokens"] == [len(tokenizer.encode(" " + ending)) for ending in item["endings"]]
 
-        query, choices = ev.lm_eval_query_and_choices(item)
+        query, choices = hellaswag.lm_eval_query_and_choices(item)
         context_text = query.rstrip()
         context = tokenizer.encode(context_text)
         expected = []
@@ -247,8 +248,8 @@ def test_batched_equals_unbatched_and_padding_never_changes_a_score(gpt2, tokeni
     # Rotated endings keep each context (same group, same forward) but change every row's neighbours
     # and padding; each ending must keep its score wherever it sits.
     rotated = [{**item, "endings": item["endings"][1:] + item["endings"][:1], "label": 0} for item in items]
-    one_by_one = ev.score_hellaswag(gpt2, tokenizer, items + rotated, batch_size=1)
-    batched = ev.score_hellaswag(gpt2, tokenizer, items + rotated, batch_size=64)
+    one_by_one = hellaswag.score_hellaswag(gpt2, tokenizer, items + rotated, batch_size=1)
+    batched = hellaswag.score_hellaswag(gpt2, tokenizer, items + rotated, batch_size=64)
     assert_same_scores(batched, one_by_one)
     for key in LOGLIK_KEYS:
         table = logliks(batched)[key]
@@ -258,7 +259,7 @@ def test_batched_equals_unbatched_and_padding_never_changes_a_score(gpt2, tokeni
 def test_our_model_from_the_same_weights_gives_the_same_numbers(gpt2, tokenizer, items, scores):
     modeling = pytest.importorskip("modeling_gpt2repro")
     ours = modeling.GPT2ReproForCausalLM.from_gpt2(gpt2).eval()
-    assert_same_scores(ev.score_hellaswag(ours, tokenizer, items, batch_size=5), scores)
+    assert_same_scores(hellaswag.score_hellaswag(ours, tokenizer, items, batch_size=5), scores)
 
 
 def test_accelerator_path_and_refusals(gpt2, tokenizer, items, scores):
@@ -266,13 +267,13 @@ def test_accelerator_path_and_refusals(gpt2, tokenizer, items, scores):
     from accelerate.state import AcceleratorState
 
     try:
-        assert_same_scores(ev.score_hellaswag(gpt2, tokenizer, items, accelerator=Accelerator(cpu=True)), scores)
+        assert_same_scores(hellaswag.score_hellaswag(gpt2, tokenizer, items, accelerator=Accelerator(cpu=True)), scores)
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)  # later tests build their own Accelerator
     gpt2.train()
     try:
         with pytest.raises(ValueError, match="eval mode"):
-            ev.score_hellaswag(gpt2, tokenizer, items[:1])
+            hellaswag.score_hellaswag(gpt2, tokenizer, items[:1])
     finally:
         gpt2.eval()
 
@@ -297,17 +298,16 @@ import json, sys
 sys.path.insert(0, {str(REPO)!r})
 from accelerate import Accelerator
 from transformers import GPT2LMHeadModel
-import eval_hellaswag as ev
-import validation
-from tokenization_gpt2repro import load_tokenizer
+from gpt2repro import hellaswag, validation
+from gpt2repro.tokenizer import load_tokenizer
 
 accelerator = Accelerator(cpu=True)
 model = accelerator.prepare(GPT2LMHeadModel.from_pretrained({str(tmp_path / "model")!r}).eval())  # DDP-wrapped
-items = ev.load_hellaswag({str(FIXTURE)!r})
-result = ev.score_hellaswag(model, load_tokenizer(), items, batch_size=4, accelerator=accelerator)
+items = hellaswag.load_hellaswag({str(FIXTURE)!r})
+result = hellaswag.score_hellaswag(model, load_tokenizer(), items, batch_size=4, accelerator=accelerator)
 result["val"] = validation.validation_loss(model, {str(val_dir)!r}, 500, seq_len=64, batch_size=2,
                                           accelerator=accelerator)
-result["one_item"] = ev.score_hellaswag(model, load_tokenizer(), items[:1], accelerator=accelerator)  # rank 1 idle
+result["one_item"] = hellaswag.score_hellaswag(model, load_tokenizer(), items[:1], accelerator=accelerator)  # rank 1 idle
 with open({str(tmp_path)!r} + f"/rank{{accelerator.process_index}}.json", "w") as f:
     json.dump(result, f)
 """)
@@ -315,7 +315,7 @@ with open({str(tmp_path)!r} + f"/rank{{accelerator.process_index}}.json", "w") a
     run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     expected_val = validation.validation_loss(gpt2, val_dir, 500, seq_len=64)
-    first_item = {**ev.summarize(scores["per_item"][:1]), "per_item": scores["per_item"][:1]}
+    first_item = {**hellaswag.summarize(scores["per_item"][:1]), "per_item": scores["per_item"][:1]}
     for rank in (0, 1):  # every rank returns the whole result
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert [item["ind"] for item in result["per_item"]] == [item["ind"] for item in items]
@@ -338,7 +338,7 @@ with open({str(tmp_path)!r} + f"/rank{{accelerator.process_index}}.json", "w") a
 def test_cli_bad_inputs_are_one_line_errors_before_any_model_loads(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GPT2REPRO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(ev, "HELLASWAG_VAL_URL", "http://127.0.0.1:9/hellaswag_val.jsonl")
+    monkeypatch.setattr(hellaswag, "HELLASWAG_VAL_URL", "http://127.0.0.1:9/hellaswag_val.jsonl")
     monkeypatch.setattr(sys, "argv", ["eval_hellaswag.py", "--model", "never-loaded", *args])
     with pytest.raises(SystemExit) as error:
         ev.main()
@@ -409,7 +409,7 @@ def test_cli_end_to_end(tmp_path, gpt2, tokenizer, items, scores, val_dir):
 
     results = json.loads(output.read_text())
     expected = {**scores, "per_item": scores["per_item"][:8]}
-    expected.update(ev.summarize(expected["per_item"]))
+    expected.update(hellaswag.summarize(expected["per_item"]))
     for name in (str(official), str(ours)):
         result = results["models"][name]
         assert result["summary"]["items"] == 8 and len(result["items"]) == 8

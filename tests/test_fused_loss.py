@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from modeling_gpt2repro import GPT2ReproForCausalLM, fused_causal_lm_loss
-from tokenization_gpt2repro import VOCAB_SIZE
+from gpt2repro.tokenizer import VOCAB_SIZE
 
 
 def loss_and_grads(model, fused, **inputs):

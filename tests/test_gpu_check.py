@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import REPO
 
-import throughput
-from throughput import GPU_BF16_PEAK_TFLOPS, datasheet_bf16_peak
+from gpt2repro import throughput
+from gpt2repro.throughput import GPU_BF16_PEAK_TFLOPS, datasheet_bf16_peak
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import gpu_check  # noqa: E402

@@ -14,10 +14,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import prepare_data  # noqa: E402
-from token_shards import ShardedTokenLoader, ShardError, load_manifest, read_shard  # noqa: E402
-from tokenization_gpt2repro import EOT_ID, get_encoding  # noqa: E402
+from gpt2repro.token_shards import ShardedTokenLoader, ShardError, load_manifest, read_shard  # noqa: E402
+from gpt2repro.tokenizer import EOT_ID, get_encoding  # noqa: E402
 
-SHAKESPEARE = (REPO / "assets" / "tinyshakespeare.txt").read_text()
+SHAKESPEARE = (REPO / "gpt2repro" / "assets" / "tinyshakespeare.txt").read_text()
 OFFLINE = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
 
 

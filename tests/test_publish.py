@@ -3,6 +3,7 @@
 record exactly the scalars of metrics.jsonl."""
 
 import json
+from gpt2repro import hellaswag
 import math
 import sys
 
@@ -11,8 +12,9 @@ import pytest
 from conftest import REPO
 from huggingface_hub import HfApi, ModelCard
 
-import model_card
-import run_report
+from gpt2repro import model_card
+
+from gpt2repro import report as reporting
 import train
 
 FIXTURE = REPO / "tests" / "fixtures" / "hellaswag_tiny.jsonl"
@@ -53,7 +55,7 @@ def run_in_process(*args):
 @pytest.fixture
 def no_peak_probe(monkeypatch):
     """MFU's CPU peak without its seconds-long matmul probe: the trackers log whatever MFU is."""
-    import throughput
+    from gpt2repro import throughput
 
     monkeypatch.setattr(throughput, "_matmul_probe", lambda device, dtype: 1e11)
     throughput.device_peak_flops.cache_clear()
@@ -69,14 +71,14 @@ def make_report(run_dir, data_dir, **final_eval):
     facts = dict(command=["train.py", "--preset", "gpt2-124m"], preset="gpt2-124m", world_size=1, device_type="cpu",
                  settings=dict(model="gpt2", data_dir=str(data_dir), run_dir=str(run_dir), max_steps=19_073),
                  steps=19_073, tokens=10**10, n_params=124_475_904, final_eval=final)
-    return run_report.write_report(run_dir, facts)
+    return reporting.write_report(run_dir, facts)
 
 
 @pytest.fixture
 def checkpoint(tmp_path, tiny_config, fineweb_edu):
     """A final/ folder as train.py leaves it: save_pretrained + tokenizer + card + training_state/."""
     from modeling_gpt2repro import GPT2ReproForCausalLM
-    from tokenization_gpt2repro import load_tokenizer
+    from gpt2repro.tokenizer import load_tokenizer
 
     run_dir, folder = tmp_path / "run", tmp_path / "run" / "final"
     GPT2ReproForCausalLM(tiny_config).save_pretrained(folder)
@@ -161,7 +163,7 @@ def test_added_eval_results_replace_what_they_measure_again_and_keep_the_rest(ch
     before = len(card.data.eval_results)
     summary = dict(items=10_042, completion_acc=0.3, completion_acc_norm=0.35, lm_eval_acc=0.3, lm_eval_acc_norm=0.36,
                    device="cuda", dtype="float32")
-    data = run_report.describe_data(fineweb_edu)
+    data = reporting.describe_data(fineweb_edu)
     for _ in range(2):  # a second push of the same results duplicates nothing
         card = model_card.add_eval_results(card, summary, "someone/gpt2-repro", data)
     card = ModelCard(str(card))  # as the Hub will parse it
@@ -218,7 +220,7 @@ def test_eval_hellaswag_push_results_adds_to_the_hub_card_and_uploads_only_readm
                                                                                     tiny_config):
     import eval_hellaswag as ev
     from modeling_gpt2repro import GPT2ReproForCausalLM
-    from tokenization_gpt2repro import load_tokenizer
+    from gpt2repro.tokenizer import load_tokenizer
 
     downloads = []
 
@@ -254,7 +256,7 @@ def test_eval_hellaswag_push_results_adds_to_the_hub_card_and_uploads_only_readm
 def test_eval_output_records_provenance(checkpoint, tmp_path, monkeypatch, tiny_config):
     import eval_hellaswag as ev
     from modeling_gpt2repro import GPT2ReproForCausalLM
-    from tokenization_gpt2repro import load_tokenizer
+    from gpt2repro.tokenizer import load_tokenizer
 
     monkeypatch.setattr(ev, "load_model", lambda name, device, dtype: (GPT2ReproForCausalLM(tiny_config).eval(),
                                                                        load_tokenizer()))
@@ -263,7 +265,7 @@ def test_eval_output_records_provenance(checkpoint, tmp_path, monkeypatch, tiny_
                                       "--output", str(output)])
     ev.main()
     provenance = json.loads(output.read_text())["provenance"]
-    assert provenance["code"] == run_report.git_state() and provenance["versions"]["torch"]
+    assert provenance["code"] == reporting.git_state() and provenance["versions"]["torch"]
     assert not list(tmp_path.glob("*.tmp"))
 
 

@@ -43,7 +43,7 @@ def readme_real_run() -> list[str]:
 
 def fineweb_edu_stand_in(root):
     """HuggingFaceFW/fineweb-edu as the Hub lays it out: sample/10BT/*.parquet and a README with configs."""
-    text = (REPO / "assets" / "tinyshakespeare.txt").read_text()
+    text = (REPO / "gpt2repro" / "assets" / "tinyshakespeare.txt").read_text()
     folder = root / "HuggingFaceFW" / "fineweb-edu"
     (folder / "sample" / "10BT").mkdir(parents=True)
     for part in range(2):

@@ -9,10 +9,10 @@ import sys
 
 import numpy as np
 import pytest
-from checkpoints import STATE_FILE
+from gpt2repro.checkpoints import STATE_FILE
 from conftest import REPO
 
-from token_shards import MANIFEST_NAME, write_manifest, write_shard
+from gpt2repro.token_shards import MANIFEST_NAME, write_manifest, write_shard
 
 spec = importlib.util.spec_from_file_location("reproduce_gpt2", REPO / "scripts" / "reproduce_gpt2.py")
 reproduce = importlib.util.module_from_spec(spec)

@@ -1,12 +1,14 @@
 """The run report: what ran, from which code, on what, at what cost, and against which published GPT-2 figure."""
 
 import json
+from gpt2repro import hellaswag
 import subprocess
 
 import pytest
 
 import run_report
-from run_report import GPT2_124M_REFERENCE
+from gpt2repro import report as reporting
+from gpt2repro.report import GPT2_124M_REFERENCE
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,7 @@ def facts(data_dir, run_dir, **overrides):
 @pytest.fixture
 def fake_gpus(monkeypatch):
     """An 8-GPU node as the report sees it, on a machine without one."""
-    import throughput
+    from gpt2repro import throughput
     import torch
 
     monkeypatch.setattr(throughput, "device_name", lambda device: "NVIDIA H100 80GB HBM3")
@@ -53,18 +55,18 @@ def fake_gpus(monkeypatch):
 
 
 def test_fineweb_edu_compares_with_3_2924_fineweb_with_3_28_and_other_data_with_neither(local_data, tmp_path):
-    edu = run_report.describe_data(hub_data(local_data, tmp_path, "HuggingFaceFW/fineweb-edu", "sample-10BT"))
-    web = run_report.describe_data(hub_data(local_data, tmp_path, "HuggingFaceFW/fineweb", "sample-10BT"))
-    local = run_report.describe_data(local_data)
+    edu = reporting.describe_data(hub_data(local_data, tmp_path, "HuggingFaceFW/fineweb-edu", "sample-10BT"))
+    web = reporting.describe_data(hub_data(local_data, tmp_path, "HuggingFaceFW/fineweb", "sample-10BT"))
+    local = reporting.describe_data(local_data)
     assert edu["hub_dataset"] == "HuggingFaceFW/fineweb-edu" and edu["hub_config"] == "sample-10BT"
-    assert run_report.val_loss_reference(edu)["value"] == GPT2_124M_REFERENCE["fineweb_edu_val_loss"] == 3.2924
-    assert run_report.val_loss_reference(web)["value"] == GPT2_124M_REFERENCE["fineweb_val_loss_target"] == 3.28
-    assert local["hub_dataset"] is None and run_report.val_loss_reference(local) is None
+    assert reporting.val_loss_reference(edu)["value"] == GPT2_124M_REFERENCE["fineweb_edu_val_loss"] == 3.2924
+    assert reporting.val_loss_reference(web)["value"] == GPT2_124M_REFERENCE["fineweb_val_loss_target"] == 3.28
+    assert local["hub_dataset"] is None and reporting.val_loss_reference(local) is None
     assert local["val_tokens"] > 0 and local["train_tokens"] > 0
     # shards made by llm.c / build-nanogpt have no manifest: their directory names decide
     for name, family in (("edu_fineweb10B", "fineweb-edu"), ("fineweb10B", "fineweb"), ("openwebtext", None)):
         (tmp_path / name).mkdir()
-        described = run_report.describe_data(tmp_path / name)
+        described = reporting.describe_data(tmp_path / name)
         assert described["family"] == family and described["family_from"] == "directory name"
 
 
@@ -73,7 +75,7 @@ def test_gpu_report_has_hardware_cost_reference_and_the_launch_command(local_dat
     run_dir = tmp_path / "run"
     (run_dir).mkdir()
     (run_dir / "curves.png").write_bytes(b"\x89PNG fake")
-    report = run_report.write_report(run_dir, facts(data, run_dir))
+    report = reporting.write_report(run_dir, facts(data, run_dir))
 
     assert json.loads((run_dir / "report.json").read_text()) == report
     assert report["hardware"]["device"] == "NVIDIA H100 80GB HBM3" and report["hardware"]["gpus"] == 8
@@ -93,7 +95,7 @@ def test_gpu_report_has_hardware_cost_reference_and_the_launch_command(local_dat
 
 
 def test_cpu_report_has_no_cost_and_says_so(local_data, tmp_path):
-    report = run_report.write_report(tmp_path, facts(local_data, tmp_path, device_type="cpu", world_size=1))
+    report = reporting.write_report(tmp_path, facts(local_data, tmp_path, device_type="cpu", world_size=1))
     assert report["cost"] is None and report["hardware"]["gpus"] == 0
     md = (tmp_path / "report.md").read_text()
     assert "cost: n/a (CPU run)" in md and "python train.py --preset gpt2-124m" in md
@@ -102,7 +104,7 @@ def test_cpu_report_has_no_cost_and_says_so(local_data, tmp_path):
 
 
 def test_missing_optional_facts_render_as_n_a(local_data, tmp_path):
-    report = run_report.write_report(tmp_path, {"command": ["train.py"], "settings": {"data_dir": str(local_data)}})
+    report = reporting.write_report(tmp_path, {"command": ["train.py"], "settings": {"data_dir": str(local_data)}})
     md = (tmp_path / "report.md").read_text()
     assert report["training"]["steps"] is None and report["final_eval"] == {}
     assert "| HellaSwag acc, completion style | n/a | 28.59 |" in md and "steps: n/a of n/a" in md
@@ -110,13 +112,13 @@ def test_missing_optional_facts_render_as_n_a(local_data, tmp_path):
 
 def test_a_hellaswag_subset_is_labelled_with_its_item_count(local_data, tmp_path):
     final = dict(facts(local_data, tmp_path)["final_eval"], hellaswag_items=200)
-    run_report.write_report(tmp_path, facts(local_data, tmp_path, device_type="cpu", final_eval=final))
+    reporting.write_report(tmp_path, facts(local_data, tmp_path, device_type="cpu", final_eval=final))
     md = (tmp_path / "report.md").read_text()
     assert "| HellaSwag acc_norm, completion style [200 items] | 31.20 | 29.55 |" in md
 
 
 def test_git_state_is_unknown_outside_git_and_tracks_commit_and_changes(tmp_path):
-    assert run_report.git_state(tmp_path) == {"commit": "unknown", "dirty": None}
+    assert reporting.git_state(tmp_path) == {"commit": "unknown", "dirty": None}
 
     def git(*args):
         subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
@@ -126,14 +128,14 @@ def test_git_state_is_unknown_outside_git_and_tracks_commit_and_changes(tmp_path
     (tmp_path / "train.py").write_text("print(1)\n")
     git("add", "train.py")
     git("commit", "-q", "-m", "one")
-    state = run_report.git_state(tmp_path)
+    state = reporting.git_state(tmp_path)
     assert len(state["commit"]) == 40 and state["dirty"] is False
     (tmp_path / "train.py").write_text("print(2)\n")
-    assert run_report.git_state(tmp_path) == {"commit": state["commit"], "dirty": True}
+    assert reporting.git_state(tmp_path) == {"commit": state["commit"], "dirty": True}
 
 
 def test_cli_rerenders_the_report_with_every_evaluated_model_side_by_side(local_data, tmp_path):
-    run_report.write_report(tmp_path, facts(local_data, tmp_path, device_type="cpu"))
+    reporting.write_report(tmp_path, facts(local_data, tmp_path, device_type="cpu"))
     summary = dict(items=10_042, completion_acc=0.3, completion_acc_norm=0.31, lm_eval_acc=0.302,
                    lm_eval_acc_norm=0.325, val_loss=3.1)
     results = {"data": "hellaswag_val.jsonl", "val_data": str(local_data), "models": {

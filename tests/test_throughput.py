@@ -8,7 +8,7 @@ import torch
 
 from configuration_gpt2repro import GPT2ReproConfig
 from modeling_gpt2repro import GPT2ReproForCausalLM
-from throughput import device_peak_flops, flops_per_token, mfu
+from gpt2repro.throughput import device_peak_flops, flops_per_token, mfu
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,7 +48,7 @@ def test_freed_memory_is_reused_without_page_faults():
     # settles (seen here within 3-6 cycles) and then reuses its memory.
     code = """
 import resource, sys, torch
-from throughput import keep_freed_memory_for_reuse
+from gpt2repro.throughput import keep_freed_memory_for_reuse
 applied = keep_freed_memory_for_reuse() if sys.argv[1] == "on" else False
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 per_cycle = []

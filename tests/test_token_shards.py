@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from token_shards import (  # noqa: E402
+from gpt2repro.token_shards import (  # noqa: E402
     ShardedTokenLoader,
     ShardError,
     check_tokenizer,
@@ -19,7 +19,7 @@ from token_shards import (  # noqa: E402
     write_manifest,
     write_shard,
 )
-from tokenization_gpt2repro import tokenizer_fingerprint  # noqa: E402
+from gpt2repro.tokenizer import tokenizer_fingerprint  # noqa: E402
 
 T = 16  # seq_len
 B = 4  # batch_size

@@ -5,7 +5,7 @@ import json
 import pytest
 from conftest import REPO
 
-from tokenization_gpt2repro import (
+from gpt2repro.tokenizer import (
     EOT_ID,
     TOKENIZER_DIR,
     VOCAB_SIZE,
@@ -34,7 +34,7 @@ def test_special_token_and_vocabulary_size():
 
 
 def test_whole_shipped_corpus_is_338025_identical_tokens():
-    text = (REPO / "assets" / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    text = (REPO / "gpt2repro" / "assets" / "tinyshakespeare.txt").read_text(encoding="utf-8")
     fast_ids = get_encoding().encode_ordinary(text)
     hf_ids = load_tokenizer()(text).input_ids
     assert len(fast_ids) == 338_025

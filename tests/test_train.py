@@ -13,7 +13,7 @@ from conftest import REPO
 from safetensors.torch import load_file
 
 import train
-from checkpoints import STATE_FILE, find_resume_checkpoint
+from gpt2repro.checkpoints import STATE_FILE, find_resume_checkpoint
 
 SEQ = 32
 # The tiny preset (4 layers, 128 wide) on 32-token windows: a step takes tens of milliseconds.

@@ -12,9 +12,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 import eval_hellaswag
 import prepare_data
 import train
-import validation
-from token_shards import ShardedTokenLoader, write_shard
-from tokenization_gpt2repro import EOT_ID, get_encoding
+from gpt2repro import validation
+from gpt2repro.token_shards import ShardedTokenLoader, write_shard
+from gpt2repro.tokenizer import EOT_ID, get_encoding
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def gpt2():
 def val_dir(tmp_path):
     """llm.c-named shards with no manifest: two val shards of text with <|endoftext|> between documents."""
     encoding = get_encoding()
-    corpus = (REPO / "assets" / "tinyshakespeare.txt").read_text()[:6000].split("\n\n")
+    corpus = (REPO / "gpt2repro" / "assets" / "tinyshakespeare.txt").read_text()[:6000].split("\n\n")
     tokens = np.concatenate([[EOT_ID, *encoding.encode_ordinary(doc)] for doc in corpus])
     assert len(tokens) > 600
     write_shard(tmp_path / "tiny_val_000000.bin", tokens[:300])
@@ -67,7 +67,7 @@ def test_the_default_is_the_whole_split_and_more_is_refused_up_front(gpt2, val_d
 
 
 def test_validation_reads_prepare_data_output_like_the_training_loader(tmp_path, gpt2):
-    corpus = (REPO / "assets" / "tinyshakespeare.txt").read_text()
+    corpus = (REPO / "gpt2repro" / "assets" / "tinyshakespeare.txt").read_text()
     for i in range(2):
         (tmp_path / f"doc{i}.txt").write_text(corpus[i * 3000 : (i + 1) * 3000])
     for index in range(2):  # two machines' parts: data/part-0000i-of-00002, validation in part 0

@@ -20,7 +20,7 @@ import torch
 from accelerate.utils import DistributedType
 from safetensors import SafetensorError
 
-from run_report import write_atomically
+from gpt2repro.fileio import write_atomically
 
 STATE_FILE = Path("training_state") / "trainer_state.json"
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from token_shards import load_manifest, open_split
-from tokenization_gpt2repro import token_bytes
+from gpt2repro.token_shards import load_manifest, open_split
+from gpt2repro.tokenizer import token_bytes
 
 # build-nanogpt's validation budget (20 steps x 64 sequences x 1024 tokens x 8 GPUs); modded-nanogpt's
 # 3.28 target is the loss on this many tokens of FineWeb val.
@@ -57,7 +57,7 @@ def resolve_val_tokens(data_dir: str | Path, val_tokens: int | None = None) -> i
 
 def windows_per_forward(device, seq_len: int) -> int:
     """Validation windows per forward. Its (windows x seq_len x vocab) logits are the memory peak; on a CPU,
-    whose heap keeps what it once held (throughput.keep_freed_memory_for_reuse), a forward holds 1,024 tokens
+    whose heap keeps what it once held (gpt2repro.throughput.keep_freed_memory_for_reuse), a forward holds 1,024 tokens
     (more raised the tiny demo's peak RSS several-fold: benchmarks/RESULTS.md); a GPU takes 16 windows of 1,024."""
     tokens = 16 * 1024 if str(device).startswith("cuda") else 1024
     return max(1, tokens // seq_len)

@@ -186,7 +186,7 @@ def _llmc_manifest(data_dir: Path, paths: list[Path]) -> dict:
                 f"{data_dir}: llm.c shards without a {split} split (no *_{split}_*.bin among {len(paths)} .bin files); "
                 f"add the {split} shards, or create the data with prepare_data.py"
             )
-    from tokenization_gpt2repro import tokenizer_fingerprint
+    from gpt2repro.tokenizer import tokenizer_fingerprint
 
     return {
         "format_version": MANIFEST_VERSION,
@@ -229,7 +229,7 @@ def load_manifest(data_dir: str | Path) -> dict:
 def check_tokenizer(data_dir: str | Path, expected: str | None = None) -> None:
     """Refuse shards made with another tokenizer than `expected` (default: this project's GPT-2 BPE)."""
     if expected is None:
-        from tokenization_gpt2repro import tokenizer_fingerprint
+        from gpt2repro.tokenizer import tokenizer_fingerprint
 
         expected = tokenizer_fingerprint()
     found = load_manifest(data_dir)["tokenizer"]

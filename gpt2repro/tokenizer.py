@@ -1,12 +1,12 @@
 """The GPT-2 tokenizer, offline: one loader for the whole project.
 
-Two faces of the same BPE, built from OpenAI's merge ranks shipped in assets/tokenizer/:
+Two faces of the same BPE, built from OpenAI's merge ranks shipped in gpt2repro/assets/tokenizer/:
 - `get_encoding()`: a tiktoken encoder, several times faster than `tokenizers`, for bulk work (prepare_data).
 - `load_tokenizer()`: a `PreTrainedTokenizerFast`, saved with every checkpoint so that
   `AutoTokenizer.from_pretrained(checkpoint)` works anywhere.
 Both produce identical ids (tests/test_tokenizer.py checks it on the whole shipped corpus).
 
-    python tokenization_gpt2repro.py --rebuild   # regenerate assets/tokenizer/ from the ranks
+    python -m gpt2repro.tokenizer --rebuild   # regenerate gpt2repro/assets/tokenizer/ from the ranks
 """
 
 import argparse
@@ -89,7 +89,7 @@ def build_tokenizer_from_ranks():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rebuild", action="store_true", help="rewrite the HF tokenizer files in assets/tokenizer/")
+    parser.add_argument("--rebuild", action="store_true", help="rewrite the HF tokenizer files in gpt2repro/assets/tokenizer/")
     args = parser.parse_args()
     if not args.rebuild:
         parser.print_help()

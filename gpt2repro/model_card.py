@@ -3,19 +3,17 @@
 The card is built with huggingface_hub's ModelCard / ModelCardData / EvalResult, so the Hub renders its
 model-index (HellaSwag acc_norm in both conventions, validation loss and bits per byte) and ModelCard.load
 reads it back. Its body holds the results next to OpenAI's GPT-2 (124M), the curves, the command that
-reproduces the run and the hardware, time and cost from the run report (run_report.py).
+reproduces the run and the hardware, time and cost from the run report (report.py).
 
 push_to_hub uploads exactly what a user of the model needs, never training_state/ (optimizer, RNG).
 """
 
 import fnmatch
-import os
-import shutil
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 
-from run_report import (
+from gpt2repro.report import (
     CURVES,
     GPT2_124M_REFERENCE,
     REPORT_JSON,
@@ -27,8 +25,8 @@ from run_report import (
     results_rows,
     training_lines,
     val_loss_note,
-    write_atomically,
 )
+from gpt2repro.fileio import copy_atomically, write_atomically
 
 # What a checkpoint folder holds for its users: save_pretrained's weights, config and remote code, the
 # tokenizer, the card and the run's report. Top-level files only: training_state/ never matches.
@@ -184,15 +182,10 @@ def write_model_card(folder: Path, report: dict, model_name: str, run_dir: Path 
     folder = Path(folder)
     for name in (CURVES, REPORT_MD, REPORT_JSON):
         if run_dir is not None and (Path(run_dir) / name).is_file():
-            _copy_atomically(Path(run_dir) / name, folder / name)
+            copy_atomically(Path(run_dir) / name, folder / name)
     report = dict(report, curves=CURVES if (folder / CURVES).is_file() else None)
     write_atomically(folder / "README.md", str(build_model_card(report, model_name)))
 
-
-def _copy_atomically(source: Path, target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,389 @@
+"""A report of every training run: what ran, from which code, on what hardware, for how long and at what
+cost, and how the model compares with OpenAI's GPT-2 (124M).
+
+train.py writes RUN_DIR/report.json and RUN_DIR/report.md at every save and at the end of a run
+(write_report); `run_report.py` re-renders them with the side-by-side table of an `eval_hellaswag.py --output`
+file.
+
+This module owns the published GPT-2 figures (GPT2_124M_REFERENCE) and which of them applies to which data.
+"""
+
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from gpt2repro.fileio import write_atomically
+from gpt2repro.hellaswag import HELLASWAG_METRICS, HELLASWAG_VAL_ITEMS
+from gpt2repro.token_shards import ShardError, load_manifest
+from gpt2repro.validation import VAL_TOKENS
+
+CODE_DIR = Path(__file__).resolve().parent
+REPORT_JSON, REPORT_MD, CURVES = "report.json", "report.md", "curves.png"
+LIBRARIES = ("torch", "transformers", "accelerate", "datasets", "huggingface_hub", "tokenizers")
+
+SAMPLE_PROMPT = "Hello, I'm a language model,"  # train.py's samples and the model card's example
+# Published figures of OpenAI's GPT-2 (124M); accuracies as fractions, like eval_hellaswag.py's summaries.
+GPT2_124M_REFERENCE = {
+    # HellaSwag validation, all items, in the two conventions eval_hellaswag.py reports
+    "hellaswag_items": HELLASWAG_VAL_ITEMS,
+    "hellaswag_completion_acc": 0.2859,  # build-nanogpt / llm.c scoring
+    "hellaswag_completion_acc_norm": 0.2955,
+    "hellaswag_lm_eval_acc": 0.2892,  # lm-evaluation-harness scoring
+    "hellaswag_lm_eval_acc_norm": 0.3114,
+    "fineweb_edu_val_loss": 3.2924,  # OpenAI's gpt2 on FineWeb-Edu val, as measured by build-nanogpt
+    # Not GPT-2's own figure: the FineWeb (not Edu) val target of llm.c's GPT-2 reproduction and the
+    # modded-nanogpt speedrun (first 10,485,760 val tokens).
+    "fineweb_val_loss_target": 3.28,
+}
+# Which validation figure compares with which data: a loss is comparable only on the same data.
+VAL_LOSS_REFERENCES = {
+    "fineweb-edu": ("fineweb_edu_val_loss", "OpenAI GPT-2 124M on FineWeb-Edu val, measured by build-nanogpt"),
+    "fineweb": ("fineweb_val_loss_target", "the llm.c / modded-nanogpt target on FineWeb val, not GPT-2's own"),
+}
+
+
+class ReportError(ValueError):
+    """A report that cannot be written or re-rendered: the message says which file and what to do."""
+
+
+# ----------------------------------------------------------------------------------------------
+# what the report collects itself
+
+
+def git_state(directory: Path = CODE_DIR) -> dict:
+    """The commit the code in `directory` is at and whether it has uncommitted changes; "unknown" outside
+    git (an installed package, a tarball, no git binary): a report is never lost for want of it."""
+
+    def git(*args) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain") if commit else None
+    return {"commit": commit or "unknown", "dirty": None if status is None else bool(status)}
+
+
+def library_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def provenance() -> dict:
+    """When, from which code and with which libraries: for any result file."""
+    return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "code": git_state(),
+            "versions": library_versions()}
+
+
+def hardware(device_type: str, world_size: int) -> dict:
+    from gpt2repro.throughput import device_name  # imports torch: only where hardware is described
+
+    if device_type == "cuda":
+        import torch
+
+        return {"device_type": "cuda", "device": device_name("cuda"), "gpus": world_size,
+                "gpus_per_node": torch.cuda.device_count(), "cuda": torch.version.cuda}
+    return {"device_type": device_type, "device": device_name("cpu"), "gpus": 0, "processes": world_size}
+
+
+def data_family(name: str | None) -> str | None:
+    """"fineweb-edu", "fineweb" or None, from a Hub id or a shard directory's name (llm.c writes
+    fineweb10B/, build-nanogpt edu_fineweb10B/)."""
+    name = (name or "").lower()
+    if "fineweb" not in name:
+        return None
+    return "fineweb-edu" if "edu" in name else "fineweb"
+
+
+def describe_data(data_dir: str | Path) -> dict:
+    """What the model was trained on, from the data's manifest, and which published validation figure
+    (if any) its loss compares with: the Hub id decides where there is one, else the directory name."""
+    data_dir = Path(data_dir)
+    try:
+        manifest = load_manifest(data_dir)
+    except ShardError:  # not a data directory (any more): the report still gets written
+        manifest = None
+    source = (manifest or {}).get("source") or {}
+    hub_id = source.get("dataset") if source.get("type") == "hub" else None
+    info = {
+        "dir": str(data_dir),
+        "name": (manifest or {}).get("name") or data_dir.name,
+        "hub_dataset": hub_id,
+        "hub_config": source.get("name") if hub_id else None,
+        "source_type": source.get("type", "unknown"),
+        "family": data_family(hub_id or data_dir.name),
+        "family_from": "Hub dataset id" if hub_id else "directory name",
+    }
+    if manifest:
+        info.update({f"{split}_tokens": manifest["splits"][split]["tokens"] for split in ("train", "val")})
+    return info
+
+
+def val_loss_reference(data: dict) -> dict | None:
+    """{"value", "label"} of the published figure this data's validation loss compares with, or None."""
+    if data.get("family") not in VAL_LOSS_REFERENCES:
+        return None
+    key, label = VAL_LOSS_REFERENCES[data["family"]]
+    return {"value": GPT2_124M_REFERENCE[key], "label": label}
+
+
+def cost(seconds: dict, hw: dict, gpu_hour_usd: float | None) -> dict | None:
+    """GPU-hours and a cost estimate; None on CPU. Billed on the wall time (evaluation and checkpoints
+    included), since that is what a rented machine costs; the optimizer-step share is given beside it."""
+    if hw.get("device_type") != "cuda" or not hw.get("gpus"):
+        return None
+    total = seconds.get("total_seconds") or seconds.get("train_seconds")
+    gpu_hours = None if total is None else total * hw["gpus"] / 3600
+    train = seconds.get("train_seconds")
+    return {
+        "gpu_hours": gpu_hours,
+        "gpu_hours_basis": "wall time incl. evaluation and checkpoints" if seconds.get("total_seconds") is not None
+        else "optimizer steps only (no wall time recorded)",
+        "train_gpu_hours": None if train is None else train * hw["gpus"] / 3600,
+        "usd_per_gpu_hour": gpu_hour_usd,
+        "usd": None if gpu_hours is None or gpu_hour_usd is None else gpu_hours * gpu_hour_usd,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# the report
+
+
+def build_report(run_dir: Path, facts: dict, eval_results: dict | None = None) -> dict:
+    """The report dict from what train.py knows (`facts`) plus what this module collects."""
+    settings = facts.get("settings") or {}
+    world = facts.get("world_size") or 1
+    hw = hardware(facts.get("device_type", "cpu"), world)
+    data = describe_data(settings["data_dir"]) if settings.get("data_dir") else {}
+    training = {key: facts.get(key) for key in (
+        "n_params", "steps", "tokens", "train_seconds", "total_seconds", "mean_tokens_per_sec", "mean_mfu",
+        "peak_flops_source", "precision", "compile", "world_size",
+    )}
+    training["max_steps"] = settings.get("max_steps")
+    return {
+        "report_version": 1,
+        **provenance(),
+        "command": list(facts.get("command") or []),
+        "preset": facts.get("preset"),
+        "settings": settings,
+        "hardware": hw,
+        "data": data,
+        "training": training,
+        "cost": cost(training, hw, settings.get("gpu_hour_usd")),
+        "final_eval": dict(facts.get("final_eval") or {}),
+        "reference": {"val_loss": val_loss_reference(data), "gpt2_124m": GPT2_124M_REFERENCE},
+        "curves": CURVES if (Path(run_dir) / CURVES).is_file() else None,
+        "eval_results": eval_summaries(eval_results),
+    }
+
+
+def write_report(run_dir: Path, facts: dict, eval_results: dict | None = None) -> dict:
+    """Write RUN_DIR/report.json and RUN_DIR/report.md (atomically) and return the report."""
+    report = build_report(Path(run_dir), facts, eval_results)
+    save_report(Path(run_dir), report)
+    return report
+
+
+def save_report(run_dir: Path, report: dict) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically(run_dir / REPORT_JSON, json.dumps(report, indent=1) + "\n")
+    write_atomically(run_dir / REPORT_MD, render_markdown(report))
+
+
+def eval_summaries(eval_results: dict | None) -> dict | None:
+    """{"models": {model: summary}, "val_data": describe_data(...) | None} of an eval_hellaswag.py --output
+    file, its per-item log-likelihoods left out."""
+    if eval_results is None:
+        return None
+    models = eval_results.get("models") if isinstance(eval_results, dict) else None
+    if not isinstance(models, dict) or not all(isinstance(m, dict) and "summary" in m for m in models.values()):
+        raise ReportError("the eval results hold no {'models': {name: {'summary': ...}}}; pass the JSON file "
+                          "that eval_hellaswag.py --output writes")
+    val_data = eval_results.get("val_data")
+    return {"models": {name: result["summary"] for name, result in models.items()},
+            "val_data": describe_data(val_data) if val_data else None}
+
+
+
+
+# ----------------------------------------------------------------------------------------------
+# rendering
+
+
+def _num(value, spec: str = ".4f", scale: float = 1.0) -> str:
+    return "n/a" if value is None else format(value * scale if scale != 1.0 else value, spec)
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "n/a"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.2f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
+
+
+def reproduce_command(report: dict) -> str:
+    """The command line that ran, with the launcher a multi-process run needs."""
+    argv = list(report.get("command") or [])
+    if not argv:
+        return "n/a"
+    if argv[0].endswith(".py"):
+        argv[0] = Path(argv[0]).name  # the user's checkout lives elsewhere
+    world = (report.get("training") or {}).get("world_size") or 1
+    launcher = ["python"] if world == 1 else ["accelerate", "launch", "--multi_gpu", "--num_processes", str(world)]
+    per_node = (report.get("hardware") or {}).get("gpus_per_node")
+    if world > 1 and per_node and world > per_node:
+        launcher += ["--num_machines", str(world // per_node), "--machine_rank", "RANK", "--main_process_ip", "IP"]
+    return shlex.join(launcher + argv)
+
+
+def results_rows(final_eval: dict, data: dict) -> list[tuple[str, str, str]]:
+    """(metric, this model, OpenAI GPT-2 124M) rows of a results table; `data` is describe_data() of the
+    validation data, which decides the published loss it compares with."""
+    ref, val_ref = GPT2_124M_REFERENCE, val_loss_reference(data)
+    val_label = f"validation loss ({data.get('name', 'val')}, {_num(final_eval.get('val_tokens'), ',')} tokens)"
+    val_cell = f"{val_ref['value']} ({val_ref['label']})" if val_ref else "n/a"
+    if val_ref and final_eval.get("val_tokens") not in (None, VAL_TOKENS):  # e.g. llm.c's whole 100M val shard
+        val_cell += f"; scored on the first {VAL_TOKENS:,} tokens, so not directly comparable"
+    rows = [
+        (val_label, _num(final_eval.get("val_loss")), val_cell),
+        ("validation bits per byte", _num(final_eval.get("val_bpb")), "n/a"),
+    ]
+    items = final_eval.get("hellaswag_items")
+    subset = f" [{items:,} items]" if items is not None and items != ref["hellaswag_items"] else ""
+    for key, label in HELLASWAG_METRICS:
+        rows.append((label + subset, _num(final_eval.get(f"hellaswag_{key}"), ".2f", 100),
+                     f"{100 * ref['hellaswag_' + key]:.2f}"))
+    return rows
+
+
+def markdown_table(header: list[str], rows: list, right: frozenset = frozenset()) -> list[str]:
+    """The lines of a markdown table; columns whose index is in `right` are right-aligned. Pipes and newlines in
+    cells are escaped, so a message cannot break the table."""
+
+    def cell(value) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    align = ["---:" if i in right else "---" for i in range(len(header))]
+    return ["| " + " | ".join(map(cell, line)) + " |" for line in [header, align, *rows]]
+
+
+def val_loss_note(data: dict) -> str:
+    ref = val_loss_reference(data)
+    if ref:
+        return (f"The validation data is {data.get('family')} (by its {data.get('family_from')}): its loss compares "
+                f"with {ref['value']}, {ref['label']}.")
+    return ("No published GPT-2 validation loss exists for this data (FineWeb-Edu compares with 3.2924, FineWeb "
+            "with 3.28): compare validation losses only on the same data.")
+
+
+def render_markdown(report: dict) -> str:
+    tr, code, data = report.get("training") or {}, report.get("code") or {}, report.get("data") or {}
+    settings, final = report.get("settings") or {}, report.get("final_eval") or {}
+    n_params = tr.get("n_params")
+    dirty = {True: " (with uncommitted changes)", False: "", None: ""}[code.get("dirty")]
+    lines = [
+        f"# Run report: {settings.get('model', 'model')}"
+        + (f" ({n_params / 1e6:.1f}M parameters)" if n_params else "")
+        + (f", preset {report['preset']}" if report.get("preset") else ""),
+        "",
+        f"Written {report.get('created', 'n/a')} from gpt2repro commit `{code.get('commit', 'unknown')}`{dirty}.",
+        "",
+        "## Results",
+        "",
+        *markdown_table(["metric", "this run", "OpenAI GPT-2 124M"], results_rows(final, data)),
+        "",
+        val_loss_note(data),
+        "",
+        "## Training",
+        "",
+        *training_lines(report),
+        "",
+        "## Hardware and cost",
+        "",
+        *hardware_lines(report),
+        "",
+        "## Reproduce",
+        "",
+        "```bash",
+        reproduce_command(report),
+        "```",
+        "",
+        f"at gpt2repro commit `{code.get('commit', 'unknown')}`{dirty}.",
+        "",
+    ]
+    if report.get("curves"):
+        lines += ["## Curves", "", f"![curves]({report['curves']})", ""]
+    if report.get("eval_results"):
+        lines += ["## Side by side (eval_hellaswag.py)", "", *eval_table(**report["eval_results"]), ""]
+    versions = report.get("versions") or {}
+    lines += [
+        "## Settings", "", "```yaml", yaml.safe_dump(settings, sort_keys=False).strip(), "```", "",
+        "## Software", "", ", ".join(f"{k} {v}" for k, v in versions.items() if v), "",
+    ]
+    return "\n".join(lines)
+
+
+def training_lines(report: dict) -> list[str]:
+    tr, settings = report.get("training") or {}, report.get("settings") or {}
+    return [
+        f"- steps: {_num(tr.get('steps'), ',')} of {_num(tr.get('max_steps'), ',')}; "
+        f"tokens: {_num(tr.get('tokens'), ',')}"
+        f" in batches of {_num(settings.get('total_batch_tokens'), ',')} tokens (sequences of "
+        f"{settings.get('seq_len', 'n/a')}); peak learning rate {settings.get('lr', 'n/a')}",
+        f"- time: {_duration(tr.get('train_seconds'))} of optimizer steps, {_duration(tr.get('total_seconds'))} "
+        "wall including evaluation and checkpoints (summed over resumptions)",
+        f"- throughput: {_num(tr.get('mean_tokens_per_sec'), ',.0f')} tokens/s mean, MFU "
+        f"{_num(tr.get('mean_mfu'), '.1f', 100)}% (peak FLOP/s: {tr.get('peak_flops_source') or 'n/a'})",
+        f"- precision {tr.get('precision') or 'n/a'}, torch.compile {'on' if tr.get('compile') else 'off'}, "
+        f"{tr.get('world_size') or 1} process(es)",
+    ]
+
+
+def hardware_lines(report: dict) -> list[str]:
+    hw, c = report.get("hardware") or {}, report.get("cost")
+    if hw.get("device_type") != "cuda":
+        return [f"- {hw.get('processes', 1)} process(es) on {hw.get('device', 'a CPU')}", "- cost: n/a (CPU run)"]
+    lines = [f"- {hw.get('gpus')} x {hw.get('device')} (CUDA {hw.get('cuda') or 'n/a'})"]
+    if c:
+        lines.append(f"- GPU-hours: {_num(c['gpu_hours'], '.2f')} ({c['gpu_hours_basis']} x {hw.get('gpus')} GPUs); "
+                     f"{_num(c['train_gpu_hours'], '.2f')} for the optimizer steps alone")
+        lines.append(f"- cost estimate: ${_num(c['usd'], ',.2f')} at ${_num(c['usd_per_gpu_hour'], '.2f')} per "
+                     "GPU-hour (set with --gpu-hour-usd)")
+    return lines
+
+
+def eval_table(models: dict, val_data: dict | None = None) -> list[str]:
+    """Every evaluated model beside the published GPT-2 figures, accuracies in percent."""
+    with_val = any("val_loss" in s for s in models.values())
+    header = ["model", "items", *(label.removeprefix("HellaSwag ") for _, label in HELLASWAG_METRICS)]
+    header += ["val loss"] if with_val else []
+    rows = []
+    for name, s in models.items():
+        row = [f"`{name}`", _num(s.get("items"), ","), *(_num(s.get(k), ".2f", 100) for k, _ in HELLASWAG_METRICS)]
+        rows.append(row + ([_num(s.get("val_loss"))] if with_val else []))
+    ref = GPT2_124M_REFERENCE
+    published = ["OpenAI GPT-2 124M (published)", f"{ref['hellaswag_items']:,}",
+                 *(f"{100 * ref['hellaswag_' + k]:.2f}" for k, _ in HELLASWAG_METRICS)]
+    val_ref = val_loss_reference(val_data or {})
+    rows.append(published + ([_num(val_ref["value"] if val_ref else None)] if with_val else []))
+    lines = markdown_table(header, rows)
+    if with_val and val_data:
+        lines += ["", f"Validation loss on {val_data['dir']}. {val_loss_note(val_data)}"]
+    return lines
+
+
