@@ -21,12 +21,14 @@ setup: $(VENV)/.installed
 
 # torch first, its own dependencies held to the lock's versions (-c); then the lock; then the project without
 # resolving anything (--no-deps), so nothing floats; pip check fails the setup if the lock misses a dependency.
+# (setuptools warns at every editable install of a flat layout like this one that a folder named like a module
+# could shadow it: that one warning is silenced by its text.)
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)" -c $(LOCK) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -r $(LOCK)
-	$(PY) -m pip install --quiet --no-deps -e .
+	PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m pip check
 	touch $@
 

@@ -8,6 +8,7 @@ file.
 This module owns the published GPT-2 figures (GPT2_124M_REFERENCE) and which of them applies to which data.
 """
 
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -25,6 +26,7 @@ from gpt2repro.token_shards import ShardError, load_manifest
 from gpt2repro.validation import VAL_TOKENS
 
 CODE_DIR = Path(__file__).resolve().parent
+LOCK_FILE = CODE_DIR.parent / "requirements.lock"  # the checkout's lock (make setup installs it)
 REPORT_JSON, REPORT_MD, CURVES = "report.json", "report.md", "curves.png"
 LIBRARIES = ("torch", "transformers", "accelerate", "datasets", "huggingface_hub", "tokenizers")
 
@@ -83,10 +85,31 @@ def library_versions() -> dict:
     return versions
 
 
+def lock_state(lock: Path = LOCK_FILE) -> dict | None:
+    """The dependency lock the code ships (requirements.lock): its sha256, and which locked packages are installed
+    at another version (a hand-made environment); None without the file (an installed package)."""
+    try:
+        text = lock.read_bytes()
+    except OSError:
+        return None
+    differs = []
+    for line in text.decode().splitlines():
+        if line.startswith("#") or "==" not in line:
+            continue
+        name, version = line.split("==", 1)
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            installed = None
+        if installed != version.strip():
+            differs.append(f"{name} {installed or 'missing'} (locked {version.strip()})")
+    return {"file": lock.name, "sha256": hashlib.sha256(text).hexdigest(), "not_as_locked": differs}
+
+
 def provenance() -> dict:
     """When, from which code and with which libraries: for any result file."""
     return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "code": git_state(),
-            "versions": library_versions()}
+            "versions": library_versions(), "lock": lock_state()}
 
 
 def hardware(device_type: str, world_size: int) -> dict:
@@ -333,9 +356,18 @@ def render_markdown(report: dict) -> str:
     versions = report.get("versions") or {}
     lines += [
         "## Settings", "", "```yaml", yaml.safe_dump(settings, sort_keys=False).strip(), "```", "",
-        "## Software", "", ", ".join(f"{k} {v}" for k, v in versions.items() if v), "",
+        "## Software", "", ", ".join(f"{k} {v}" for k, v in versions.items() if v), "", *lock_lines(report),
     ]
     return "\n".join(lines)
+
+
+def lock_lines(report: dict) -> list[str]:
+    lock = report.get("lock")
+    if not lock:
+        return []
+    differs = lock.get("not_as_locked") or []
+    match = f"installed otherwise: {', '.join(differs)}" if differs else "every locked version installed"
+    return [f"Dependencies: {lock['file']} sha256 `{lock['sha256'][:16]}`; {match}.", ""]
 
 
 def training_lines(report: dict) -> list[str]:

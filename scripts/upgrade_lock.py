@@ -6,7 +6,7 @@
 
 1. a fresh virtual environment (never .venv) gets torch as the Makefile pins it and the project with every
    extra, each dependency at its newest release that pyproject.toml allows;
-2. `pip freeze` of it, less the project itself and torch's own build (below), is the candidate lock;
+2. `pip freeze --all` of it, less pip, the project itself and torch's own build (below), is the candidate lock;
 3. the tests run in that environment;
 4. passed: requirements.lock is replaced, its header saying when, with which Python and what passed;
    failed: requirements.lock stays as it is, the candidate is left in requirements.lock.failed, and the
@@ -46,7 +46,7 @@ def lock_lines(freeze_output: str, project: str = "gpt2repro") -> list[str]:
         if not line or line.startswith(("#", "-e ")) or "==" not in line:
             continue  # comments, editable installs (the project), direct references
         name, version = line.split("==", 1)
-        if normalize(name) == project or NOT_LOCKED.match(normalize(name)):
+        if normalize(name) in (project, "pip") or NOT_LOCKED.match(normalize(name)):
             continue
         pins[normalize(name)] = f"{normalize(name)}=={version.split('+')[0]}"
     return [pins[name] for name in sorted(pins)]
@@ -91,7 +91,8 @@ def main(argv=None) -> int:
     run([args.python, "-m", "venv", str(venv)], check=True)
     run([py, "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
     run([py, "-m", "pip", "install", "--quiet", "--upgrade", args.torch, "-e", ".[dev]"], check=True)
-    freeze = run([py, "-m", "pip", "freeze"], check=True, capture_output=True, text=True).stdout
+    # --all: setuptools too (tensorboard needs it at run time); pip itself is upgraded by the Makefile
+    freeze = run([py, "-m", "pip", "freeze", "--all"], check=True, capture_output=True, text=True).stdout
     candidate = lock_lines(freeze)
     old = read_pins(LOCK)
     new = dict(line.split("==", 1) for line in candidate)
