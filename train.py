@@ -1,16 +1,17 @@
 """Train GPT-2 with Accelerate: from a laptop CPU (tiny-Shakespeare) to many GPUs (FineWeb-Edu 10B).
 
-    python train.py                                   # the tiny preset on tiny-Shakespeare, minutes on a CPU
+    .venv/bin/python train.py                         # the tiny preset on tiny-Shakespeare, minutes on a CPU
     accelerate launch train.py --preset gpt2-124m     # the GPT-2 (124M) reproduction
     accelerate launch --config_file accelerate_configs/8gpu.yaml train.py --preset gpt2-124m --resume auto
 
-Settings: one dataclass below; a preset fills it, then `--config FILE` (YAML/JSON), then flags.
+Settings: a preset fills them all, then `--config FILE` (YAML/JSON, the names below with underscores), then flags.
 """
 
 import argparse
 import contextlib
 import dataclasses
 import datetime
+import inspect
 import json
 import math
 import os
@@ -34,6 +35,7 @@ from gpt2repro.checkpoints import (
     find_resume_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    read_trainer_state,
     save_checkpoint,
 )
 from configuration_gpt2repro import GPT2ReproConfig
@@ -55,41 +57,41 @@ from gpt2repro.validation import ValidationError, resolve_val_tokens, validation
 class Settings:
     # what to train, on what, where to write
     model: str = "tiny"  # size preset (configuration_gpt2repro): tiny, gpt2-124m, gpt2-350m, gpt2-774m, gpt2-1558m
-    data_dir: str = str(data_dir_for("tinyshakespeare"))  # prepare_data.py output
-    run_dir: str = ""  # "": runs/<preset>
+    data_dir: str = str(data_dir_for("tinyshakespeare"))  # token shards written by prepare_data.py
+    run_dir: str = ""  # checkpoints, metrics, curves and the report; "": runs/<preset>
     # token layout of each optimizer step: total = micro-batch x seq-len x processes x accumulation
-    total_batch_tokens: int = 4_096
-    micro_batch_size: int = 16
-    seq_len: int = 256
+    total_batch_tokens: int = 4_096  # tokens per optimizer step, over all processes and accumulation steps
+    micro_batch_size: int = 16  # sequences per forward on each process: lower it if memory runs out
+    seq_len: int = 256  # tokens per sequence, at most the model's context length
     # optimization: AdamW, linear warmup then cosine to min_lr_ratio x lr
-    max_steps: int = 150  # two epochs of tiny-Shakespeare
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 10
-    weight_decay: float = 0.1  # on >=2-D parameters only
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
+    max_steps: int = 150  # optimizer steps to train (tiny: two epochs of tiny-Shakespeare)
+    lr: float = 2e-3  # peak learning rate, reached after the warmup
+    min_lr_ratio: float = 0.1  # the cosine ends at this fraction of --lr
+    warmup_steps: int = 10  # steps of linear warmup from 0
+    weight_decay: float = 0.1  # AdamW weight decay, on >=2-D parameters only
+    beta1: float = 0.9  # AdamW's first-moment decay
+    beta2: float = 0.95  # AdamW's second-moment decay
+    grad_clip: float = 1.0  # clip the global gradient norm to this
     # evaluation, samples, checkpoints
-    eval_every: int = 50  # validation loss, HellaSwag and samples; 0 = only at the end
+    eval_every: int = 50  # steps between evaluations (validation loss, HellaSwag, samples); 0 = only at the end
     val_tokens: int = 0  # targets of the val split scored at each evaluation; 0 = all of it (validation.py)
     hellaswag: str = "off"  # off | auto (cached or downloaded, skipped if unavailable) | path to a jsonl
-    hellaswag_limit: int = 0  # 0 = all items
-    sample_tokens: int = 32
-    save_every: int = 0  # steps; 0 = only the final checkpoint
+    hellaswag_limit: int = 0  # score only the first N HellaSwag items; 0 = all items
+    sample_tokens: int = 32  # tokens of each sample printed at an evaluation; 0 = no samples
+    save_every: int = 0  # steps between checkpoints; 0 = only the final checkpoint
     save_every_minutes: float = 0.0  # also save once this much time passed since the last save: bounds lost work
-    keep_checkpoints: int = 2
-    resume: str = ""  # "" | auto | a checkpoint directory (a torch-elastic restart resumes as auto by itself)
+    keep_checkpoints: int = 2  # periodic checkpoints kept (final/ is always kept); 0 = keep all
+    resume: str = ""  # auto (newest complete checkpoint of --run-dir) | a checkpoint dir; torch elastic restarts: auto
     push_to_hub: str = ""  # a Hub repo id for the final checkpoint
     hub_private: bool = False  # create that repo private
     # system
-    seed: int = 1337
+    seed: int = 1337  # initial weights, data order and samples
     mixed_precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | no (fp32)
-    compile: bool | None = None  # None: on with CUDA
+    compile: bool | None = None  # torch.compile the model; unset: on with CUDA, off on CPU
     log_with: str = "tensorboard"  # Accelerate tracker: tensorboard | wandb | trackio | none
     max_bad_steps: int = 5  # abort after this many non-finite steps in a row
     collective_timeout_minutes: float = 10.0  # a rank that stops answering ends the others after this long
-    gpu_hour_usd: float = 3.0  # the report's cost estimate (nanochat's 8xH100 node at $24/h)
+    gpu_hour_usd: float = 3.0  # USD per GPU-hour, for the report's cost estimate (nanochat's 8xH100 node at $24/h)
 
 
 # Training presets, named like every preset in this project: the model size they train, then what differs.
@@ -142,18 +144,52 @@ class RunState:
 # settings
 
 
+# What a flag's value is, where its name alone would not say.
+METAVARS = {"model": "PRESET", "data_dir": "DIR", "run_dir": "DIR", "hellaswag": "off|auto|FILE",
+            "resume": "auto|DIR", "push_to_hub": "REPO_ID"}
+
+
+def settings_help() -> dict[str, tuple[str, str]]:
+    """{setting: (its heading, its comment)}, read from the Settings source: --help says what the dataclass says."""
+    heading, found = "", {}
+    for line in inspect.getsource(Settings).splitlines()[2:]:
+        line = line.strip()
+        if line.startswith("#"):
+            heading = line.lstrip("# ")
+        elif ":" in line:
+            found[line.split(":")[0]] = (heading, line.split("  # ", 1)[1] if "  # " in line else "")
+    return found
+
+
+def default_help(name: str) -> str:
+    """The tiny default and what the other presets set instead, e.g. "default: 150; gpt2-124m: 19073"."""
+    default = getattr(Settings, name)
+    by_value = {}
+    for preset, values in PRESETS.items():
+        if name in values and values[name] != default:
+            by_value.setdefault(values[name], []).append(preset)
+    shown = "runs/PRESET" if name == "run_dir" else {"": "none", None: "unset"}.get(default, default)
+    return "; ".join([f"default: {shown}", *(f"{', '.join(p)}: {v}" for v, p in by_value.items())])
+
+
 def parse_settings(argv=None) -> tuple[str, Settings]:
     """(preset name, settings): the preset, then --config FILE, then flags."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny", type=str.lower, choices=sorted(PRESETS))
-    parser.add_argument("--config", help="YAML or JSON file of settings (overrides the preset)")
+    parser.add_argument("--preset", default="tiny", type=str.lower, choices=sorted(PRESETS),
+                        help="named settings to start from (default: tiny)")
+    parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings (overrides the preset)")
+    groups = {}
     for f in dataclasses.fields(Settings):
-        flag = "--" + f.name.replace("_", "-")
+        heading, comment = settings_help()[f.name]
+        group = groups.get(heading) or groups.setdefault(heading, parser.add_argument_group(heading))
+        flag, text = "--" + f.name.replace("_", "-"), f"{comment} ({default_help(f.name)})".replace("%", "%%")
         if f.type in (bool, bool | None):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             kind = f.type if f.type in (int, float) else str
-            parser.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name))
+            metavar = METAVARS.get(f.name) or {int: "N", float: "NUM"}.get(kind)
+            group.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name),
+                               metavar=None if f.name in CHOICES else metavar, help=text)
     args = parser.parse_args(argv)
 
     values = dict(PRESETS[args.preset])
@@ -205,7 +241,7 @@ def check_settings(s: Settings, world_size: int) -> tuple[GPT2ReproConfig, int, 
     for name in ("max_steps", "micro_batch_size", "seq_len", "total_batch_tokens", "collective_timeout_minutes"):
         if getattr(s, name) <= 0:
             raise SettingsError(f"--{name.replace('_', '-')} must be positive")
-    for name in ("eval_every", "save_every", "save_every_minutes", "keep_checkpoints", "val_tokens"):
+    for name in ("eval_every", "save_every", "save_every_minutes", "keep_checkpoints", "val_tokens", "sample_tokens"):
         if getattr(s, name) < 0:
             raise SettingsError(f"--{name.replace('_', '-')} must not be negative (0 turns it off)")
     try:
@@ -374,6 +410,8 @@ def evaluate(accelerator, model, tokenizer, s: Settings, val_tokens: int, hellas
 
 def generate_samples(accelerator, model, tokenizer, s: Settings, step: int, count: int = 4) -> list[str]:
     """A few sampled continuations (KV cache), seeded per step, without touching the training RNG."""
+    if not s.sample_tokens:
+        return []
     model.eval()
     prompt = tokenizer(SAMPLE_PROMPT, return_tensors="pt").to(accelerator.device)
     with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
@@ -398,7 +436,7 @@ def load_hellaswag_items(s: Settings, accelerator, print0) -> list:
     items, reason = [], "not available on another rank"
     with accelerator.main_process_first():  # the others read the main process's download from the cache
         try:
-            items = load_hellaswag(None, limit=limit)
+            items = load_hellaswag(None, limit=limit, flag="--hellaswag")
         except (OSError, HellaSwagDataError) as e:
             reason = str(e).splitlines()[0]
     if any_rank(accelerator, not items)[0]:
@@ -417,6 +455,18 @@ def resume_candidates(s: Settings) -> list[Path]:
         raise SettingsError(f"--run-dir {s.run_dir} holds another run's checkpoints; continue it with --resume auto, "
                             "or choose another --run-dir")
     return own or find_resume_checkpoint(s.resume, Path(s.run_dir))
+
+
+def finished_run(s: Settings, candidates: list[Path]) -> str | None:
+    """What to say when the checkpoint to resume from is this run's own final one at --max-steps: the run is done,
+    and resuming would re-save it, re-measure it and rewrite its report."""
+    final = Path(s.run_dir) / "final"
+    if not candidates or candidates[0] != final or read_trainer_state(final).get("step", -1) < s.max_steps:
+        return None
+    return (f"{s.run_dir} is finished: {final} holds step {read_trainer_state(final)['step']} of --max-steps "
+            f"{s.max_steps}; nothing to do, no file changed.\nreport: {Path(s.run_dir) / 'report.md'} | curves: "
+            f"{Path(s.run_dir) / 'curves.png'}\nto train longer, raise --max-steps; to start afresh, use another "
+            "--run-dir")
 
 
 def resume(accelerator, model, optimizer, candidates: list[Path], loader, run_dir: Path, print0) -> RunState:
@@ -481,13 +531,24 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def plot_curves(run_dir: Path, val_reference: dict | None) -> None:
-    """Loss, bits-per-byte and HellaSwag curves, with the published figure the data's loss compares with."""
+    """RUN_DIR/curves.png from metrics.jsonl (curves_figure)."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(read_metrics(run_dir), val_reference)
+    tmp = run_dir / ".curves.png.tmp"
+    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")  # tight: the legends below the panels too
+    plt.close(fig)
+    os.replace(tmp, run_dir / "curves.png")
+
+
+def curves_figure(rows: list[dict], val_reference: dict | None):
+    """Loss, bits-per-byte and (when evaluated) HellaSwag panels over one step axis, each with the published figure
+    it compares with; legends below the panels, never over the curves."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    rows = read_metrics(run_dir)
+    from matplotlib.ticker import MaxNLocator
 
     def plot(ax, key, style, label, **kwargs):  # only what was logged: no empty legend entries
         points = [(r["step"], r[key]) for r in rows if key in r]
@@ -495,7 +556,10 @@ def plot_curves(run_dir: Path, val_reference: dict | None) -> None:
             ax.plot(*zip(*points), style, label=label, **kwargs)
         return bool(points)
 
-    fig, (ax_loss, ax_bpb, ax_hella) = plt.subplots(1, 3, figsize=(16, 4.5))
+    hella = any("hellaswag_completion_acc_norm" in r for r in rows)
+    # one shared step axis: a single evaluation is a point at its step of the run, not alone on a 1-step axis
+    fig, axes = plt.subplots(1, 3 if hella else 2, figsize=(16 if hella else 11, 4.5), sharex=True)
+    ax_loss, ax_bpb = axes[:2]
     plot(ax_loss, "loss", "-", "train loss", alpha=0.6)
     plot(ax_loss, "val_loss", "o-", "val loss")
     if val_reference:
@@ -503,20 +567,22 @@ def plot_curves(run_dir: Path, val_reference: dict | None) -> None:
     ax_loss.set(xlabel="step", ylabel="loss (nats/token)", title="loss")
     plot(ax_bpb, "val_bpb", "o-", "val bits per byte")
     ax_bpb.set(xlabel="step", ylabel="bits per byte", title="validation bits per byte")
-    hella = plot(ax_hella, "hellaswag_completion_acc_norm", "o-", "HellaSwag acc_norm (completion)")
-    plot(ax_hella, "hellaswag_lm_eval_acc_norm", "s-", "HellaSwag acc_norm (lm-eval)")
     if hella:
-        reference = GPT2_124M_REFERENCE["hellaswag_completion_acc_norm"]
-        ax_hella.axhline(reference, color="r", ls="--", label="OpenAI GPT-2 124M (completion)")
-    ax_hella.set(xlabel="step", ylabel="accuracy", title="HellaSwag" if hella else "HellaSwag (not evaluated)")
-    for ax in (ax_loss, ax_bpb, ax_hella):
+        ax_hella = axes[2]
+        for key, style, color, name in (("completion", "o-", "C0", "completion"), ("lm_eval", "s-", "C1", "lm-eval")):
+            plot(ax_hella, f"hellaswag_{key}_acc_norm", style, f"acc_norm ({name})", color=color)
+            ax_hella.axhline(GPT2_124M_REFERENCE[f"hellaswag_{key}_acc_norm"], color=color, ls="--",
+                             label=f"OpenAI GPT-2 124M ({name})")
+        ax_hella.set(xlabel="step", ylabel="accuracy", title="HellaSwag")
+    steps = [r["step"] for r in rows]
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if steps:
+            ax.set_xlim(0, max(steps) + 1)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend()
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize="small", frameon=False)
     fig.tight_layout()
-    tmp = run_dir / ".curves.png.tmp"
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, run_dir / "curves.png")
+    return fig
 
 
 class RunLog:
@@ -608,7 +674,8 @@ class RunLog:
 
     def evaluation(self, step: int, results: dict, samples: list[str]) -> None:
         self.metrics(step, results)
-        self.print(" | ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:.4f}" for k, v in results.items()))
+        values = (f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:.4f}" for k, v in results.items())
+        self.print(" | ".join([f"eval {step:5d}/{self.settings.max_steps}", *values]))
         for text in samples:
             self.print(f"  sample: {text!r}")
         if self.accelerator.is_main_process:
@@ -625,6 +692,8 @@ def main(argv=None):
     prepare_default_data(s, accelerator)
     model_config, accumulation, val_tokens = check_settings(s, world)
     checkpoints = resume_candidates(s)
+    if finished := finished_run(s, checkpoints):
+        return accelerator.print(finished)  # a rerun of a finished run (make demo twice) changes nothing
 
     model = GPT2ReproForCausalLM(model_config)
     optimizer = make_optimizer(model, s, device)
@@ -635,6 +704,7 @@ def main(argv=None):
     loader = ShardedTokenLoader(s.data_dir, "train", s.micro_batch_size, s.seq_len, accelerator.process_index, world,
                                 seed=s.seed)
     tokenizer = load_tokenizer()
+    tokenizer.model_max_length = model_config.n_positions  # what the saved tokenizer tells its users
     log = RunLog(accelerator, s, preset, argv)
     state = resume(accelerator, model, optimizer, checkpoints, loader, Path(s.run_dir), log.print)
     hellaswag_items = load_hellaswag_items(s, accelerator, log.print)
@@ -673,7 +743,8 @@ def main(argv=None):
         final = Path(s.run_dir) / "final"
         log.tick(state)
         save(accelerator, model, tokenizer, final, state, loader, log)
-        log.print(f"final checkpoint: {final}")
+        run_dir = Path(s.run_dir)
+        log.print(f"final checkpoint: {final}\nreport: {run_dir / 'report.md'} | curves: {run_dir / 'curves.png'}")
         if s.push_to_hub and accelerator.is_main_process:
             push_to_hub(final, s.push_to_hub, private=s.hub_private)
             log.print(f"pushed to https://huggingface.co/{s.push_to_hub}")

@@ -9,9 +9,12 @@ Each is written into a temp dir and renamed, so a kill -9 at any moment leaves t
 and only renamed (complete) checkpoints are ever resumed from.
 """
 
+import contextlib
 import json
+import logging
 import os
 import pickle
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -57,7 +60,8 @@ def save_checkpoint(accelerator, model, path: Path, trainer_state: dict, extras:
         model = accelerator.unwrap_model(model)
         if accelerator.is_fsdp2:
             model = unsharded_copy(model, weights)
-        model.save_pretrained(tmp, save_function=accelerator.save)
+        with quiet_tied_weights_save():
+            model.save_pretrained(tmp, save_function=accelerator.save)
         if extras is not None:
             extras(tmp)
         write_atomically(tmp / STATE_FILE, json.dumps(trainer_state, indent=2))
@@ -65,6 +69,40 @@ def save_checkpoint(accelerator, model, path: Path, trainer_state: dict, extras:
             shutil.rmtree(path)
         os.replace(tmp, path)
     accelerator.wait_for_everyone()
+
+
+class _TiedWeightsNotice(logging.Filter):
+    """Drops Accelerate's "Removed shared tensor {'lm_head.weight'} while saving ... check" warning: lm_head shares
+    wte's storage by design (tie_word_embeddings), and save_pretrained writes it once on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()  # "[RANK 0] Removed shared tensor {...} while saving. ..."
+        if "Removed shared tensor" not in message:
+            return True
+        names = re.findall(r"'([^']+)'", message.split("Removed shared tensor", 1)[1].split(" while saving")[0])
+        return not set(names) <= TIED_KEYS
+
+
+TIED_KEYS = {"lm_head.weight"}
+
+
+@contextlib.contextmanager
+def quiet_tied_weights_save():
+    """During one save only: no warning about the tied lm_head (any other shared tensor still warns), and no
+    "Writing model shards" progress bar for a model that fits one shard."""
+    from transformers.utils import logging as transformers_logging
+
+    accelerate_logger = logging.getLogger("accelerate.utils.other")
+    notice = _TiedWeightsNotice()
+    accelerate_logger.addFilter(notice)
+    bar_was_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        accelerate_logger.removeFilter(notice)
+        if bar_was_on:
+            transformers_logging.enable_progress_bar()
 
 
 def unsharded_copy(model, weights: dict):
