@@ -180,7 +180,8 @@ def main(argv=None):
     if card is not None:
         data = describe_data(args.val_data) if args.val_data else None
         try:
-            card = add_eval_results(card, results["models"][args.model[0]]["summary"], args.push_results, data)
+            card = add_eval_results(card, results["models"][args.model[0]]["summary"], args.push_results, data,
+                                    args.data)
             upload_card(card, args.push_results)
         except PublishError as e:
             raise SystemExit(f"error: {e}") from None

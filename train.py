@@ -501,7 +501,7 @@ def save(accelerator, model, tokenizer, path: Path, state: RunState, loader, log
     def extras(folder: Path) -> None:  # what a user of the checkpoint needs beside the weights
         tokenizer.save_pretrained(folder)
         report = write_report(log.run_dir, log.facts(state))
-        write_model_card(folder, report, log.settings.push_to_hub or str(path), log.run_dir)
+        write_model_card(folder, report, log.settings.push_to_hub or None, log.run_dir)
 
     save_checkpoint(accelerator, model, path, trainer_state, extras)
     log.last_save = time.perf_counter()
