@@ -11,7 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-from gpt2repro.report import CURVES, REPORT_JSON, REPORT_MD, ReportError, eval_summaries, save_report
+from gpt2repro.report import (
+    CURVES, REPORT_JSON, REPORT_MD, ReportError, eval_summaries, fill_final_eval, provenance, save_report,
+)
 
 
 def rerender(run_dir: Path, eval_results_path: Path | None = None) -> dict:
@@ -20,7 +22,9 @@ def rerender(run_dir: Path, eval_results_path: Path | None = None) -> dict:
     if eval_results_path is not None:
         results = _read_json(eval_results_path, "write it with eval_hellaswag.py --output FILE")
         report["eval_results"] = eval_summaries(results)
+        fill_final_eval(report, run_dir)
     report["curves"] = CURVES if (run_dir / CURVES).is_file() else None
+    report["created"] = provenance()["created"]  # "Written": when this file was, not when training ended
     save_report(run_dir, report)
     return report
 

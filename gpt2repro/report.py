@@ -243,6 +243,30 @@ def eval_summaries(eval_results: dict | None) -> dict | None:
 
 
 
+def fill_final_eval(report: dict, run_dir: Path) -> None:
+    """Fill the run's results the training did not measure (HellaSwag off, say) from the eval results of this run's
+    own checkpoint (a model name that is a path inside run_dir); what training measured is kept."""
+    run_dir = Path(run_dir).resolve()
+    models = (report.get("eval_results") or {}).get("models") or {}
+    own = [name for name in models if Path(name).resolve() == run_dir or run_dir in Path(name).resolve().parents]
+    if not own:
+        return
+    summary, final = models[own[-1]], report.setdefault("final_eval", {})
+    renamed = {("hellaswag_" + k if k == "items" or k.startswith(("completion_", "lm_eval_")) else k): v
+               for k, v in summary.items() if k in HELLASWAG_SUMMARY_KEYS or k in ("val_loss", "val_bpb", "val_tokens")}
+    filled = sorted(k for k, v in renamed.items() if final.get(k) is None)
+    if not filled:
+        return
+    # the validation figures go together: a loss and a token count from different evaluations would mislead
+    for group in (("val_loss", "val_bpb", "val_tokens"), tuple(k for k in renamed if k.startswith("hellaswag_"))):
+        if any(k in filled for k in group):
+            final.update({k: renamed[k] for k in group if k in renamed})
+    report["final_eval_from"] = {"model": own[-1], "keys": filled}
+
+
+HELLASWAG_SUMMARY_KEYS = ("items", "completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm")
+
+
 # ----------------------------------------------------------------------------------------------
 # rendering
 
@@ -331,6 +355,8 @@ def render_markdown(report: dict) -> str:
         *markdown_table(["metric", "this run", "OpenAI GPT-2 124M"], results_rows(final, data)),
         "",
         val_loss_note(data),
+        *([f"Filled in by eval_hellaswag.py on `{report['final_eval_from']['model']}`: "
+           f"{', '.join(report['final_eval_from']['keys'])}."] if report.get("final_eval_from") else []),
         "",
         "## Training",
         "",
