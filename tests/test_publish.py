@@ -142,7 +142,8 @@ def test_card_body_compares_with_gpt2_and_shows_curves_command_and_report(checkp
     assert "3.2924 (OpenAI GPT-2 124M on FineWeb-Edu val" in text
     assert "![training curves](curves.png)" in text and (checkpoint / "curves.png").exists()
     assert "python train.py --preset gpt2-124m" in text
-    assert 'name = "someone/gpt2-repro"\nmodel = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=True)' in text
+    example = 'name = "someone/gpt2-repro"\nmodel = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=True)'
+    assert example in text
     assert (checkpoint / "report.md").exists() and (checkpoint / "report.json").exists()
     assert "github.com" not in text and "](http" not in text  # no placeholder links
 

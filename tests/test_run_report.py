@@ -189,7 +189,8 @@ def test_eval_results_of_the_runs_own_checkpoint_fill_the_results_table_and_the_
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["created"] > written
     final = report["final_eval"]
-    assert final["hellaswag_items"] == 10_042 and final["hellaswag_completion_acc"] == 0.3  # its own model's, not gpt2's
+    assert final["hellaswag_items"] == 10_042
+    assert final["hellaswag_completion_acc"] == 0.3  # its own model's, not gpt2's
     assert (final["val_loss"], final["val_tokens"]) == (3.071, 1000)  # measured by the training: kept
     md = (tmp_path / "report.md").read_text()
     assert "| HellaSwag acc, completion style | 30.00 | 28.59 |" in md

@@ -455,8 +455,8 @@ def test_hellaswag_auto_offline_names_train_pys_own_flag(data_dir, tmp_path, cap
 def rows_of_a_run(evaluations, hellaswag):
     rows = [{"step": s, "loss": 10.0 - 0.1 * s} for s in range(1, max(evaluations) + 1)]
     for s in evaluations:
-        rows.append({"step": s, "val_loss": 6.0, "val_bpb": 2.3,
-                     **({"hellaswag_completion_acc_norm": 0.26, "hellaswag_lm_eval_acc_norm": 0.27} if hellaswag else {})})
+        scores = {"hellaswag_completion_acc_norm": 0.26, "hellaswag_lm_eval_acc_norm": 0.27} if hellaswag else {}
+        rows.append({"step": s, "val_loss": 6.0, "val_bpb": 2.3, **scores})
     return rows
 
 
