@@ -40,7 +40,7 @@ from gpt2repro.checkpoints import (
 )
 from configuration_gpt2repro import GPT2ReproConfig
 from gpt2repro.hellaswag import HellaSwagDataError, load_hellaswag, score_hellaswag
-from gpt2repro.model_card import PublishError, push_to_hub, write_model_card
+from gpt2repro.model_card import PublishError, check_push_access, push_to_hub, write_model_card
 from modeling_gpt2repro import GPT2ReproForCausalLM
 from prepare_data import data_dir_for
 from gpt2repro.report import (
@@ -445,6 +445,18 @@ def load_hellaswag_items(s: Settings, accelerator, print0) -> list:
     return items
 
 
+def check_push(s: Settings, accelerator, print0) -> None:
+    """--push-to-hub: the login and write access are checked now, on the main process, not after training."""
+    problem = None
+    if s.push_to_hub and accelerator.is_main_process:
+        try:
+            print0(check_push_access(s.push_to_hub, s.hub_private))
+        except PublishError as e:
+            problem = e
+    if any_rank(accelerator, problem is not None)[0]:
+        raise problem or PublishError(f"--push-to-hub {s.push_to_hub}: refused on the main process (see its error)")
+
+
 def resume_candidates(s: Settings) -> list[Path]:
     """The checkpoints to resume from, newest first. A group that torch elastic restarted after losing a rank
     continues from the run's own newest checkpoint (else from where its first start did); a fresh run never mixes
@@ -694,6 +706,7 @@ def main(argv=None):
     checkpoints = resume_candidates(s)
     if finished := finished_run(s, checkpoints):
         return accelerator.print(finished)  # a rerun of a finished run (make demo twice) changes nothing
+    check_push(s, accelerator, accelerator.print)  # seconds now, not after hours of training
 
     model = GPT2ReproForCausalLM(model_config)
     optimizer = make_optimizer(model, s, device)

@@ -317,6 +317,36 @@ def files_to_upload(folder: Path) -> list[str]:
     return chosen
 
 
+def check_push_access(repo_id: str, private: bool = False) -> str:
+    """Before training: the login, the right to write to `repo_id`'s namespace and, for a private push, that the repo
+    is not public. Returns the line to print; raises PublishError naming what to do, so a run that cannot push
+    fails in seconds, not after hours of training."""
+    api = HfApi()
+    try:
+        me = api.whoami()
+    except Exception as e:  # offline, no token, a revoked token
+        raise PublishError(f"--push-to-hub {repo_id}: cannot check the Hugging Face login ({_reason(e)}); run "
+                           "`hf auth login` with a write token, or train without --push-to-hub and upload "
+                           "final/ later with `hf upload`") from None
+    namespace = repo_id.split("/")[0] if "/" in repo_id else me.get("name")
+    role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise PublishError(f"--push-to-hub {repo_id}: the token of {me.get('name')} is read-only; log in with a "
+                           "write token (`hf auth login`)")
+    if namespace not in {me.get("name"), *(org.get("name") for org in me.get("orgs") or [])}:
+        raise PublishError(f"--push-to-hub {repo_id}: {me.get('name')} cannot write to {namespace}; use "
+                           f"{me.get('name')}/{repo_id.split('/')[-1]} or an organization you belong to")
+    try:
+        public = not api.repo_info(repo_id).private
+    except Exception:  # no such repo yet (created at the push), or not visible to us: the push will say
+        public = None
+    if private and public:
+        raise PublishError(f"--push-to-hub {repo_id}: the repo exists and is public, and --hub-private asks for a "
+                           "private one; make it private on the Hub first, or drop --hub-private")
+    kind = "private" if private or public is False else "public"
+    return f"push: logged in as {me.get('name')}; final/ goes to https://huggingface.co/{repo_id} ({kind}) at the end"
+
+
 def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
     """Upload the files a user of the checkpoint needs in one commit; returns the repo's URL."""
     folder = Path(folder)

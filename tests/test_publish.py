@@ -365,3 +365,49 @@ def test_trackio_logs_offline_exactly_the_scalars_of_metrics_jsonl(data_dir, tmp
     expected = numeric_metrics(tmp_path)
     assert "val_loss" in expected
     assert_same_metrics(logged, expected)
+
+
+# ---- --push-to-hub, checked before training ----
+
+
+@pytest.mark.parametrize("me, repo_private, private, message", [
+    (None, None, False, "cannot check the Hugging Face login"),
+    ({"name": "me", "auth": {"accessToken": {"role": "read"}}}, None, False, "is read-only"),
+    ({"name": "me", "orgs": [{"name": "lab"}]}, None, False, "me cannot write to someone"),
+    ({"name": "someone"}, False, True, "the repo exists and is public"),
+])
+def test_push_access_is_refused_up_front_in_one_line(monkeypatch, me, repo_private, private, message):
+    def whoami(api):
+        if me is None:
+            raise OSError("offline")
+        return me
+
+    monkeypatch.setattr(HfApi, "whoami", whoami)
+    monkeypatch.setattr(HfApi, "repo_info", lambda api, repo_id: type("Info", (), {"private": repo_private})())
+    with pytest.raises(model_card.PublishError) as error:
+        model_card.check_push_access("someone/gpt2-repro", private=private)
+    assert str(error.value).startswith("--push-to-hub someone/gpt2-repro: ") and message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_push_access_granted_says_where_the_checkpoint_will_go(monkeypatch):
+    monkeypatch.setattr(HfApi, "whoami", lambda api: {"name": "me", "orgs": [{"name": "lab"}]})
+
+    def repo_info(api, repo_id):
+        raise OSError("404")  # not created yet
+
+    monkeypatch.setattr(HfApi, "repo_info", repo_info)
+    line = model_card.check_push_access("lab/gpt2-repro", private=True)
+    assert line == "push: logged in as me; final/ goes to https://huggingface.co/lab/gpt2-repro (private) at the end"
+
+
+def test_train_refuses_a_push_it_cannot_make_before_the_first_step(data_dir, tmp_path, capsys):
+    import train
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(SystemExit) as error:  # conftest sets HF_HUB_OFFLINE=1: no login can be checked
+        train.run(["--data-dir", str(data_dir), "--run-dir", str(tmp_path), "--max-steps", "1", "--log-with", "none",
+                   "--push-to-hub", "someone/gpt2-repro"])
+    assert str(error.value).startswith("error: --push-to-hub someone/gpt2-repro: cannot check the Hugging Face login")
+    assert "step " not in capsys.readouterr().out and not list(tmp_path.iterdir())
