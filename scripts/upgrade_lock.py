@@ -19,6 +19,7 @@ else, transitive dependencies included, is pinned here.
 
 import argparse
 import datetime
+import os
 import platform
 import re
 import shlex
@@ -90,7 +91,8 @@ def main(argv=None) -> int:
     py = str(venv / "bin" / "python")
     run([args.python, "-m", "venv", str(venv)], check=True)
     run([py, "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
-    run([py, "-m", "pip", "install", "--quiet", "--upgrade", args.torch, "-e", ".[dev]"], check=True)
+    quiet = {**os.environ, "PYTHONWARNINGS": "ignore:Editable installation"}  # as the Makefile's setup
+    run([py, "-m", "pip", "install", "--quiet", "--upgrade", args.torch, "-e", ".[dev]"], check=True, env=quiet)
     # --all: setuptools too (tensorboard needs it at run time); pip itself is upgraded by the Makefile
     freeze = run([py, "-m", "pip", "freeze", "--all"], check=True, capture_output=True, text=True).stdout
     candidate = lock_lines(freeze)
