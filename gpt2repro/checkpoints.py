@@ -53,7 +53,8 @@ def save_checkpoint(accelerator, model, path: Path, trainer_state: dict, extras:
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / "training_state"))
+    with quiet_tied_weights_save():  # save_state writes the weights too
+        accelerator.save_state(str(tmp / "training_state"))
     accelerator.wait_for_everyone()  # every rank's files are written before the main process renames the folder
     weights = accelerator.get_state_dict(model)  # every rank takes part: FSDP gathers the full weights to rank 0
     if accelerator.is_main_process:
