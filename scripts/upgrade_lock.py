@@ -78,6 +78,17 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, **kwargs)
 
 
+def run_streaming(cmd: list[str]) -> tuple[int, str]:
+    """Run `cmd` with its output shown as it comes (the tests take minutes) and returned."""
+    print("+ " + shlex.join(cmd), flush=True)
+    lines = []
+    with subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        for line in process.stdout:
+            print(line, end="", flush=True)
+            lines.append(line)
+    return process.returncode, "".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--torch", default="torch==2.13.0", help="the torch requirement (the Makefile's TORCH)")
@@ -100,10 +111,8 @@ def main(argv=None) -> int:
     new = dict(line.split("==", 1) for line in candidate)
     diff = changes(old, new)
 
-    tests = run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *shlex.split(args.tests)],
-                capture_output=True, text=True)
-    print(tests.stdout[-3000:], tests.stderr[-2000:], sep="\n")
-    summary = (re.findall(r"^=*\s*(\d+ (?:passed|failed).*?)\s*=*$", tests.stdout, re.M) or ["no summary"])[-1]
+    returncode, output = run_streaming([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *shlex.split(args.tests)])
+    summary = (re.findall(r"^=*\s*(\d+ (?:passed|failed).*?)\s*=*$", output, re.M) or ["no summary"])[-1]
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     outcome = f"{today}: python {platform.python_version()}, {args.torch}: pytest -q {args.tests}: {summary}"
     header = [
@@ -114,7 +123,7 @@ def main(argv=None) -> int:
     ]
     text = "\n".join(header + candidate) + "\n"
     print("versions changed:\n" + ("\n".join(diff) or "  none"))
-    if tests.returncode != 0:
+    if returncode != 0:
         (REPO / "requirements.lock.failed").write_text(text)
         print(f"upgrade FAILED ({summary}): requirements.lock is unchanged; the candidate is requirements.lock.failed")
         return 1
