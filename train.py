@@ -447,8 +447,10 @@ def load_hellaswag_items(s: Settings, accelerator, print0) -> list:
 
 def check_push(s: Settings, accelerator, print0) -> None:
     """--push-to-hub: the login and write access are checked now, on the main process, not after training."""
+    if not s.push_to_hub:  # the same setting on every rank: all return here together
+        return
     problem = None
-    if s.push_to_hub and accelerator.is_main_process:
+    if accelerator.is_main_process:
         try:
             print0(check_push_access(s.push_to_hub, s.hub_private))
         except PublishError as e:
