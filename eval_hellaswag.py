@@ -20,25 +20,26 @@ from pathlib import Path
 
 import torch
 
+import modeling_gpt2repro  # noqa: F401  registers our classes with Auto*: checkpoints saved without code load
+from gpt2repro.errors import UsageError, UserError, cli, first_line
 from gpt2repro.fileio import write_atomically
-from gpt2repro.hellaswag import HellaSwagDataError, cache_dir, load_hellaswag, score_hellaswag
-from gpt2repro.model_card import PublishError, add_eval_results, load_card, upload_card
+from gpt2repro.hellaswag import cache_dir, load_hellaswag, score_hellaswag
+from gpt2repro.model_card import add_eval_results, load_card, upload_card
 from gpt2repro.report import describe_data, provenance
 from gpt2repro.throughput import keep_freed_memory_for_reuse
-from gpt2repro.token_shards import ShardError
-from gpt2repro.validation import ValidationError, resolve_val_tokens, validation_loss
+from gpt2repro.validation import resolve_val_tokens, validation_loss
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+class ModelLoadError(UserError, ValueError):
+    """A --model that cannot be loaded: the message says why and what to pass instead."""
 
 
 def load_model(name: str, device: str, dtype: torch.dtype):
     """A causal LM and its tokenizer from a checkpoint dir, any HF model dir, or a Hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:  # registers our classes with the Auto* factories, for checkpoints saved without code
-        import modeling_gpt2repro  # noqa: F401
-    except ImportError:
-        pass
     # transformers builds an empty tokenizer for a GPT-2 directory without tokenizer files, so ask
     # the directory, not AutoTokenizer. Weights-only checkpoints get the GPT-2 BPE they were trained on.
     # The tokenizer loads first: a damaged one fails in a moment, not after gigabytes of weights.
@@ -57,13 +58,12 @@ def load_model(name: str, device: str, dtype: torch.dtype):
     # tokenizers' bare Exception): any of them becomes the one-line message.
     except Exception as e:
         if not Path(name).exists():
-            raise SystemExit(
-                f"error: cannot load model {name!r}: not a local directory, and not available from the Hugging "
+            raise ModelLoadError(
+                f"cannot load model {name!r}: not a local directory, and not available from the Hugging "
                 "Face Hub (offline?); pass a local checkpoint directory to --model"
             ) from None
-        first_line = (str(e).strip().splitlines() or [""])[0].rstrip(".")
-        reason = f"{type(e).__name__}: {first_line}" if first_line else type(e).__name__  # a KeyError names only a key
-        raise SystemExit(f"error: cannot load the {part} from {name} ({reason}); are its files complete?") from None
+        reason = first_line(e, with_type=True).rstrip(".")
+        raise ModelLoadError(f"cannot load the {part} from {name} ({reason}); are its files complete?") from None
     return model.to(device).eval(), tokenizer
 
 
@@ -104,6 +104,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+@cli
 def main(argv=None):
     args = parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -111,17 +112,13 @@ def main(argv=None):
         keep_freed_memory_for_reuse()  # each batch's logits reuse the last one's memory instead of faulting it in
 
     if args.output and not Path(args.output).resolve().parent.is_dir():
-        raise SystemExit(f"error: --output {args.output}: its directory does not exist; create it first")
-    try:  # bad data fails here, before any model is loaded
-        items = load_hellaswag(args.data, args.limit)
-        if args.val_data:
-            args.val_tokens = resolve_val_tokens(args.val_data, args.val_tokens)
-    except (HellaSwagDataError, ShardError, ValidationError) as e:
-        raise SystemExit(f"error: {e}") from None
-    try:  # a wrong repo id or no network fails now, not after hours of scoring
-        card = load_card(args.push_results) if args.push_results else None
-    except PublishError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise UsageError(f"--output {args.output}: its directory does not exist; create it first")
+    # bad data fails here, before any model is loaded
+    items = load_hellaswag(args.data, args.limit)
+    if args.val_data:
+        args.val_tokens = resolve_val_tokens(args.val_data, args.val_tokens)
+    # a wrong repo id or no network fails now, not after hours of scoring
+    card = load_card(args.push_results) if args.push_results else None
     results = {"data": str(args.data or cache_dir() / "hellaswag_val.jsonl"), "val_data": args.val_data,
                "provenance": provenance(), "models": {}}
     for name in args.model:
@@ -143,11 +140,8 @@ def main(argv=None):
         print(f"wrote {args.output}")
     if card is not None:
         data = describe_data(args.val_data) if args.val_data else None
-        try:
-            card = add_eval_results(card, results["models"][args.model[0]]["summary"], args.push_results, data)
-            upload_card(card, args.push_results)
-        except PublishError as e:
-            raise SystemExit(f"error: {e}") from None
+        card = add_eval_results(card, results["models"][args.model[0]]["summary"], args.push_results, data)
+        upload_card(card, args.push_results)
         print(f"added {args.model[0]}'s results to the card of https://huggingface.co/{args.push_results}")
 
 

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from gpt2repro.document_sources import FILE_TYPES, Source, SourceError, file_source, hub_source
+from gpt2repro.document_sources import FILE_TYPES, Source, file_source, hub_source
+from gpt2repro.errors import UserError, cli
 from gpt2repro.token_shards import (
     MANIFEST_NAME,
     MANIFEST_VERSION,
@@ -61,8 +62,8 @@ BYTES_PER_TOKEN = 4  # English text, for sizing the validation split of a local 
 BATCH_CHARS = 1 << 20  # text per worker task: enough work to amortise the IPC
 
 
-class PrepareError(Exception):
-    """A run that cannot go on (output directory, corpus size): main() prints the message, exits 1."""
+class PrepareError(UserError, ValueError):
+    """A run that cannot go on (output directory, corpus size): the message says what to do."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,6 +352,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+@cli
 def main(argv=None) -> None:
     args = parse_args(argv)
     part = (args.shard_index, args.num_shards) if args.num_shards > 1 else None
@@ -367,9 +369,6 @@ def main(argv=None) -> None:
             out = out / f"part-{part[0]:05d}-of-{part[1]:05d}"
             val_tokens = val_tokens if part[0] == 0 else 0  # the validation split comes from part 0 only
         prepare(source, out, val_tokens, args.shard_tokens, args.num_proc, args.overwrite)
-    except (SourceError, PrepareError, ShardError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to continue from the last complete shard", file=sys.stderr)
         sys.exit(130)

@@ -8,9 +8,9 @@ train.py writes the report itself at every save and at the end of a run; the rep
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from gpt2repro.errors import cli, first_line
 from gpt2repro.report import CURVES, REPORT_JSON, REPORT_MD, ReportError, eval_summaries, save_report
 
 
@@ -31,18 +31,16 @@ def _read_json(path: Path, how_to_get_it: str) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ReportError(f"{path}: not readable JSON ({str(e).splitlines()[0]}); {how_to_get_it}") from None
+        raise ReportError(f"{path}: not readable JSON ({first_line(e)}); {how_to_get_it}") from None
 
 
+@cli
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path, help="a run directory holding report.json")
     parser.add_argument("--eval-results", type=Path, help="an eval_hellaswag.py --output JSON file")
     args = parser.parse_args(argv)
-    try:
-        rerender(args.run_dir, args.eval_results)
-    except ReportError as e:
-        sys.exit(f"error: {e}")
+    rerender(args.run_dir, args.eval_results)
     print(f"wrote {args.run_dir / REPORT_MD} and {args.run_dir / REPORT_JSON}")
 
 

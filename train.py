@@ -37,17 +37,18 @@ from gpt2repro.checkpoints import (
     save_checkpoint,
 )
 from configuration_gpt2repro import GPT2ReproConfig
+from gpt2repro.errors import UserError, cli, first_line
 from gpt2repro.hellaswag import HellaSwagDataError, load_hellaswag, score_hellaswag
-from gpt2repro.model_card import PublishError, push_to_hub, write_model_card
+from gpt2repro.model_card import push_to_hub, write_model_card
 from modeling_gpt2repro import GPT2ReproForCausalLM
 from prepare_data import data_dir_for
 from gpt2repro.report import (
     GPT2_124M_REFERENCE, SAMPLE_PROMPT, describe_data, val_loss_reference, write_atomically, write_report,
 )
 from gpt2repro.throughput import device_peak_flops, flops_per_token, keep_freed_memory_for_reuse, mfu
-from gpt2repro.token_shards import ShardedTokenLoader, ShardError, check_tokenizer
+from gpt2repro.token_shards import ShardedTokenLoader, check_tokenizer
 from gpt2repro.tokenizer import load_tokenizer
-from gpt2repro.validation import ValidationError, resolve_val_tokens, validation_loss
+from gpt2repro.validation import resolve_val_tokens, validation_loss
 
 
 
@@ -112,11 +113,11 @@ PRESETS = {
 CHOICES = {"mixed_precision": ("auto", "bf16", "no"), "log_with": ("tensorboard", "wandb", "trackio", "none")}
 
 
-class SettingsError(ValueError):
+class SettingsError(UserError, ValueError):
     """A setting that cannot work: the message says which and what to do instead."""
 
 
-class DivergedError(RuntimeError):
+class DivergedError(UserError, RuntimeError):
     """Training produced non-finite steps in a row: the message says what to do."""
 
 
@@ -181,8 +182,7 @@ def read_config(path: Path) -> dict:
     try:
         loaded = yaml.safe_load(path.read_text()) or {}  # YAML is a superset of JSON
     except yaml.YAMLError as e:
-        reason = str(e).splitlines()[0]
-        raise SettingsError(f"--config {path}: not valid YAML or JSON ({reason}); fix the file") from None
+        raise SettingsError(f"--config {path}: not valid YAML or JSON ({first_line(e)}); fix the file") from None
     fields = {f.name: f for f in dataclasses.fields(Settings)}
     if not isinstance(loaded, dict) or set(loaded) - set(fields):
         unknown = sorted(set(loaded) - set(fields)) if isinstance(loaded, dict) else "not a mapping"
@@ -400,7 +400,7 @@ def load_hellaswag_items(s: Settings, accelerator, print0) -> list:
         try:
             items = load_hellaswag(None, limit=limit)
         except (OSError, HellaSwagDataError) as e:
-            reason = str(e).splitlines()[0]
+            reason = first_line(e)
     if any_rank(accelerator, not items)[0]:
         print0(f"notice: HellaSwag skipped ({reason})")
         return []
@@ -699,10 +699,8 @@ class StopRequest:
         self.requested = True
 
 
-# The project's own errors are one line for the user; anything else (a torch RuntimeError, a bug) keeps its traceback.
-USER_ERRORS = (
-    SettingsError, ShardError, CheckpointError, ValidationError, HellaSwagDataError, DivergedError, PublishError
-)
+class LostProcessError(UserError, RuntimeError):
+    """Another process of the run died or stopped answering: the message says how to continue."""
 
 
 def lost_a_process(e: RuntimeError) -> bool:
@@ -711,18 +709,19 @@ def lost_a_process(e: RuntimeError) -> bool:
     return isinstance(e, torch.distributed.DistError) or "gloo/transport/" in str(e)
 
 
+@cli
 def run(argv=None):
+    """main() as the command: the project's errors (UserError) end it with one line, as does a lost process."""
     try:
         main(argv)
-    except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
     except RuntimeError as e:
-        if not lost_a_process(e):
+        if isinstance(e, UserError) or not lost_a_process(e):
             raise
-        detail = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip().splitlines()[0]).split(". ")[0]  # no source path
-        sys.exit(f"error: rank {os.environ.get('RANK', '0')}: another process died or stopped answering ({detail}); "
-                 "continue from the newest checkpoint with --resume auto (accelerate launch --max_restarts N does so "
-                 "by itself)")
+        detail = re.sub(r"^\[[^\]]*\]\s*", "", first_line(e, limit=1000)).split(". ")[0]  # no source path
+        raise LostProcessError(
+            f"rank {os.environ.get('RANK', '0')}: another process died or stopped answering ({detail}); continue "
+            "from the newest checkpoint with --resume auto (accelerate launch --max_restarts N does so by itself)"
+        ) from None
 
 
 if __name__ == "__main__":

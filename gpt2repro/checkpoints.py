@@ -20,12 +20,13 @@ import torch
 from accelerate.utils import DistributedType
 from safetensors import SafetensorError
 
+from gpt2repro.errors import UserError, first_line
 from gpt2repro.fileio import write_atomically
 
 STATE_FILE = Path("training_state") / "trainer_state.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be resumed from: the message says which and what to do."""
 
 
@@ -143,9 +144,8 @@ def load_checkpoint(accelerator, checkpoint: Path, model, optimizer) -> dict:
         raise
     # truncated safetensors or pickles, missing files, another model's shapes: the checkpoint is unloadable
     except (OSError, EOFError, KeyError, ValueError, RuntimeError, pickle.UnpicklingError, SafetensorError) as e:
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"{checkpoint}: cannot load its training state ({type(e).__name__}: {reason}); "
+            f"{checkpoint}: cannot load its training state ({first_line(e, with_type=True)}); "
             "resume from another checkpoint or start afresh"
         ) from e
     return state

@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpt2repro.errors import UserError, first_line
+
 FILE_TYPES = (".txt", ".jsonl", ".json", ".parquet")
 PARQUET_TEXT_TYPES = ("string", "large_string", "string_view", "binary", "large_binary", "binary_view")
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """Input that cannot be read as documents; the message says where and what to do."""
 
 
@@ -49,12 +51,6 @@ class Source:
             raise SourceError(f"{where}: not valid UTF-8; fix the input, or drop --strict to skip such documents")
         self.skipped += 1
         self.first_skipped = self.first_skipped or where
-
-
-def _reason(error: Exception) -> str:
-    """The first line of an exception's message (libraries' messages run over several), or its type."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _require_column(columns, column: str, where: str) -> None:
@@ -110,7 +106,8 @@ def _check_parquet(path: Path, column: str) -> None:
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError) as e:
-        raise SourceError(f"{path}: not a readable Parquet file ({_reason(e)}); download or export it again") from None
+        reason = first_line(e)
+        raise SourceError(f"{path}: not a readable Parquet file ({reason}); download or export it again") from None
     _require_column(schema.names, column, str(path))
     kind = schema.field(column).type
     value_kind = kind.value_type if pa.types.is_dictionary(kind) else kind
@@ -133,7 +130,8 @@ def _parquet_documents(path: Path, column: str, not_utf8) -> Iterator[tuple[str,
                         continue
                 yield f"{path} row {row}", _text({column: value}, column, f"{path} row {row}")
     except (pa.ArrowException, OSError) as e:  # metadata fine (checked up front), data pages damaged
-        raise SourceError(f"{path}: damaged Parquet data after row {row} ({_reason(e)}); get the file again") from None
+        reason = first_line(e)
+        raise SourceError(f"{path}: damaged Parquet data after row {row} ({reason}); get the file again") from None
 
 
 def _file_documents(path: Path, column: str, not_utf8) -> Iterator[tuple[str, str]]:
@@ -204,7 +202,7 @@ def hub_source(dataset: str, config: str | None, split: str, column: str, part: 
             stream = load_dataset(dataset, config, split=split, streaming=True)
         except Exception as e:  # offline, unknown id, no such config/split: one message for all
             raise SourceError(
-                f"cannot open the Hugging Face dataset '{dataset}' ({_reason(e)}); without network, pass local "
+                f"cannot open the Hugging Face dataset '{dataset}' ({first_line(e)}); without network, pass local "
                 "files instead, e.g. python prepare_data.py path/to/*.parquet --text-column text"
             ) from None
         if stream.column_names is not None:  # known up front for most datasets: check, and decode only the text

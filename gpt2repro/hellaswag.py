@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
+from gpt2repro.errors import UserError
 from gpt2repro.validation import eval_module, token_logprobs
 
 HELLASWAG_VAL_ITEMS = 10_042  # the HellaSwag validation set (rowanz/hellaswag, Rowan/hellaswag)
@@ -40,7 +41,7 @@ HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/d
 TEXT_FIELDS = ("activity_label", "ctx_a", "ctx_b", "ctx")
 
 
-class HellaSwagDataError(ValueError):
+class HellaSwagDataError(UserError, ValueError):
     """HellaSwag data that cannot be used: the message says where and what to do."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 
+from gpt2repro.errors import UserError, first_line
 from gpt2repro.report import (
     CURVES,
     GPT2_124M_REFERENCE,
@@ -41,7 +42,7 @@ HELLASWAG_HUB_ID = "Rowan/hellaswag"
 EVAL_SECTION = ("<!-- gpt2repro:eval_hellaswag -->", "<!-- /gpt2repro:eval_hellaswag -->")
 
 
-class PublishError(RuntimeError):
+class PublishError(UserError, RuntimeError):
     """An upload or card download that failed: the message says what is intact and how to retry."""
 
 
@@ -220,8 +221,8 @@ def load_card(repo_id: str) -> ModelCard:
     try:
         return ModelCard.load(repo_id)
     except Exception as e:  # offline, no such repo, no README, no permission
-        raise PublishError(f"could not read the model card of {repo_id} ({_reason(e)}); check the repo id, your "
-                           "network and `hf auth login`") from None
+        raise PublishError(f"could not read the model card of {repo_id} ({first_line(e, with_type=True)}); check "
+                           "the repo id, your network and `hf auth login`") from None
 
 
 def upload_card(card: ModelCard, repo_id: str) -> None:
@@ -232,8 +233,9 @@ def upload_card(card: ModelCard, repo_id: str) -> None:
             commit_message="Add eval_hellaswag.py results",
         )
     except Exception as e:
-        raise PublishError(f"could not update the model card of {repo_id} ({_reason(e)}); nothing on the Hub "
-                           "changed, and the scores above (and any --output file) are intact") from None
+        raise PublishError(f"could not update the model card of {repo_id} ({first_line(e, with_type=True)}); "
+                           "nothing on the Hub changed, and the scores above (and any --output file) are intact"
+                           ) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,11 +269,6 @@ def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
         raise
     except Exception as e:  # offline, no token, no permission: the local checkpoint stays as it is
         retry = f"hf upload {repo_id} {folder} . --exclude 'training_state/*'" + (" --private" if private else "")
-        raise PublishError(f"could not push {folder} to {repo_id} ({_reason(e)}); the checkpoint is intact: retry "
-                           f"with `{retry}` once online and logged in") from None
+        raise PublishError(f"could not push {folder} to {repo_id} ({first_line(e, with_type=True)}); the checkpoint "
+                           f"is intact: retry with `{retry}` once online and logged in") from None
     return str(url)
-
-
-def _reason(e: Exception) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__

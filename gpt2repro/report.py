@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from gpt2repro.errors import UserError
 from gpt2repro.fileio import write_atomically
 from gpt2repro.hellaswag import HELLASWAG_METRICS, HELLASWAG_VAL_ITEMS
 from gpt2repro.token_shards import ShardError, load_manifest
@@ -49,7 +50,7 @@ VAL_LOSS_REFERENCES = {
 }
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """A report that cannot be written or re-rendered: the message says which file and what to do."""
 
 

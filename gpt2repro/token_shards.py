@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt2repro.errors import UserError
+
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
 HEADER_INTS = 256
@@ -40,7 +42,7 @@ MANIFEST_VERSION = 1
 SPLITS = ("val", "train")
 
 
-class ShardError(ValueError):
+class ShardError(UserError, ValueError):
     """A shard that cannot be trusted: the message names the file and what to do."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt2repro.errors import UserError
 from gpt2repro.token_shards import load_manifest, open_split
 from gpt2repro.tokenizer import token_bytes
 
@@ -29,7 +30,7 @@ from gpt2repro.tokenizer import token_bytes
 VAL_TOKENS = 10_485_760
 
 
-class ValidationError(ValueError):
+class ValidationError(UserError, ValueError):
     """A validation request the data cannot serve: the message says what to change."""
 
 

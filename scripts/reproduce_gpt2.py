@@ -29,7 +29,8 @@ import torch  # noqa: E402
 import prepare_data  # noqa: E402
 import train  # noqa: E402
 from gpt2repro.checkpoints import CheckpointError, read_trainer_state  # noqa: E402
-from gpt2repro.token_shards import MANIFEST_NAME, ShardError, load_manifest  # noqa: E402
+from gpt2repro.errors import UserError, cli  # noqa: E402
+from gpt2repro.token_shards import MANIFEST_NAME, load_manifest  # noqa: E402
 
 STEPS = 4
 ACCELERATE_CONFIGS = {0: "accelerate_configs/cpu.yaml", 1: "accelerate_configs/1gpu.yaml",
@@ -37,23 +38,29 @@ ACCELERATE_CONFIGS = {0: "accelerate_configs/cpu.yaml", 1: "accelerate_configs/1
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
-class ReproduceError(Exception):
+class ReproduceError(UserError, ValueError):
     """The reproduction cannot start or go on: the message says why and what to do."""
 
 
+class StepFailed(UserError, RuntimeError):
+    """A step's command failed: the message says how to continue; the exit status is the command's."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@cli
 def main(argv=None) -> None:
     args, extra = parse_args(argv)
-    try:
-        gpus = count_gpus(args.gpus, args.allow_cpu)
-        train_args, s = training_args(args, extra, gpus)
-        note(f"preset {args.preset} on {f'{gpus} GPU(s)' if gpus else 'the CPU'} | data {s.data_dir} | run {s.run_dir}")
-        steps = Steps(args.dry_run)
-        prepare_data_step(steps, s.data_dir)
-        train_step(steps, launcher(gpus) + ["train.py", *train_args], s.run_dir, s.max_steps)
-        evaluate_step(steps, s.run_dir, s.data_dir)
-        report_step(steps, s.run_dir)
-    except (ReproduceError, train.SettingsError, ShardError) as e:
-        sys.exit(f"error: {e}")
+    gpus = count_gpus(args.gpus, args.allow_cpu)
+    train_args, s = training_args(args, extra, gpus)
+    note(f"preset {args.preset} on {f'{gpus} GPU(s)' if gpus else 'the CPU'} | data {s.data_dir} | run {s.run_dir}")
+    steps = Steps(args.dry_run)
+    prepare_data_step(steps, s.data_dir)
+    train_step(steps, launcher(gpus) + ["train.py", *train_args], s.run_dir, s.max_steps)
+    evaluate_step(steps, s.run_dir, s.data_dir)
+    report_step(steps, s.run_dir)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,9 +128,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--dry-run", action="store_true", help="print the commands (stdout, one per line), run none")
     args = parser.parse_args(ours)
     if args.preset not in train.PRESETS:
-        sys.exit(f"error: unknown preset {args.preset!r}; choose one of {', '.join(train.PRESETS)}")
+        raise ReproduceError(f"unknown preset {args.preset!r}; choose one of {', '.join(train.PRESETS)}")
     if args.gpus is not None and args.gpus < 0:
-        sys.exit(f"error: --gpus {args.gpus}: must be 0 or more")
+        raise ReproduceError(f"--gpus {args.gpus}: must be 0 or more")
     return args, extra
 
 
@@ -236,7 +243,7 @@ class Steps:
 
 
 def run_command(name: str, command: list[str]) -> None:
-    """Run `command` in the repository root; if it fails, say how to continue and exit with its code.
+    """Run `command` in the repository root; if it fails, raise StepFailed saying how to continue, with its code.
 
     Ctrl-C reaches the child by itself (same process group) and SIGTERM is passed on to it; meanwhile this process
     waits instead of killing it, so train.py can finish its step and save a checkpoint to resume from."""
@@ -250,8 +257,7 @@ def run_command(name: str, command: list[str]) -> None:
         signal.signal(signal.SIGTERM, previous[1])
     if code:
         code = code if code > 0 else 128 - code  # killed by signal N: the shell's 128 + N
-        print(f"error: {name} failed (exit {code}); rerun the same command to continue", file=sys.stderr)
-        sys.exit(code)
+        raise StepFailed(f"{name} failed (exit {code}); rerun the same command to continue", code)
 
 
 if __name__ == "__main__":
