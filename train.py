@@ -16,6 +16,7 @@ import math
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,11 +38,11 @@ from gpt2repro.checkpoints import (
     save_checkpoint,
 )
 from configuration_gpt2repro import GPT2ReproConfig
+from gpt2repro.document_sources import DEFAULT_DATA_DIR, data_dir_for
 from gpt2repro.errors import UserError, cli, first_line
 from gpt2repro.hellaswag import HellaSwagDataError, load_hellaswag, score_hellaswag
 from gpt2repro.model_card import push_to_hub, write_model_card
 from modeling_gpt2repro import GPT2ReproForCausalLM
-from prepare_data import data_dir_for
 from gpt2repro.report import (
     GPT2_124M_REFERENCE, SAMPLE_PROMPT, describe_data, val_loss_reference, write_atomically, write_report,
 )
@@ -56,7 +57,7 @@ from gpt2repro.validation import resolve_val_tokens, validation_loss
 class Settings:
     # what to train, on what, where to write
     model: str = "tiny"  # size preset (configuration_gpt2repro): tiny, gpt2-124m, gpt2-350m, gpt2-774m, gpt2-1558m
-    data_dir: str = str(data_dir_for("tinyshakespeare"))  # prepare_data.py output
+    data_dir: str = str(DEFAULT_DATA_DIR)  # prepare_data.py output
     run_dir: str = ""  # "": runs/<preset>
     # token layout of each optimizer step: total = micro-batch x seq-len x processes x accumulation
     total_batch_tokens: int = 4_096
@@ -295,10 +296,10 @@ def keep_fsdp(accelerator) -> None:
 def prepare_default_data(s: Settings, accelerator) -> None:
     """The tiny default trains out of the box: tokenize the shipped corpus on first use."""
     if s.data_dir == Settings.data_dir and not Path(s.data_dir).exists():
-        if accelerator.is_main_process:
-            import prepare_data
-
-            prepare_data.main(["--out", s.data_dir])
+        if accelerator.is_main_process:  # the command, not an import: an entry point never imports another
+            command = [sys.executable, str(Path(__file__).with_name("prepare_data.py")), "--out", s.data_dir]
+            if subprocess.run(command).returncode:
+                raise SettingsError(f"could not prepare {s.data_dir} (see above); run {' '.join(command[1:])}")
         accelerator.wait_for_everyone()
 
 

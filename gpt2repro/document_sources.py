@@ -4,18 +4,30 @@ A .txt file is one document; a .jsonl/.json/.parquet row is one document (its `c
 A Source yields the document texts in the same order on every run, which is what lets
 prepare_data.py resume by skipping the documents it has already written. Empty (or whitespace-only)
 documents are skipped and counted: each would only add a lone <|endoftext|>.
+
+The data presets live here too: the named corpora (DATA_PRESETS, and the shipped tiny-Shakespeare) and the
+directory each is prepared into (data_dir_for), where prepare_data.py writes and train.py's presets read.
 """
 
 import glob
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from gpt2repro.errors import UserError, first_line
 
+# Data presets, named like every preset in this project (lowercase; matched in any case): name -> (Hub
+# dataset, configuration). Each is written to data/<name> (data_dir_for).
+DATA_PRESETS = {
+    "fineweb-edu-10b": ("HuggingFaceFW/fineweb-edu", "sample-10BT"),
+    "fineweb-edu-100b": ("HuggingFaceFW/fineweb-edu", "sample-100BT"),
+    "fineweb-10b": ("HuggingFaceFW/fineweb", "sample-10BT"),  # llm.c's and modded-nanogpt's FineWeb val target
+}
+DEFAULT_CORPUS = Path(__file__).resolve().parent / "assets" / "tinyshakespeare.txt"  # prepare_data.py's default
 FILE_TYPES = (".txt", ".jsonl", ".json", ".parquet")
 PARQUET_TEXT_TYPES = ("string", "large_string", "string_view", "binary", "large_binary", "binary_view")
 
@@ -162,6 +174,14 @@ def _expand(inputs: list[str]) -> list[Path]:
             raise SourceError(f"{pattern}: no such file, or no {'/'.join(FILE_TYPES)} files in it")
         files += matches
     return files
+
+
+def data_dir_for(name: str) -> Path:
+    """Where a corpus called `name` (a data preset, or a file's stem) is written by default."""
+    return Path("data") / re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+
+
+DEFAULT_DATA_DIR = data_dir_for(DEFAULT_CORPUS.stem)  # the tiny preset's data: prepared on first use
 
 
 def file_source(inputs: list[str], column: str, part: tuple[int, int] | None) -> Source:

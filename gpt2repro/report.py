@@ -22,8 +22,7 @@ import yaml
 from gpt2repro.errors import UserError
 from gpt2repro.fileio import write_atomically
 from gpt2repro.hellaswag import HELLASWAG_METRICS, HELLASWAG_VAL_ITEMS
-from gpt2repro.token_shards import ShardError, load_manifest
-from gpt2repro.validation import VAL_TOKENS
+from gpt2repro.token_shards import VAL_TOKENS, ShardError, load_manifest
 
 CODE_DIR = Path(__file__).resolve().parent
 REPORT_JSON, REPORT_MD, CURVES = "report.json", "report.md", "curves.png"

@@ -6,7 +6,7 @@ as uint16. Shards written here train llm.c and modded-nanogpt, and theirs train 
 `prepare_data.py` writes a directory of shards plus `manifest.json`:
 
     {"format_version": 1, "name": ..., "source": {...}, "tokenizer": "gpt2-bpe-sha256:...",
-     "settings": {"val_tokens": ..., "shard_tokens": ...},
+     "settings": {"val_tokens": ..., "shard_tokens": ...},   # val_tokens: the val split's size in tokens
      "shards": [{"file": "x_val_000000.bin", "split": "val", "tokens": ..., "documents": ...,
                  "sha256": ..., "end": [document, token]}, ...],
      "splits": {"val": {"tokens": ..., "documents": ..., "shards": ...}, "train": {...}},
@@ -40,6 +40,13 @@ HEADER_BYTES = HEADER_INTS * 4
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 SPLITS = ("val", "train")
+# The validation budget of the GPT-2 (124M) recipe, under two names for its two meanings:
+# VAL_TOKENS next-token targets are scored (build-nanogpt's 20 steps x 64 sequences x 1024 tokens x 8 GPUs;
+# modded-nanogpt's FineWeb target is the loss on this many tokens), and the split that scores them holds
+# VAL_SPLIT_TOKENS tokens (the first is only an input): what prepare_data.py writes for Hub datasets, and what
+# a manifest's settings.val_tokens records (the split size, a name kept for the manifests already written).
+VAL_TOKENS = 10_485_760
+VAL_SPLIT_TOKENS = VAL_TOKENS + 1
 
 
 class ShardError(UserError, ValueError):

@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT))  # the project's modules live at the repository ro
 
 import torch  # noqa: E402
 
-import prepare_data  # noqa: E402
 import train  # noqa: E402
 from gpt2repro.checkpoints import CheckpointError, read_trainer_state  # noqa: E402
+from gpt2repro.document_sources import DATA_PRESETS, DEFAULT_DATA_DIR, data_dir_for  # noqa: E402
 from gpt2repro.errors import UserError, cli  # noqa: E402
 from gpt2repro.token_shards import MANIFEST_NAME, load_manifest  # noqa: E402
 
@@ -199,13 +199,13 @@ def data_state(data_dir: Path) -> str:
 def prepare_command(data_dir: str) -> tuple[list[str], bool]:
     """prepare_data.py for a data directory named after a data preset (or the tiny preset's corpus), and whether it
     streams from the Hub."""
-    recipes = {prepare_data.data_dir_for(name): [name] for name in prepare_data.PRESETS}
-    recipes[Path(train.Settings.data_dir)] = []  # the shipped tiny-Shakespeare
+    recipes = {data_dir_for(name): [name] for name in DATA_PRESETS}
+    recipes[DEFAULT_DATA_DIR] = []  # the shipped tiny-Shakespeare
     for default_dir, corpus in recipes.items():
         if Path(data_dir).name == default_dir.name:
             out = [] if Path(data_dir) == default_dir else ["--out", data_dir]
             return [sys.executable, "prepare_data.py", *corpus, *out], bool(corpus)
-    presets = ", ".join(prepare_data.PRESETS)
+    presets = ", ".join(DATA_PRESETS)
     raise ReproduceError(f"{data_dir}: not prepared, and not named after a data preset ({presets}); prepare it with "
                          f"python prepare_data.py CORPUS --out {data_dir}")
 
