@@ -6,7 +6,8 @@
 
 Every row reports HellaSwag in both public conventions (completion style as build-nanogpt and llm.c
 score it, lm-eval style as lm-evaluation-harness does; gpt2repro/hellaswag.py says how they differ).
-Official GPT-2 124M: completion 28.59 / 29.55, lm-eval 28.92 / 31.14.
+OpenAI's published GPT-2 (124M) figures are in gpt2repro/report.py (GPT2_124M_REFERENCE); run_report.py
+puts them beside these results.
 
 The scorer is gpt2repro.hellaswag and validation loss and bits-per-byte come from gpt2repro.validation:
 the same code train.py reports with.
@@ -23,7 +24,7 @@ import torch
 import modeling_gpt2repro  # noqa: F401  registers our classes with Auto*: checkpoints saved without code load
 from gpt2repro.errors import UsageError, UserError, cli, first_line
 from gpt2repro.fileio import write_atomically
-from gpt2repro.hellaswag import cache_dir, load_hellaswag, score_hellaswag
+from gpt2repro.hellaswag import HELLASWAG_ITEMS, HELLASWAG_METRICS, cache_dir, load_hellaswag, score_hellaswag
 from gpt2repro.model_card import add_eval_results, load_card, upload_card
 from gpt2repro.report import describe_data, provenance
 from gpt2repro.throughput import keep_freed_memory_for_reuse
@@ -73,8 +74,8 @@ def format_table(results: dict) -> str:
     lines = [header + (f" {'val loss':>8} {'val bpb':>8}" if with_val else "")]
     for name, result in results["models"].items():
         s = result["summary"]
-        accs = [100 * s[k] for k in ("completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm")]
-        line = f"{name[-32:]:<32} {s['items']:>6} {accs[0]:>9.2f} {accs[1]:>8.2f} {accs[2]:>11.2f} {accs[3]:>8.2f}"
+        accs = "".join(f" {100 * s[metric.name]:>{width}.2f}" for metric, width in zip(HELLASWAG_METRICS, (9, 8, 11, 8)))
+        line = f"{name[-32:]:<32} {s[HELLASWAG_ITEMS]:>6}{accs}"
         lines.append(line + (f" {s['val_loss']:>8.4f} {s['val_bpb']:>8.4f}" if "val_loss" in s else ""))
     return "\n".join(lines)
 

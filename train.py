@@ -44,7 +44,7 @@ from gpt2repro.hellaswag import HellaSwagDataError, load_hellaswag, score_hellas
 from gpt2repro.model_card import push_to_hub, write_model_card
 from modeling_gpt2repro import GPT2ReproForCausalLM
 from gpt2repro.report import (
-    GPT2_124M_REFERENCE, SAMPLE_PROMPT, describe_data, val_loss_reference, write_atomically, write_report,
+    CURVES, SAMPLE_PROMPT, describe_data, plot_curves, val_loss_reference, write_atomically, write_report,
 )
 from gpt2repro.throughput import device_peak_flops, flops_per_token, keep_freed_memory_for_reuse, mfu
 from gpt2repro.token_shards import ShardedTokenLoader, check_tokenizer
@@ -367,8 +367,8 @@ def evaluate(accelerator, model, tokenizer, s: Settings, val_tokens: int, hellas
         results = validation_loss(model, s.data_dir, val_tokens, seq_len=s.seq_len, accelerator=split)
         if hellaswag_items:
             scores = score_hellaswag(model, tokenizer, hellaswag_items, batch_size=16, accelerator=split)
-            for key in ("items", "completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm"):
-                results[f"hellaswag_{key}"] = scores[key]
+            scores.pop("per_item")
+            results.update(scores)
     model.train()
     return results
 
@@ -481,45 +481,6 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return rows
 
 
-def plot_curves(run_dir: Path, val_reference: dict | None) -> None:
-    """Loss, bits-per-byte and HellaSwag curves, with the published figure the data's loss compares with."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_metrics(run_dir)
-
-    def plot(ax, key, style, label, **kwargs):  # only what was logged: no empty legend entries
-        points = [(r["step"], r[key]) for r in rows if key in r]
-        if points:
-            ax.plot(*zip(*points), style, label=label, **kwargs)
-        return bool(points)
-
-    fig, (ax_loss, ax_bpb, ax_hella) = plt.subplots(1, 3, figsize=(16, 4.5))
-    plot(ax_loss, "loss", "-", "train loss", alpha=0.6)
-    plot(ax_loss, "val_loss", "o-", "val loss")
-    if val_reference:
-        ax_loss.axhline(val_reference["value"], color="r", ls="--", label=val_reference["label"])
-    ax_loss.set(xlabel="step", ylabel="loss (nats/token)", title="loss")
-    plot(ax_bpb, "val_bpb", "o-", "val bits per byte")
-    ax_bpb.set(xlabel="step", ylabel="bits per byte", title="validation bits per byte")
-    hella = plot(ax_hella, "hellaswag_completion_acc_norm", "o-", "HellaSwag acc_norm (completion)")
-    plot(ax_hella, "hellaswag_lm_eval_acc_norm", "s-", "HellaSwag acc_norm (lm-eval)")
-    if hella:
-        reference = GPT2_124M_REFERENCE["hellaswag_completion_acc_norm"]
-        ax_hella.axhline(reference, color="r", ls="--", label="OpenAI GPT-2 124M (completion)")
-    ax_hella.set(xlabel="step", ylabel="accuracy", title="HellaSwag" if hella else "HellaSwag (not evaluated)")
-    for ax in (ax_loss, ax_bpb, ax_hella):
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    fig.tight_layout()
-    tmp = run_dir / ".curves.png.tmp"
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, run_dir / "curves.png")
-
-
 class RunLog:
     """Where a run reports: the progress line, metrics.jsonl, the Accelerate trackers, the curves, the report."""
 
@@ -613,7 +574,7 @@ class RunLog:
         for text in samples:
             self.print(f"  sample: {text!r}")
         if self.accelerator.is_main_process:
-            plot_curves(self.run_dir, self.val_reference)
+            plot_curves(read_metrics(self.run_dir), self.run_dir / CURVES, self.val_reference)
 
 
 # ----------------------------------------------------------------------------------------------

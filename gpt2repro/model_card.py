@@ -14,6 +14,7 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 
 from gpt2repro.errors import UserError, first_line
+from gpt2repro.hellaswag import HELLASWAG_ITEMS, HELLASWAG_METRICS
 from gpt2repro.report import (
     CURVES,
     GPT2_124M_REFERENCE,
@@ -38,6 +39,7 @@ UPLOAD_PATTERNS = (
 )
 TAGS = ["gpt2", "gpt2repro", "causal-lm", "pretrained-from-scratch"]
 HELLASWAG_HUB_ID = "Rowan/hellaswag"
+CONVENTION_STYLES = {"completion": "completion style (build-nanogpt, llm.c)", "lm_eval": "lm-evaluation-harness style"}
 # Markers around the section eval_hellaswag.py --push-results maintains, so a second push replaces it.
 EVAL_SECTION = ("<!-- gpt2repro:eval_hellaswag -->", "<!-- /gpt2repro:eval_hellaswag -->")
 
@@ -51,21 +53,21 @@ class PublishError(UserError, RuntimeError):
 
 
 def eval_results(scores: dict, data: dict | None) -> list[EvalResult]:
-    """model-index entries from scores named as in a run report's final_eval (hellaswag_items,
-    hellaswag_completion_acc_norm, hellaswag_lm_eval_acc_norm, val_loss, val_bpb, val_tokens); `data` is
-    run_report.describe_data() of the validation data. Accuracies in percent, as the published figures."""
+    """model-index entries from scores named as in a run report's final_eval (HELLASWAG_ITEMS, the acc_norm of
+    HELLASWAG_METRICS, val_loss, val_bpb, val_tokens); `data` is report.describe_data() of the validation data.
+    Accuracies in percent, as the published figures."""
     results = []
-    items = scores.get("hellaswag_items")
+    items = scores.get(HELLASWAG_ITEMS)
     # a subset of HellaSwag is a different evaluation from the whole set: its own model-index entry
-    split = "validation" if items in (None, GPT2_124M_REFERENCE["hellaswag_items"]) else f"validation[:{items}]"
-    for config, style in (("completion", "completion style (build-nanogpt, llm.c)"),
-                          ("lm_eval", "lm-evaluation-harness style")):
-        value = scores.get(f"hellaswag_{config}_acc_norm")
-        if value is not None:
+    split = "validation" if items in (None, GPT2_124M_REFERENCE[HELLASWAG_ITEMS]) else f"validation[:{items}]"
+    for metric in HELLASWAG_METRICS:
+        value = scores.get(metric.name)
+        if metric.kind == "acc_norm" and value is not None:
             results.append(EvalResult(
                 task_type="text-generation", task_name="Text Generation", dataset_type=HELLASWAG_HUB_ID,
-                dataset_name="HellaSwag", dataset_split=split, metric_type="acc_norm",
-                metric_name=f"acc_norm, {style}", metric_config=config, metric_value=round(100 * value, 2),
+                dataset_name="HellaSwag", dataset_split=split, metric_type=metric.kind,
+                metric_name=f"{metric.kind}, {CONVENTION_STYLES[metric.convention]}", metric_config=metric.convention,
+                metric_value=round(100 * value, 2),
             ))
     if data and scores.get("val_loss") is not None:
         where = dict(
@@ -194,12 +196,11 @@ def write_model_card(folder: Path, report: dict, model_name: str, run_dir: Path 
 
 
 def add_eval_results(card: ModelCard, summary: dict, model_name: str, data: dict | None = None) -> ModelCard:
-    """Merge an eval_hellaswag.py summary (items, completion_acc_norm, lm_eval_acc_norm, ... val_loss,
-    val_tokens) into the card's model-index, replacing what it measures again, and (re)write the card's
-    eval_hellaswag section. `data`: run_report.describe_data() of the --val-data directory."""
-    hellaswag = [k for k in summary if k == "items" or k.startswith(("completion_", "lm_eval_"))]
-    scores = {f"hellaswag_{k}": summary[k] for k in hellaswag}
-    scores.update({k: summary[k] for k in ("val_loss", "val_bpb", "val_tokens") if k in summary})
+    """Merge an eval_hellaswag.py summary (HellaSwag scores, val_loss, val_tokens, ...) into the card's
+    model-index, replacing what it measures again, and (re)write the card's eval_hellaswag section. `data`:
+    report.describe_data() of the --val-data directory."""
+    names = (HELLASWAG_ITEMS, *(metric.name for metric in HELLASWAG_METRICS), "val_loss", "val_bpb", "val_tokens")
+    scores = {name: summary[name] for name in names if name in summary}
     card.data.eval_results = merge_eval_results(card.data.eval_results, eval_results(scores, data))
     card.data.model_name = card.data.model_name or model_name
     section = "\n".join([

@@ -63,8 +63,8 @@ def logliks(result):
 def assert_same_scores(result, expected):
     for key in LOGLIK_KEYS:
         np.testing.assert_allclose(logliks(result)[key], logliks(expected)[key], rtol=0, atol=1e-4, err_msg=key)
-    for key in ("completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm"):
-        assert result[key] == expected[key], key
+    for metric in hellaswag.HELLASWAG_METRICS:
+        assert result[metric.name] == expected[metric.name], metric.name
 
 
 # ---- data ----
@@ -211,7 +211,8 @@ def test_accuracies_and_normalisations_by_hand():
              lm_eval_loglik=[-1, -5, -6, -7], lm_eval_chars=[1, 1, 1, 1]),
     ]  # fmt: skip
     assert hellaswag.summarize(per_item) == {
-        "items": 2, "completion_acc": 0.5, "completion_acc_norm": 1.0, "lm_eval_acc": 0.5, "lm_eval_acc_norm": 0.5,
+        "hellaswag_items": 2, "hellaswag_completion_acc": 0.5, "hellaswag_completion_acc_norm": 1.0,
+        "hellaswag_lm_eval_acc": 0.5, "hellaswag_lm_eval_acc_norm": 0.5,
     }  # fmt: skip
 
 
@@ -412,7 +413,7 @@ def test_cli_end_to_end(tmp_path, gpt2, tokenizer, items, scores, val_dir):
     expected.update(hellaswag.summarize(expected["per_item"]))
     for name in (str(official), str(ours)):
         result = results["models"][name]
-        assert result["summary"]["items"] == 8 and len(result["items"]) == 8
+        assert result["summary"]["hellaswag_items"] == 8 and len(result["items"]) == 8
         assert [item["ind"] for item in result["items"]] == [item["ind"] for item in items[:8]]
         assert_same_scores({**result["summary"], "per_item": result["items"]}, expected)
         expected_val = validation.validation_loss(gpt2, val_dir, 200, 128)
