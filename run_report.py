@@ -11,16 +11,17 @@ import json
 from pathlib import Path
 
 from gpt2repro.errors import cli, first_line
-from gpt2repro.report import CURVES, REPORT_JSON, REPORT_MD, ReportError, eval_summaries, save_report
+from gpt2repro.checkpoints import RunDir
+from gpt2repro.report import ReportError, eval_summaries, save_report
 
 
 def rerender(run_dir: Path, eval_results_path: Path | None = None) -> dict:
-    path = run_dir / REPORT_JSON
+    path = RunDir(run_dir).report_json
     report = _read_json(path, f"train.py writes it at the end of a run into {run_dir}")
     if eval_results_path is not None:
         results = _read_json(eval_results_path, "write it with eval_hellaswag.py --output FILE")
         report["eval_results"] = eval_summaries(results)
-    report["curves"] = CURVES if (run_dir / CURVES).is_file() else None
+    report["curves"] = RunDir.CURVES if RunDir(run_dir).curves.is_file() else None
     save_report(run_dir, report)
     return report
 
@@ -37,11 +38,11 @@ def _read_json(path: Path, how_to_get_it: str) -> dict:
 @cli
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path, help="a run directory holding report.json")
+    parser.add_argument("run_dir", type=Path, help=f"a run directory holding {RunDir.REPORT_JSON}")
     parser.add_argument("--eval-results", type=Path, help="an eval_hellaswag.py --output JSON file")
     args = parser.parse_args(argv)
     rerender(args.run_dir, args.eval_results)
-    print(f"wrote {args.run_dir / REPORT_MD} and {args.run_dir / REPORT_JSON}")
+    print(f"wrote {RunDir(args.run_dir).report_md} and {RunDir(args.run_dir).report_json}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, In
 
 from gpt2repro.checkpoints import (
     CheckpointError,
-    checkpoint_path,
+    RunDir,
     complete_checkpoints,
     discard_after,
     find_resume_checkpoint,
@@ -44,7 +44,7 @@ from gpt2repro.hellaswag import HellaSwagDataError, load_hellaswag, score_hellas
 from gpt2repro.model_card import push_to_hub, write_model_card
 from modeling_gpt2repro import GPT2ReproForCausalLM
 from gpt2repro.report import (
-    CURVES, SAMPLE_PROMPT, describe_data, plot_curves, val_loss_reference, write_atomically, write_report,
+    SAMPLE_PROMPT, describe_data, plot_curves, val_loss_reference, write_atomically, write_report,
 )
 from gpt2repro.throughput import device_peak_flops, flops_per_token, keep_freed_memory_for_reuse, mfu
 from gpt2repro.token_shards import ShardedTokenLoader, check_tokenizer
@@ -413,11 +413,11 @@ def resume_candidates(s: Settings) -> list[Path]:
     continues from the run's own newest checkpoint (else from where its first start did); a fresh run never mixes
     into another run's directory."""
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-    own = find_resume_checkpoint("auto", Path(s.run_dir)) if restarted else []
-    if not s.resume and not restarted and complete_checkpoints(Path(s.run_dir)):
+    own = find_resume_checkpoint("auto", s.run_dir) if restarted else []
+    if not s.resume and not restarted and complete_checkpoints(s.run_dir):
         raise SettingsError(f"--run-dir {s.run_dir} holds another run's checkpoints; continue it with --resume auto, "
                             "or choose another --run-dir")
-    return own or find_resume_checkpoint(s.resume, Path(s.run_dir))
+    return own or find_resume_checkpoint(s.resume, s.run_dir)
 
 
 def resume(accelerator, model, optimizer, candidates: list[Path], loader, run_dir: Path, print0) -> RunState:
@@ -451,8 +451,8 @@ def save(accelerator, model, tokenizer, path: Path, state: RunState, loader, log
 
     def extras(folder: Path) -> None:  # what a user of the checkpoint needs beside the weights
         tokenizer.save_pretrained(folder)
-        report = write_report(log.run_dir, log.facts(state))
-        write_model_card(folder, report, log.settings.push_to_hub or str(path), log.run_dir)
+        report = write_report(log.run_dir.path, log.facts(state))
+        write_model_card(folder, report, log.settings.push_to_hub or str(path), log.run_dir.path)
 
     save_checkpoint(accelerator, model, path, trainer_state, extras)
     log.last_save = time.perf_counter()
@@ -470,10 +470,10 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    """metrics.jsonl's rows. A crash mid-append can leave a torn last line: it is skipped, not fatal."""
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics file. A crash mid-append can leave a torn last line: it is skipped, not fatal."""
     rows = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+    for line in path.read_text().splitlines():
         try:
             rows.append(json.loads(line))
         except ValueError:
@@ -485,13 +485,13 @@ class RunLog:
     """Where a run reports: the progress line, metrics.jsonl, the Accelerate trackers, the curves, the report."""
 
     def __init__(self, accelerator, s: Settings, preset: str, argv=None):
-        self.accelerator, self.settings, self.preset, self.run_dir = accelerator, s, preset, Path(s.run_dir)
+        self.accelerator, self.settings, self.preset, self.run_dir = accelerator, s, preset, RunDir(s.run_dir)
         self.command = ["train.py", *(sys.argv[1:] if argv is None else argv)]
         self.val_reference = val_loss_reference(describe_data(s.data_dir))
         if accelerator.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.run_dir.path.mkdir(parents=True, exist_ok=True)
             settings = yaml.safe_dump({"preset": preset, **dataclasses.asdict(s)}, sort_keys=False)
-            write_atomically(self.run_dir / "settings.yaml", settings)
+            write_atomically(self.run_dir.settings, settings)
         accelerator.init_trackers("gpt2repro", config={k: v for k, v in dataclasses.asdict(s).items() if v is not None})
 
     def start(self, state: RunState, model, model_config, accumulation: int, compiled: bool) -> None:
@@ -510,9 +510,9 @@ class RunLog:
             f"batch: {s.total_batch_tokens:,} tokens/step = {s.micro_batch_size} x {s.seq_len} x {world} processes "
             f"x {accumulation} accumulation | {s.max_steps} steps | peak FLOP/s: {self.peak_source}"
         )
-        if self.accelerator.is_main_process and (self.run_dir / "metrics.jsonl").exists():
-            kept = [row for row in read_metrics(self.run_dir) if row["step"] <= state.step]
-            write_atomically(self.run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in kept))
+        if self.accelerator.is_main_process and self.run_dir.metrics.exists():
+            kept = [row for row in read_metrics(self.run_dir.metrics) if row["step"] <= state.step]
+            write_atomically(self.run_dir.metrics, "".join(json.dumps(row) + "\n" for row in kept))
         self.started = self.last_save = time.perf_counter()
         self.first_step, self.total_before = state.step, state.total_seconds
 
@@ -565,7 +565,7 @@ class RunLog:
     def metrics(self, step: int, metrics: dict) -> None:
         self.accelerator.log(metrics, step=step)
         if self.accelerator.is_main_process:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
+            with open(self.run_dir.metrics, "a") as f:  # appended: a torn last line is skipped on reading
                 f.write(json.dumps({"step": step, **metrics}) + "\n")
 
     def evaluation(self, step: int, results: dict, samples: list[str]) -> None:
@@ -574,7 +574,7 @@ class RunLog:
         for text in samples:
             self.print(f"  sample: {text!r}")
         if self.accelerator.is_main_process:
-            plot_curves(read_metrics(self.run_dir), self.run_dir / CURVES, self.val_reference)
+            plot_curves(read_metrics(self.run_dir.metrics), self.run_dir.curves, self.val_reference)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -598,7 +598,7 @@ def main(argv=None):
                                 seed=s.seed)
     tokenizer = load_tokenizer()
     log = RunLog(accelerator, s, preset, argv)
-    state = resume(accelerator, model, optimizer, checkpoints, loader, Path(s.run_dir), log.print)
+    state = resume(accelerator, model, optimizer, checkpoints, loader, log.run_dir.path, log.print)
     hellaswag_items = load_hellaswag_items(s, accelerator, log.print)
     log.start(state, raw_model, model_config, accumulation, compile_model)
 
@@ -623,16 +623,16 @@ def main(argv=None):
                 samples = generate_samples(accelerator, raw_model, tokenizer, s, state.step)
                 log.evaluation(state.step, state.last_eval, samples if accelerator.is_main_process else [])
             if not done and (stop_now or save_now):
-                save(accelerator, model, tokenizer, checkpoint_path(s.run_dir, state.step), state, loader, log)
+                save(accelerator, model, tokenizer, log.run_dir.checkpoint(state.step), state, loader, log)
                 if accelerator.is_main_process:
-                    prune_checkpoints(Path(s.run_dir), s.keep_checkpoints)
+                    prune_checkpoints(log.run_dir.path, s.keep_checkpoints)
             if stop_now:
-                log.print(f"stop requested: saved {checkpoint_path(s.run_dir, state.step)}; continue: --resume auto")
+                log.print(f"stop requested: saved {log.run_dir.checkpoint(state.step)}; continue: --resume auto")
                 break
     # ================================================================================================
 
     if state.step == s.max_steps:
-        final = Path(s.run_dir) / "final"
+        final = log.run_dir.final
         log.tick(state)
         save(accelerator, model, tokenizer, final, state, loader, log)
         log.print(f"final checkpoint: {final}")

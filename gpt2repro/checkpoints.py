@@ -1,4 +1,5 @@
-"""Checkpoints: a `save_pretrained` folder that loads anywhere, plus `training_state/` to resume exactly.
+"""Checkpoints and the run directory they live in: a `save_pretrained` folder that loads anywhere, plus
+`training_state/` to resume exactly. RunDir names every file of a run directory.
 
     RUN_DIR/checkpoint-000500/      model.safetensors, config.json, the model code, tokenizer, card
             training_state/         Accelerate's save_state (optimizer, every rank's RNG)
@@ -30,8 +31,47 @@ class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be resumed from: the message says which and what to do."""
 
 
+class RunDir:
+    """A run's directory, and the one place where the name of each file in it is written:
+
+        settings.yaml       the resolved settings (train.py)
+        metrics.jsonl       one row per step and per evaluation (train.py)
+        curves.png          drawn from the metrics (report.plot_curves)
+        report.json/.md     the run report (report.py; run_report.py re-renders it)
+        checkpoint-NNNNNN/  periodic checkpoints; final/ the last one
+        eval_results.json   eval_hellaswag.py --output of the final checkpoint (scripts/reproduce_gpt2.py)
+    """
+
+    SETTINGS = "settings.yaml"
+    METRICS = "metrics.jsonl"
+    CURVES = "curves.png"
+    REPORT_JSON = "report.json"
+    REPORT_MD = "report.md"
+    CHECKPOINT_PREFIX = "checkpoint-"
+    FINAL = "final"
+    EVAL_RESULTS = "eval_results.json"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    settings = property(lambda self: self.path / self.SETTINGS)
+    metrics = property(lambda self: self.path / self.METRICS)
+    curves = property(lambda self: self.path / self.CURVES)
+    report_json = property(lambda self: self.path / self.REPORT_JSON)
+    report_md = property(lambda self: self.path / self.REPORT_MD)
+    final = property(lambda self: self.path / self.FINAL)
+    eval_results = property(lambda self: self.path / self.EVAL_RESULTS)
+
+    def checkpoint(self, step: int) -> Path:
+        return self.path / f"{self.CHECKPOINT_PREFIX}{step:06d}"
+
+    def periodic_checkpoints(self) -> list[Path]:
+        """The periodic checkpoint directories, complete or not, in name order."""
+        return sorted(self.path.glob(f"{self.CHECKPOINT_PREFIX}*"))
+
+
 def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / f"checkpoint-{step:06d}"
+    return RunDir(run_dir).checkpoint(step)
 
 
 def read_trainer_state(checkpoint: Path) -> dict:
@@ -84,9 +124,9 @@ def unsharded_copy(model, weights: dict):
 
 def checkpoint_steps(run_dir: Path, include_final: bool = True) -> dict[Path, int]:
     """{checkpoint: step} of those whose rename happened (temp dirs are ignored) and whose state reads, oldest first."""
-    run_dir = Path(run_dir)
+    run_dir = RunDir(run_dir)
     steps = {}
-    for path in [*run_dir.glob("checkpoint-*"), *([run_dir / "final"] if include_final else [])]:
+    for path in [*run_dir.periodic_checkpoints(), *([run_dir.final] if include_final else [])]:
         try:
             steps[path] = read_trainer_state(path)["step"]
         except (CheckpointError, KeyError, TypeError):
@@ -125,7 +165,8 @@ def find_resume_checkpoint(setting: str, run_dir: Path) -> list[Path]:
     path = Path(setting)
     if not (path / STATE_FILE).is_file():
         raise CheckpointError(
-            f"--resume {path}: not a complete checkpoint (no {STATE_FILE}); use a checkpoint-* dir or 'auto'"
+            f"--resume {path}: not a complete checkpoint (no {STATE_FILE}); use a {RunDir.CHECKPOINT_PREFIX}* dir or "
+            "'auto'"
         )
     return [path]
 
@@ -188,6 +229,6 @@ def load_other_layout(accelerator, checkpoint: Path, model, optimizer) -> None:
 
 
 __all__ = [
-    "STATE_FILE", "CheckpointError", "checkpoint_path", "complete_checkpoints", "discard_after",
+    "STATE_FILE", "CheckpointError", "RunDir", "checkpoint_path", "complete_checkpoints", "discard_after",
     "find_resume_checkpoint", "load_checkpoint", "prune_checkpoints", "read_trainer_state", "save_checkpoint",
 ]

@@ -15,11 +15,9 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 
 from gpt2repro.errors import UserError, first_line
 from gpt2repro.hellaswag import HELLASWAG_ITEMS, HELLASWAG_METRICS
+from gpt2repro.checkpoints import RunDir
 from gpt2repro.report import (
-    CURVES,
     GPT2_124M_REFERENCE,
-    REPORT_JSON,
-    REPORT_MD,
     SAMPLE_PROMPT,
     hardware_lines,
     markdown_table,
@@ -35,7 +33,7 @@ from gpt2repro.fileio import copy_atomically, write_atomically
 UPLOAD_PATTERNS = (
     "config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
     "model.safetensors.index.json", "*.py", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "vocab.json", "merges.txt", "README.md", CURVES, REPORT_MD, REPORT_JSON,
+    "vocab.json", "merges.txt", "README.md", RunDir.CURVES, RunDir.REPORT_MD, RunDir.REPORT_JSON,
 )
 TAGS = ["gpt2", "gpt2repro", "causal-lm", "pretrained-from-scratch"]
 HELLASWAG_HUB_ID = "Rowan/hellaswag"
@@ -169,7 +167,8 @@ def card_body(report: dict, model_name: str) -> str:
         reproduce_command(report),
         "```",
         "",
-        f"The full run report is in [{REPORT_MD}]({REPORT_MD}) ([{REPORT_JSON}]({REPORT_JSON}) for machines).",
+        f"The full run report is in [{RunDir.REPORT_MD}]({RunDir.REPORT_MD}) ([{RunDir.REPORT_JSON}]"
+        f"({RunDir.REPORT_JSON}) for machines).",
         "",
         "## Limitations",
         "",
@@ -183,10 +182,10 @@ def card_body(report: dict, model_name: str) -> str:
 def write_model_card(folder: Path, report: dict, model_name: str, run_dir: Path | None = None) -> None:
     """folder/README.md, with run_dir's curves.png, report.md and report.json copied beside it."""
     folder = Path(folder)
-    for name in (CURVES, REPORT_MD, REPORT_JSON):
+    for name in (RunDir.CURVES, RunDir.REPORT_MD, RunDir.REPORT_JSON):
         if run_dir is not None and (Path(run_dir) / name).is_file():
             copy_atomically(Path(run_dir) / name, folder / name)
-    report = dict(report, curves=CURVES if (folder / CURVES).is_file() else None)
+    report = dict(report, curves=RunDir.CURVES if (folder / RunDir.CURVES).is_file() else None)
     write_atomically(folder / "README.md", str(build_model_card(report, model_name)))
 
 

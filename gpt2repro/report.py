@@ -20,13 +20,13 @@ from pathlib import Path
 
 import yaml
 
+from gpt2repro.checkpoints import RunDir
 from gpt2repro.errors import UserError
 from gpt2repro.fileio import write_atomically
 from gpt2repro.hellaswag import HELLASWAG_ITEMS, HELLASWAG_METRICS, HELLASWAG_VAL_ITEMS
 from gpt2repro.token_shards import VAL_TOKENS, ShardError, load_manifest
 
 CODE_DIR = Path(__file__).resolve().parent
-REPORT_JSON, REPORT_MD, CURVES = "report.json", "report.md", "curves.png"
 LIBRARIES = ("torch", "transformers", "accelerate", "datasets", "huggingface_hub", "tokenizers")
 
 SAMPLE_PROMPT = "Hello, I'm a language model,"  # train.py's samples and the model card's example
@@ -188,7 +188,7 @@ def build_report(run_dir: Path, facts: dict, eval_results: dict | None = None) -
         "cost": cost(training, hw, settings.get("gpu_hour_usd")),
         "final_eval": dict(facts.get("final_eval") or {}),
         "reference": {"val_loss": val_loss_reference(data), "gpt2_124m": GPT2_124M_REFERENCE},
-        "curves": CURVES if (Path(run_dir) / CURVES).is_file() else None,
+        "curves": RunDir.CURVES if RunDir(run_dir).curves.is_file() else None,
         "eval_results": eval_summaries(eval_results),
     }
 
@@ -201,9 +201,10 @@ def write_report(run_dir: Path, facts: dict, eval_results: dict | None = None) -
 
 
 def save_report(run_dir: Path, report: dict) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(run_dir / REPORT_JSON, json.dumps(report, indent=1) + "\n")
-    write_atomically(run_dir / REPORT_MD, render_markdown(report))
+    run_dir = RunDir(run_dir)
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    write_atomically(run_dir.report_json, json.dumps(report, indent=1) + "\n")
+    write_atomically(run_dir.report_md, render_markdown(report))
 
 
 def eval_summaries(eval_results: dict | None) -> dict | None:

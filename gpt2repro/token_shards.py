@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from gpt2repro.errors import UserError
+from gpt2repro.fileio import write_atomically
 
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
@@ -112,10 +113,7 @@ def read_shard(path: str | Path) -> np.ndarray:
 
 def write_manifest(data_dir: str | Path, manifest: dict) -> None:
     """Write manifest.json atomically: readers see the old or the new one, never half of one."""
-    path = Path(data_dir) / MANIFEST_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomically(Path(data_dir) / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
 
 
 def _read_manifest_file(path: Path) -> dict:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))  # the project's modules live at the repository ro
 import torch  # noqa: E402
 
 import train  # noqa: E402
-from gpt2repro.checkpoints import CheckpointError, read_trainer_state  # noqa: E402
+from gpt2repro.checkpoints import CheckpointError, RunDir, read_trainer_state  # noqa: E402
 from gpt2repro.document_sources import DATA_PRESETS, DEFAULT_DATA_DIR, data_dir_for  # noqa: E402
 from gpt2repro.errors import UserError, cli  # noqa: E402
 from gpt2repro.token_shards import MANIFEST_NAME, load_manifest  # noqa: E402
@@ -79,7 +79,7 @@ def prepare_data_step(steps, data_dir: str) -> None:
 
 
 def train_step(steps, command: list[str], run_dir: str, max_steps: int) -> None:
-    final = Path(run_dir) / "final"
+    final = RunDir(run_dir).final
     if (ROOT / final).is_dir():
         try:
             trained = read_trainer_state(ROOT / final)["step"]
@@ -95,7 +95,7 @@ def train_step(steps, command: list[str], run_dir: str, max_steps: int) -> None:
 
 
 def evaluate_step(steps, run_dir: str, data_dir: str) -> None:
-    final, results = Path(run_dir) / "final", Path(run_dir) / "eval_results.json"
+    final, results = RunDir(run_dir).final, RunDir(run_dir).eval_results
     if (ROOT / final).is_dir() and (ROOT / results).is_file() and \
             (ROOT / results).stat().st_mtime >= (ROOT / final).stat().st_mtime:
         return steps.skip("evaluate", f"{results} is newer than {final}")
@@ -105,7 +105,7 @@ def evaluate_step(steps, run_dir: str, data_dir: str) -> None:
 
 def report_step(steps, run_dir: str) -> None:
     steps.run("report", [sys.executable, "run_report.py", run_dir,
-                         "--eval-results", str(Path(run_dir) / "eval_results.json")])
+                         "--eval-results", str(RunDir(run_dir).eval_results)])
 
 
 # ----------------------------------------------------------------------------------------------
