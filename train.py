@@ -30,6 +30,7 @@ from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, In
 from gpt2repro.checkpoints import (
     CheckpointError,
     RunDir,
+    SaveSchedule,
     complete_checkpoints,
     discard_after,
     find_resume_checkpoint,
@@ -41,11 +42,10 @@ from configuration_gpt2repro import GPT2ReproConfig
 from gpt2repro.document_sources import DEFAULT_DATA_DIR, data_dir_for
 from gpt2repro.errors import UserError, cli, first_line
 from gpt2repro.hellaswag import HellaSwagDataError, load_hellaswag, score_hellaswag
-from gpt2repro.model_card import push_to_hub, write_model_card
+from gpt2repro.model_card import card_files, push_to_hub
 from modeling_gpt2repro import GPT2ReproForCausalLM
-from gpt2repro.report import (
-    SAMPLE_PROMPT, describe_data, plot_curves, val_loss_reference, write_atomically, write_report,
-)
+from gpt2repro.fileio import write_atomically
+from gpt2repro.report import SAMPLE_PROMPT, describe_data, plot_curves, val_loss_reference, write_report
 from gpt2repro.throughput import device_peak_flops, flops_per_token, keep_freed_memory_for_reuse, mfu
 from gpt2repro.token_shards import ShardedTokenLoader, check_tokenizer
 from gpt2repro.tokenizer import load_tokenizer
@@ -445,17 +445,15 @@ def resume(accelerator, model, optimizer, candidates: list[Path], loader, run_di
 
 
 def save(accelerator, model, tokenizer, path: Path, state: RunState, loader, log: "RunLog") -> None:
-    """A checkpoint, with the run's report (rewritten at each save) and a model card made from it."""
+    """A checkpoint, with the run's report (rewritten at each save) and the model card made from it: the facts
+    go to the report, the report to the card, and the card and report files to the checkpoint writer."""
     trainer_state = {**dataclasses.asdict(state), "train_loader": loader.state_dict(),
                      "world_size": accelerator.num_processes}
-
-    def extras(folder: Path) -> None:  # what a user of the checkpoint needs beside the weights
-        tokenizer.save_pretrained(folder)
+    files = None
+    if accelerator.is_main_process:
         report = write_report(log.run_dir.path, log.facts(state))
-        write_model_card(folder, report, log.settings.push_to_hub or str(path), log.run_dir.path)
-
-    save_checkpoint(accelerator, model, path, trainer_state, extras)
-    log.last_save = time.perf_counter()
+        files = card_files(report, log.settings.push_to_hub or str(path), log.run_dir.path)
+    save_checkpoint(accelerator, model, path, trainer_state, tokenizer, files)
 
 
 def any_rank(accelerator, *flags: bool) -> list[bool]:
@@ -482,12 +480,12 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 class RunLog:
-    """Where a run reports: the progress line, metrics.jsonl, the Accelerate trackers, the curves, the report."""
+    """Where a run reports as it goes: the console, metrics.jsonl and the Accelerate trackers; and the facts of the
+    run that its report states (report.py draws the curves and writes the report)."""
 
     def __init__(self, accelerator, s: Settings, preset: str, argv=None):
         self.accelerator, self.settings, self.preset, self.run_dir = accelerator, s, preset, RunDir(s.run_dir)
         self.command = ["train.py", *(sys.argv[1:] if argv is None else argv)]
-        self.val_reference = val_loss_reference(describe_data(s.data_dir))
         if accelerator.is_main_process:
             self.run_dir.path.mkdir(parents=True, exist_ok=True)
             settings = yaml.safe_dump({"preset": preset, **dataclasses.asdict(s)}, sort_keys=False)
@@ -513,7 +511,7 @@ class RunLog:
         if self.accelerator.is_main_process and self.run_dir.metrics.exists():
             kept = [row for row in read_metrics(self.run_dir.metrics) if row["step"] <= state.step]
             write_atomically(self.run_dir.metrics, "".join(json.dumps(row) + "\n" for row in kept))
-        self.started = self.last_save = time.perf_counter()
+        self.started = time.perf_counter()
         self.first_step, self.total_before = state.step, state.total_seconds
 
     def tick(self, state: RunState) -> None:
@@ -535,12 +533,6 @@ class RunLog:
         )
         self.metrics(state.step, {"loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_sec": tokens_per_sec,
                                   "mfu": utilization, "tokens_seen": state.tokens_seen})
-
-    def checkpoint_due(self, step: int) -> bool:
-        """Every --save-every steps, and once --save-every-minutes passed since the last save."""
-        s = self.settings
-        by_time = s.save_every_minutes and time.perf_counter() - self.last_save >= 60 * s.save_every_minutes
-        return bool(s.save_every and step % s.save_every == 0) or bool(by_time)
 
     def mfu(self, tokens_per_sec: float) -> float:
         return mfu(tokens_per_sec / self.accelerator.num_processes, self.flops_per_token, self.peak_flops)
@@ -574,7 +566,8 @@ class RunLog:
         for text in samples:
             self.print(f"  sample: {text!r}")
         if self.accelerator.is_main_process:
-            plot_curves(read_metrics(self.run_dir.metrics), self.run_dir.curves, self.val_reference)
+            reference = val_loss_reference(describe_data(self.settings.data_dir))
+            plot_curves(read_metrics(self.run_dir.metrics), self.run_dir.curves, reference)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -601,6 +594,7 @@ def main(argv=None):
     state = resume(accelerator, model, optimizer, checkpoints, loader, log.run_dir.path, log.print)
     hellaswag_items = load_hellaswag_items(s, accelerator, log.print)
     log.start(state, raw_model, model_config, accumulation, compile_model)
+    saves = SaveSchedule(s.save_every, s.save_every_minutes)  # --save-every-minutes counts from here
 
     # =========================================== the loop ===========================================
     train_model.train()
@@ -617,13 +611,14 @@ def main(argv=None):
                                     "diverged; lower --lr or resume from an earlier checkpoint")
 
             done = state.step == s.max_steps
-            stop_now, save_now = any_rank(accelerator, stop.requested and not done, log.checkpoint_due(state.step))
+            stop_now, save_now = any_rank(accelerator, stop.requested and not done, saves.due(state.step))
             if not stop_now and (done or (s.eval_every and state.step % s.eval_every == 0)):  # a stop saves first
                 state.last_eval = evaluate(accelerator, raw_model, tokenizer, s, val_tokens, hellaswag_items)
                 samples = generate_samples(accelerator, raw_model, tokenizer, s, state.step)
                 log.evaluation(state.step, state.last_eval, samples if accelerator.is_main_process else [])
             if not done and (stop_now or save_now):
                 save(accelerator, model, tokenizer, log.run_dir.checkpoint(state.step), state, loader, log)
+                saves.saved()
                 if accelerator.is_main_process:
                     prune_checkpoints(log.run_dir.path, s.keep_checkpoints)
             if stop_now:

@@ -14,7 +14,7 @@ import json
 import os
 import pickle
 import shutil
-from collections.abc import Callable
+import time
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ from accelerate.utils import DistributedType
 from safetensors import SafetensorError
 
 from gpt2repro.errors import UserError, first_line
-from gpt2repro.fileio import write_atomically
+from gpt2repro.fileio import write_atomically, write_files
 
 STATE_FILE = Path("training_state") / "trainer_state.json"
 
@@ -83,9 +83,27 @@ def read_trainer_state(checkpoint: Path) -> dict:
         ) from None
 
 
-def save_checkpoint(accelerator, model, path: Path, trainer_state: dict, extras: Callable[[Path], None] = None):
-    """Every rank saves its part of the training state; the main process writes the model folder, calls
-    `extras(folder)` (tokenizer, card) and renames the whole into place."""
+class SaveSchedule:
+    """When a run saves: every `every_steps` steps, and once `every_minutes` passed since the last save (bounds the
+    work a crash can lose); 0 turns either off."""
+
+    def __init__(self, every_steps: int, every_minutes: float):
+        self.every_steps, self.every_minutes = every_steps, every_minutes
+        self.last_save = time.perf_counter()
+
+    def due(self, step: int) -> bool:
+        by_time = self.every_minutes and time.perf_counter() - self.last_save >= 60 * self.every_minutes
+        return bool(self.every_steps and step % self.every_steps == 0) or bool(by_time)
+
+    def saved(self) -> None:
+        self.last_save = time.perf_counter()
+
+
+def save_checkpoint(accelerator, model, path: Path, trainer_state: dict, tokenizer=None,
+                    files: dict[str, str | bytes | Path] | None = None) -> None:
+    """Every rank saves its part of the training state; the main process writes the model folder, the tokenizer
+    and `files` (name: text, bytes, or a file to copy; e.g. the card and the run report), and renames the whole
+    into place."""
     path = Path(path)
     tmp = path.with_name(f".tmp-{path.name}")
     if accelerator.is_main_process and tmp.exists():
@@ -99,8 +117,9 @@ def save_checkpoint(accelerator, model, path: Path, trainer_state: dict, extras:
         if accelerator.is_fsdp2:
             model = unsharded_copy(model, weights)
         model.save_pretrained(tmp, save_function=accelerator.save)
-        if extras is not None:
-            extras(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_files(tmp, files or {})
         write_atomically(tmp / STATE_FILE, json.dumps(trainer_state, indent=2))
         if path.exists():
             shutil.rmtree(path)
@@ -229,6 +248,6 @@ def load_other_layout(accelerator, checkpoint: Path, model, optimizer) -> None:
 
 
 __all__ = [
-    "STATE_FILE", "CheckpointError", "RunDir", "checkpoint_path", "complete_checkpoints", "discard_after",
+    "STATE_FILE", "CheckpointError", "RunDir", "SaveSchedule", "checkpoint_path", "complete_checkpoints", "discard_after",
     "find_resume_checkpoint", "load_checkpoint", "prune_checkpoints", "read_trainer_state", "save_checkpoint",
 ]

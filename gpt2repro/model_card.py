@@ -26,7 +26,7 @@ from gpt2repro.report import (
     training_lines,
     val_loss_note,
 )
-from gpt2repro.fileio import copy_atomically, write_atomically
+from gpt2repro.fileio import write_files
 
 # What a checkpoint folder holds for its users: save_pretrained's weights, config and remote code, the
 # tokenizer, the card and the run's report. Top-level files only: training_state/ never matches.
@@ -179,14 +179,19 @@ def card_body(report: dict, model_name: str) -> str:
     return "\n".join(lines)
 
 
+def card_files(report: dict, model_name: str, run_dir: Path | None = None) -> dict[str, str | Path]:
+    """What a checkpoint folder holds for its readers, by file name: README.md (the card, made from `report`), and
+    run_dir's curves, report.md and report.json (files to copy) where they exist."""
+    run_dir = RunDir(run_dir) if run_dir is not None else None
+    names = (RunDir.CURVES, RunDir.REPORT_MD, RunDir.REPORT_JSON)
+    files = {name: run_dir.path / name for name in names if run_dir is not None and (run_dir.path / name).is_file()}
+    report = dict(report, curves=RunDir.CURVES if RunDir.CURVES in files else None)
+    return {**files, "README.md": str(build_model_card(report, model_name))}
+
+
 def write_model_card(folder: Path, report: dict, model_name: str, run_dir: Path | None = None) -> None:
     """folder/README.md, with run_dir's curves.png, report.md and report.json copied beside it."""
-    folder = Path(folder)
-    for name in (RunDir.CURVES, RunDir.REPORT_MD, RunDir.REPORT_JSON):
-        if run_dir is not None and (Path(run_dir) / name).is_file():
-            copy_atomically(Path(run_dir) / name, folder / name)
-    report = dict(report, curves=RunDir.CURVES if (folder / RunDir.CURVES).is_file() else None)
-    write_atomically(folder / "README.md", str(build_model_card(report, model_name)))
+    write_files(folder, card_files(report, model_name, run_dir))
 
 
 
