@@ -2,7 +2,7 @@
 
     python prepare_data.py                              # shipped tiny-Shakespeare -> data/tinyshakespeare
     python prepare_data.py fineweb-edu-10b              # HuggingFaceFW/fineweb-edu sample-10BT, streamed
-    python prepare_data.py fineweb-10b                  # HuggingFaceFW/fineweb sample-10BT (llm.c's 3.28 target)
+    python prepare_data.py fineweb-10b                  # HuggingFaceFW/fineweb sample-10BT (llm.c's val target)
     python prepare_data.py --dataset HuggingFaceFW/fineweb-edu --name sample-10BT
     python prepare_data.py corpus/ more/*.jsonl --text-column content --out data/mine
     python prepare_data.py fineweb-edu-100b --num-shards 8 --shard-index 3   # machine 3 of 8

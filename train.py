@@ -104,7 +104,7 @@ PRESETS = {
     "tiny": {},
     "gpt2-124m": GPT2_124M,
     "gpt2-124m-40b": {**GPT2_124M, "max_steps": 76_292},  # four epochs of the 10B sample, as llm.c's longer runs
-    "gpt2-124m-fineweb": {**GPT2_124M, "data_dir": str(data_dir_for("fineweb-10b"))},  # vs the FineWeb 3.28 target
+    "gpt2-124m-fineweb": {**GPT2_124M, "data_dir": str(data_dir_for("fineweb-10b"))},  # vs llm.c's FineWeb val target
     "gpt2-350m": {**GPT2_124M, "model": "gpt2-350m", "micro_batch_size": 32, "lr": 3e-4},  # GPT-3 paper's 350M lr
 }
 

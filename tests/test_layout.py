@@ -74,3 +74,14 @@ KNOWN = {"reproduce_gpt2.py": {"train"}}
 def test_no_entry_point_is_imported_by_the_library_or_by_another_entry_point(path):
     # an entry point runs another as a command (subprocess), and shares code through the library
     assert not imported_modules(path) & set(ENTRY_POINTS) - {path.stem} - KNOWN.get(path.name, set())
+
+
+def test_the_published_gpt2_figures_are_written_only_in_the_report_module():
+    from gpt2repro.report import GPT2_124M_REFERENCE
+
+    figures = [value for value in GPT2_124M_REFERENCE.values() if isinstance(value, float)]
+    spellings = {f"{value:g}" for value in figures} | {f"{100 * value:.2f}" for value in figures if value < 1}
+    for path in CODE:
+        if path.name != "report.py":  # code, docstrings and comments alike: prose reads the figures from there
+            found = [figure for figure in spellings if figure in path.read_text()]
+            assert not found, f"{path.relative_to(REPO)} restates {found}; read them from GPT2_124M_REFERENCE"
