@@ -74,7 +74,8 @@ def format_table(results: dict) -> str:
     lines = [header + (f" {'val loss':>8} {'val bpb':>8}" if with_val else "")]
     for name, result in results["models"].items():
         s = result["summary"]
-        accs = "".join(f" {100 * s[metric.name]:>{width}.2f}" for metric, width in zip(HELLASWAG_METRICS, (9, 8, 11, 8)))
+        widths = (9, 8, 11, 8)  # the header's columns
+        accs = "".join(f" {100 * s[metric.name]:>{width}.2f}" for metric, width in zip(HELLASWAG_METRICS, widths))
         line = f"{name[-32:]:<32} {s[HELLASWAG_ITEMS]:>6}{accs}"
         lines.append(line + (f" {s['val_loss']:>8.4f} {s['val_bpb']:>8.4f}" if "val_loss" in s else ""))
     return "\n".join(lines)

@@ -248,6 +248,7 @@ def load_other_layout(accelerator, checkpoint: Path, model, optimizer) -> None:
 
 
 __all__ = [
-    "STATE_FILE", "CheckpointError", "RunDir", "SaveSchedule", "checkpoint_path", "complete_checkpoints", "discard_after",
-    "find_resume_checkpoint", "load_checkpoint", "prune_checkpoints", "read_trainer_state", "save_checkpoint",
+    "STATE_FILE", "CheckpointError", "RunDir", "SaveSchedule", "checkpoint_path", "complete_checkpoints",
+    "discard_after", "find_resume_checkpoint", "load_checkpoint", "prune_checkpoints", "read_trainer_state",
+    "save_checkpoint",
 ]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 
+from gpt2repro.checkpoints import RunDir
 from gpt2repro.errors import UserError, first_line
 from gpt2repro.hellaswag import HELLASWAG_ITEMS, HELLASWAG_METRICS
-from gpt2repro.checkpoints import RunDir
 from gpt2repro.report import (
     GPT2_124M_REFERENCE,
     SAMPLE_PROMPT,
