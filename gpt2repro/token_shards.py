@@ -47,7 +47,14 @@ SPLITS = ("val", "train")
 # VAL_SPLIT_TOKENS tokens (the first is only an input): what prepare_data.py writes for Hub datasets, and what
 # a manifest's settings.val_tokens records (the split size, a name kept for the manifests already written).
 VAL_TOKENS = 10_485_760
-VAL_SPLIT_TOKENS = VAL_TOKENS + 1
+
+
+def val_split_tokens(targets: int) -> int:
+    """Tokens a val split needs to score `targets` next-token targets: the first token is only an input."""
+    return targets + 1
+
+
+VAL_SPLIT_TOKENS = val_split_tokens(VAL_TOKENS)
 
 
 class ShardError(UserError, ValueError):

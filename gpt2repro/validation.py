@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt2repro.errors import UserError
-from gpt2repro.token_shards import load_manifest, open_split
+from gpt2repro.token_shards import load_manifest, open_split, val_split_tokens
 from gpt2repro.tokenizer import token_bytes
 
 
@@ -94,7 +94,7 @@ def validation_loss(model, data_dir, val_tokens=None, seq_len=1024, batch_size=N
     device = next(model.parameters()).device
     val_tokens = resolve_val_tokens(data_dir, val_tokens)
     batch_size = batch_size or windows_per_forward(device, seq_len)
-    tokens = torch.from_numpy(read_val_tokens(data_dir, val_tokens + 1))  # the first token is only an input
+    tokens = torch.from_numpy(read_val_tokens(data_dir, val_split_tokens(val_tokens)))
     byte_table = torch.from_numpy(token_bytes().astype(np.int64))
     if int(tokens.max()) >= min(len(byte_table), model.config.vocab_size):
         raise ValidationError(f"{data_dir}: validation token id {int(tokens.max())} is not a GPT-2 token id; "
