@@ -39,8 +39,7 @@ from gpt2repro.token_shards import (
     HEADER_BYTES,
     LLMC_SHARD_NAME,
     MANIFEST_NAME,
-    SHARD_MAGIC,
-    SHARD_VERSION,
+    MANIFEST_VERSION,
     SPLITS,
     ShardError,
     llmc_manifest,
@@ -84,8 +83,12 @@ def _hub_failure(error: Exception, repo_id: str, fallback: str) -> HubDataError:
     elif isinstance(error, RepositoryNotFoundError):
         why = "no such dataset repository, or it is private (log in: hf auth login)"
     else:
+        import httpx2
+
         lines = str(error).strip().splitlines()
-        why = f"cannot reach the Hub ({type(error).__name__}: {lines[0] if lines else ''})"
+        why = f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
+        if isinstance(error, httpx2.TransportError):
+            why = f"cannot reach the Hub ({why})"
     return HubDataError(f"cannot download {repo_id}: {why}; {fallback}")
 
 
@@ -190,14 +193,12 @@ def _check_free_space(out_dir: Path, needed: int) -> None:
         )
 
 
-def _claim_directory(out_dir: Path, repo_id: str, overwrite: bool) -> None:
+def _check_directory(out_dir: Path, repo_id: str, overwrite: bool) -> None:
     """Refuse a directory holding other data (unless `overwrite`); a download of the same repo continues."""
     if out_dir.exists() and not out_dir.is_dir():
         raise HubDataError(f"cannot download to {out_dir}: it is a file; pass another --out")
     manifest_path = out_dir / MANIFEST_NAME
     if overwrite:
-        for path in [*out_dir.glob("*.bin"), manifest_path, out_dir / ORIGIN_NAME]:
-            path.unlink(missing_ok=True)
         return
     if manifest_path.exists() and downloading(out_dir) != repo_id:
         raise HubDataError(
@@ -218,7 +219,7 @@ def download_tokens(
     name: str | None = None,
     text_source: dict | None = None,
     overwrite: bool = False,
-    fallback: str = "tokenize the data instead (prepare_data.py without --from-hub)",
+    fallback: str = "or tokenize the data instead (prepare_data.py without --from-hub)",
     max_workers: int = DOWNLOAD_WORKERS,
     progress_every: float = PROGRESS_EVERY,
 ) -> dict:
@@ -231,7 +232,7 @@ def download_tokens(
     from huggingface_hub import snapshot_download
 
     out_dir = Path(out_dir)
-    _claim_directory(out_dir, repo_id, overwrite)
+    _check_directory(out_dir, repo_id, overwrite)
     commit, files = repo_files(repo_id, revision, fallback)
     ours = MANIFEST_NAME in files
     if ours:
@@ -245,7 +246,8 @@ def download_tokens(
         pending = _subset(remote, wanted, complete=False)
     else:
         plan = _llmc_plan(repo_id, files, max_train_shards)
-        pending = _llmc_pending_manifest(plan, name or out_dir.name, _llmc_source(repo_id, commit, text_source))
+        source = _llmc_source(repo_id, commit, text_source)
+        pending = _llmc_pending_manifest(plan, name or out_dir.name, source, val_tokens)
     selection = {"repo_id": repo_id, "revision": commit, "files": sorted(plan)}
     pending[PENDING_KEY] = repo_id  # until the download is complete and checked
 
@@ -254,6 +256,9 @@ def download_tokens(
         print(f"{out_dir} is already complete ({repo_id} at {commit[:12]})", file=sys.stderr)
         return load_manifest(out_dir)
 
+    if overwrite and downloading(out_dir) != repo_id:  # other data goes; a download of this repo is kept
+        for path in [*out_dir.glob("*.bin"), out_dir / MANIFEST_NAME, out_dir / ORIGIN_NAME]:
+            path.unlink(missing_ok=True)
     needed = sum(size for file, size in plan.items() if not _have(out_dir / file, size))
     _check_free_space(out_dir, needed)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -266,14 +271,15 @@ def download_tokens(
             snapshot_download(repo_id, repo_type="dataset", revision=commit, local_dir=out_dir,
                               allow_patterns=sorted(plan), max_workers=max_workers, tqdm_class=_QuietBar)
         except Exception as e:  # files completed so far stay, and a rerun skips them
-            raise _hub_failure(e, repo_id, "rerun the same command to resume the download, or " + fallback) from None
+            raise _hub_failure(e, repo_id, "rerun the same command to resume the download, " + fallback) from None
 
     for file, size in plan.items():  # every file, fetched now or on an earlier run
         try:
             tokens = read_shard_header(out_dir / file)
         except ShardError as e:
             (out_dir / file).unlink(missing_ok=True)  # a rerun fetches it again
-            raise HubDataError(f"{e.args[0].split(';')[0]}; it came from {repo_id}, deleted here") from None
+            raise HubDataError(f"{e.args[0].split(';')[0]}, as downloaded from {repo_id}; deleted it: rerun to "
+                               f"fetch it again, {fallback}") from None
         if tokens != _tokens_in(file, size):
             raise HubDataError(f"{out_dir / file}: {tokens:,} tokens, but {repo_id} lists it at {size:,} bytes")
     if ours:
@@ -308,14 +314,14 @@ def _llmc_identity(pending: dict) -> dict:
     return {key: pending[key] for key in ("name", "source", "settings")}
 
 
-def _llmc_pending_manifest(plan: dict[str, int], name: str, source: dict) -> dict:
+def _llmc_pending_manifest(plan: dict[str, int], name: str, source: dict, val_tokens: int | None) -> dict:
     """The manifest of llm.c shards still to be fetched: complete: false, token counts from the Hub's sizes."""
     from gpt2repro.tokenizer import tokenizer_fingerprint
 
     shards = [{"file": f, "split": LLMC_SHARD_NAME.fullmatch(f)["split"], "tokens": _tokens_in(f, size),
                "documents": None} for f, size in plan.items()]
-    return {"format_version": 1, "name": name, "source": source, "tokenizer": tokenizer_fingerprint(),
-            "settings": {}, "shards": shards, "splits": {}, "skipped_documents": 0, "empty_documents": 0,
+    return {"format_version": MANIFEST_VERSION, "name": name, "source": source, "tokenizer": tokenizer_fingerprint(),
+            "settings": {"val_tokens": val_tokens, "shard_tokens": None}, "shards": shards, "splits": {}, "skipped_documents": 0, "empty_documents": 0,
             "complete": False}
 
 
@@ -393,6 +399,7 @@ class DownloadProgress:
 
     def __init__(self, out_dir: Path, plan: dict[str, int], every: float = PROGRESS_EVERY, stream=None):
         self.out_dir, self.plan, self.every, self.stream = out_dir, plan, every, stream or sys.stderr
+        self.created = time.time()  # temp files older than this are leftovers of a killed run, not in flight
         self.baseline = self.landed()
         self.total = sum(plan.values()) - self.baseline
         self.stop = threading.Event()
@@ -402,7 +409,12 @@ class DownloadProgress:
         done = sum(size for file, size in self.plan.items() if _have(self.out_dir / file, size))
         in_flight = self.out_dir / ".cache" / "huggingface" / "download"
         if in_flight.is_dir():
-            done += sum(p.stat().st_size for p in in_flight.rglob("*.incomplete") if p.is_file())
+            for path in in_flight.rglob("*.incomplete"):
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:  # renamed into place meanwhile: counted with the complete files
+                    continue
+                done += stat.st_size if stat.st_mtime >= self.created else 0
         return done
 
     def line(self) -> str:
@@ -477,7 +489,8 @@ def dataset_card(manifest: dict, repo_id: str, commit: str) -> str:
     source = manifest.get("source") or {}
     text = source.get("dataset")
     if text:
-        origin = f"[{text}](https://huggingface.co/datasets/{text})" + (f" ({source['name']})" if source.get("name") else "")
+        config = f" ({source['name']})" if source.get("name") else ""
+        origin = f"[{text}](https://huggingface.co/datasets/{text}){config}"
     elif source.get("type") == "files":
         origin = f"{source.get('files')} local file(s) ({source.get('bytes') or 0:,} bytes)"
     else:

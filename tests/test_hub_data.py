@@ -15,6 +15,7 @@ from test_train import metrics, run_in_process
 
 import prepare_data
 from gpt2repro import hub_data
+from gpt2repro.model_card import build_model_card
 from gpt2repro.report import describe_data
 from gpt2repro.token_shards import HEADER_BYTES, ShardError, load_manifest, open_split, read_shard, write_shard
 
@@ -101,8 +102,11 @@ def test_a_downloaded_repo_trains_and_validates_exactly_as_the_same_tokens_prepa
     val = [r["val_loss"] for r in downloaded if "val_loss" in r]
     assert val and val == [r["val_loss"] for r in here if "val_loss" in r]
 
-    data = describe_data(out)  # the report and the card name where the tokens came from
-    assert data["tokens_from"] == {"repo_id": repo, "revision": hub.revision(repo)}
+    # the report and the model card name where the tokens came from
+    named = f"tokens downloaded from the Hub dataset {repo} (revision {hub.revision(repo)[:12]})"
+    assert named in (runs["hub"] / "report.md").read_text()
+    assert "tokenized here" in (runs["here"] / "report.md").read_text()
+    assert named in str(build_model_card({"data": describe_data(out)}, "you/plays-model"))
 
 
 def test_max_train_shards_fetches_only_the_val_shard_and_the_first_train_shards(hub, prepared, tmp_path):
@@ -194,7 +198,8 @@ def test_offline_fails_in_one_line_at_once_and_writes_nothing(tmp_path, capsys, 
     out = tmp_path / "fineweb-edu-10b"
     start = time.perf_counter()
     error = one_line_error(capsys, "fineweb-edu-10b", "--from-hub", "--out", out)  # HF_HUB_OFFLINE=1 (conftest)
-    assert "kjj0/finewebedu10B-gpt2" in error and "HF_HUB_OFFLINE" in error and "prepare_data.py fineweb-edu-10b" in error
+    assert "kjj0/finewebedu10B-gpt2" in error and "HF_HUB_OFFLINE" in error
+    assert "tokenize instead: python prepare_data.py fineweb-edu-10b" in error
     # not flagged offline, but nothing answers: the same one line, no minutes of retries
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
@@ -261,3 +266,15 @@ def test_an_unfinished_directory_is_not_pushed(hub, prepared, tmp_path):
     with pytest.raises(hub_data.HubDataError, match="did not finish"):
         hub_data.push_tokens(local, "you/x")
     assert not hub.repo("you/x").exists()
+
+
+def test_part_of_a_pushed_repo_downloads_as_a_smaller_complete_dataset(hub, prepared, tmp_path):
+    repo = "you/plays-gpt2"
+    hub_data.push_tokens(prepared, repo)
+    out = tmp_path / "some"
+    download(repo, "--out", out, "--max-train-shards", 1)
+    manifest, whole = load_manifest(out), load_manifest(prepared)
+    assert manifest["complete"] and "downloading" not in manifest
+    assert [s["file"] for s in manifest["shards"]] == [s["file"] for s in whole["shards"]][:2]  # val + 1 train
+    assert manifest["splits"]["val"] == whole["splits"]["val"] and manifest["splits"]["train"]["shards"] == 1
+    assert sorted(set(hub.served) - {"manifest.json"}) == sorted(s["file"] for s in manifest["shards"])

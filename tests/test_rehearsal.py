@@ -117,7 +117,8 @@ def test_the_readme_real_run_works_end_to_end_offline(tmp_path):
            "HF_HOME": str(tmp_path / "hf"), "PYTHONUNBUFFERED": "1"}
     import os
 
-    pythonpath = os.pathsep.join(filter(None, [str(REPO / "tests" / "stand_in_hub_site"), os.environ.get("PYTHONPATH")]))
+    site = str(REPO / "tests" / "stand_in_hub_site")  # installs the stand-in Hub in each command's processes
+    pythonpath = os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")]))
     env = {**os.environ, **env, "PYTHONPATH": pythonpath, "GPT2REPRO_STAND_IN_HUB": str(tmp_path / "hub")}
     run_dir, data_dir = tmp_path / "runs" / "gpt2-124m", tmp_path / "data" / "fineweb-edu-10b"
     exported = "exported/gpt2-124m"
