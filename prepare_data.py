@@ -346,7 +346,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--val-split-tokens",
         type=int,
         help=f"validation split size in tokens (default: {HUB_VAL_SPLIT_TOKENS:,} for Hub datasets: the "
-        "--val-tokens that train.py and eval_hellaswag.py score, + 1; ~10%% of a local corpus)",
+        "--val-tokens that train.py and eval_hellaswag.py score, + 1; ~10%% of a local corpus); with --from-hub, "
+        "the first N tokens of the downloaded val shard",
     )
     parser.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard")
     parser.add_argument("--num-proc", type=int, default=_cpu_count(), help="tokenizer processes (default: all cores)")
@@ -392,6 +393,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--from-hub without a REPO needs a data preset that has one ({known}); or pass --from-hub REPO")
     if args.from_hub is not None and args.num_shards > 1:
         parser.error("--from-hub downloads the whole dataset: drop --num-shards/--shard-index")
+    if args.verify_hub_tokens and not (preset or args.dataset or args.inputs):
+        parser.error("--verify-hub-tokens compares with the source text: name a data preset, --dataset or the files")
     if args.from_hub is None and (args.max_train_shards or args.revision):
         parser.error("--max-train-shards and --revision go with --from-hub")
     if preset:
