@@ -26,6 +26,13 @@ DATA_PRESETS = {
     "fineweb-edu-10b": ("HuggingFaceFW/fineweb-edu", "sample-10BT"),
     "fineweb-edu-100b": ("HuggingFaceFW/fineweb-edu", "sample-100BT"),
     "fineweb-10b": ("HuggingFaceFW/fineweb", "sample-10BT"),  # llm.c's and modded-nanogpt's FineWeb val target
+    "fineweb-100b": ("HuggingFaceFW/fineweb", "sample-100BT"),
+}
+# ... and the Hub dataset repos holding their GPT-2 tokens (modded-nanogpt's, in llm.c shards), for --from-hub
+HUB_TOKENS = {
+    "fineweb-edu-10b": "kjj0/finewebedu10B-gpt2",
+    "fineweb-10b": "kjj0/fineweb10B-gpt2",
+    "fineweb-100b": "kjj0/fineweb100B-gpt2",
 }
 DEFAULT_CORPUS = Path(__file__).resolve().parent / "assets" / "tinyshakespeare.txt"  # prepare_data.py's default
 FILE_TYPES = (".txt", ".jsonl", ".json", ".parquet")
