@@ -1,7 +1,6 @@
 """The trainer: it learns, its batch math is exact, DDP and resumption change nothing, bad input is refused."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -9,57 +8,11 @@ import time
 
 import pytest
 import torch
-from conftest import REPO
-from safetensors.torch import load_file
+from conftest import (REPO, SEQ, TINY, assert_same_weights, launcher, logged, metrics, run_cli, run_in_process,
+                      train_argv)
 
 import train
 from gpt2repro.checkpoints import STATE_FILE, find_resume_checkpoint
-
-SEQ = 32
-# The tiny preset (4 layers, 128 wide) on 32-token windows: a step takes tens of milliseconds.
-TINY = ["--model", "tiny", "--seq-len", str(SEQ), "--log-with", "none", "--mixed-precision", "no",
-        "--eval-every", "0", "--val-tokens", "512", "--warmup-steps", "2", "--lr", "3e-3"]
-
-
-@pytest.fixture(scope="module")
-def data_dir(shakespeare_shards):
-    return shakespeare_shards
-
-
-def run_in_process(*args):
-    """train.main in this process (fast), with Accelerate's process-wide state reset between runs."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    train.main([*TINY, *map(str, args)])
-
-
-def run_cli(*args, launcher=(), env=None, **popen):
-    command = [*launcher] if launcher else [sys.executable]
-    command += [str(REPO / "train.py"), *TINY, *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, **popen)
-
-
-def weights(checkpoint):
-    return load_file(str(checkpoint / "model.safetensors"))
-
-
-def metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def logged(run_dir, key):
-    return [r[key] for r in metrics(run_dir) if key in r]
-
-
-def assert_same_weights(a, b, atol=0.0):
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for name in wa:
-        if atol:
-            torch.testing.assert_close(wa[name], wb[name], atol=atol, rtol=0, msg=name)
-        else:
-            assert torch.equal(wa[name], wb[name]), name
 
 
 # ---- the schedule and the optimizer ----
@@ -128,9 +81,7 @@ def test_two_process_ddp_matches_one_process(data_dir, tmp_path):
     common = ["--data-dir", data_dir, "--max-steps", 2, "--total-batch-tokens", 8 * SEQ, "--micro-batch-size", 4]
     single = run_cli(*common, "--run-dir", tmp_path / "one")
     assert single.returncode == 0, single.stderr[-2000:]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(REPO / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", "29531"]
-    ddp = run_cli(*common, "--run-dir", tmp_path / "two", launcher=launcher)
+    ddp = run_cli(*common, "--run-dir", tmp_path / "two", launcher=launcher("cpu_2proc.yaml"))
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "2 process(es)" in ddp.stdout and "x 1 accumulation" in ddp.stdout
     assert_same_weights(tmp_path / "one" / "final", tmp_path / "two" / "final", atol=3e-5)
@@ -154,10 +105,8 @@ def test_resumed_run_is_identical_to_an_uninterrupted_one(data_dir, tmp_path):
 def test_resume_on_two_processes_continues_the_token_stream(data_dir, tmp_path):
     common = ["--data-dir", data_dir, "--max-steps", 4, "--micro-batch-size", 4, "--total-batch-tokens", 8 * SEQ]
     run_in_process(*common, "--run-dir", tmp_path / "one", "--save-every", 2)
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(REPO / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", "29532"]
     result = run_cli(*common, "--run-dir", tmp_path / "two", "--resume", tmp_path / "one" / "checkpoint-000002",
-                     launcher=launcher)
+                     launcher=launcher("cpu_2proc.yaml"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stdout and "at step 2" in result.stdout
     # the same tokens at the same weights: the same losses, up to the order of floating-point sums
@@ -179,8 +128,8 @@ def test_resume_auto_picks_the_newest_complete_checkpoint(data_dir, tmp_path):
 
 
 def test_sigterm_finishes_the_step_saves_and_resumes(data_dir, tmp_path):
-    args = [str(REPO / "train.py"), *TINY, "--data-dir", str(data_dir), "--run-dir", str(tmp_path),
-            "--max-steps", "100000", "--micro-batch-size", "4", "--total-batch-tokens", str(4 * SEQ)]
+    args = train_argv("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 100000, "--micro-batch-size", 4,
+                         "--total-batch-tokens", 4 * SEQ)
     process = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (
