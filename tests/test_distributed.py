@@ -243,6 +243,7 @@ def test_a_hung_rank_ends_the_others_after_the_collective_timeout_in_one_line(da
     assert "--resume auto" in survivor_said[0] and "[rank0]: Traceback" not in stderr
 
 
+@pytest.mark.slow
 def test_time_based_saves_need_no_step_interval(data_dir, tmp_path):
     # every 6 ms: after every step (each takes longer), never at the last (the final checkpoint is that one)
     run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 3, "--micro-batch-size", 4,

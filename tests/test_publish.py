@@ -277,6 +277,7 @@ def assert_same_metrics(logged: dict, expected: dict):
             assert math.isclose(logged[key][step], value, rel_tol=1e-6), (key, step)  # TensorBoard keeps float32
 
 
+@pytest.mark.slow
 def test_tensorboard_events_hold_exactly_the_scalars_of_metrics_jsonl(data_dir, tmp_path, no_peak_probe):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -294,6 +295,7 @@ def test_tensorboard_events_hold_exactly_the_scalars_of_metrics_jsonl(data_dir, 
     assert_same_metrics(logged, expected)
 
 
+@pytest.mark.slow
 def test_trackio_logs_offline_exactly_the_scalars_of_metrics_jsonl(data_dir, tmp_path, no_peak_probe):
     from trackio.sqlite_storage import SQLiteStorage  # its database lives in conftest's TRACKIO_DIR
 

@@ -43,6 +43,7 @@ def test_weight_decay_only_on_matrices_and_embeddings():
 # ---- learning, batch math, DDP ----
 
 
+@pytest.mark.slow
 def test_loss_drops_and_the_run_leaves_its_artefacts(data_dir, tmp_path, capsys):
     run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 40, "--micro-batch-size", 8,
                    "--total-batch-tokens", 8 * SEQ, "--eval-every", 20, "--sample-tokens", 8,
@@ -65,6 +66,7 @@ def test_loss_drops_and_the_run_leaves_its_artefacts(data_dir, tmp_path, capsys)
     assert (tmp_path / "final" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_accumulation_matches_one_big_micro_batch(data_dir, tmp_path):
     # 4 micro-steps of 2 windows vs 1 micro-step of 8 windows: the same tokens, the same update
     common = ["--data-dir", data_dir, "--max-steps", 2, "--total-batch-tokens", 8 * SEQ]
@@ -77,6 +79,7 @@ def test_accumulation_matches_one_big_micro_batch(data_dir, tmp_path):
         assert logged(tmp_path / "accum", key) == pytest.approx(logged(tmp_path / "big", key), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process(data_dir, tmp_path):
     common = ["--data-dir", data_dir, "--max-steps", 2, "--total-batch-tokens", 8 * SEQ, "--micro-batch-size", 4]
     single = run_cli(*common, "--run-dir", tmp_path / "one")
@@ -92,6 +95,7 @@ def test_two_process_ddp_matches_one_process(data_dir, tmp_path):
 # ---- checkpoints and resumption ----
 
 
+@pytest.mark.slow
 def test_resumed_run_is_identical_to_an_uninterrupted_one(data_dir, tmp_path):
     common = ["--data-dir", data_dir, "--max-steps", 6, "--micro-batch-size", 4, "--total-batch-tokens", 8 * SEQ]
     run_in_process(*common, "--run-dir", tmp_path / "full", "--save-every", 3, "--keep-checkpoints", 1)
@@ -102,6 +106,7 @@ def test_resumed_run_is_identical_to_an_uninterrupted_one(data_dir, tmp_path):
     assert logged(tmp_path / "resumed", "loss") == logged(tmp_path / "full", "loss")[3:]
 
 
+@pytest.mark.slow
 def test_resume_on_two_processes_continues_the_token_stream(data_dir, tmp_path):
     common = ["--data-dir", data_dir, "--max-steps", 4, "--micro-batch-size", 4, "--total-batch-tokens", 8 * SEQ]
     run_in_process(*common, "--run-dir", tmp_path / "one", "--save-every", 2)
@@ -114,6 +119,7 @@ def test_resume_on_two_processes_continues_the_token_stream(data_dir, tmp_path):
     assert_same_weights(tmp_path / "one" / "final", tmp_path / "two" / "final", atol=3e-5)
 
 
+@pytest.mark.slow
 def test_resume_auto_picks_the_newest_complete_checkpoint(data_dir, tmp_path):
     run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 4, "--micro-batch-size", 4,
                    "--total-batch-tokens", 4 * SEQ, "--save-every", 1, "--keep-checkpoints", 2)
@@ -127,6 +133,7 @@ def test_resume_auto_picks_the_newest_complete_checkpoint(data_dir, tmp_path):
     assert find_resume_checkpoint("auto", tmp_path)[0] == tmp_path / "checkpoint-000003"
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_step_saves_and_resumes(data_dir, tmp_path):
     args = train_argv("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 100000, "--micro-batch-size", 4,
                          "--total-batch-tokens", 4 * SEQ)
@@ -148,6 +155,7 @@ def test_sigterm_finishes_the_step_saves_and_resumes(data_dir, tmp_path):
     assert f"at step {step}" in resumed.stdout and (tmp_path / "final").exists()
 
 
+@pytest.mark.slow
 def test_final_checkpoint_loads_through_auto_classes_elsewhere(data_dir, tmp_path):
     run_in_process("--data-dir", data_dir, "--run-dir", tmp_path / "run", "--max-steps", 1, "--micro-batch-size", 4,
                    "--total-batch-tokens", 4 * SEQ)
@@ -169,6 +177,7 @@ def test_final_checkpoint_loads_through_auto_classes_elsewhere(data_dir, tmp_pat
 # ---- bad input ----
 
 
+@pytest.mark.slow
 def test_bad_settings_each_give_a_one_line_error(data_dir, tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -204,6 +213,7 @@ def test_bad_settings_each_give_a_one_line_error(data_dir, tmp_path):
         assert not (tmp_path / "r" / "final").exists()
 
 
+@pytest.mark.slow
 def test_diverging_run_skips_bad_updates_then_aborts(data_dir, tmp_path, capsys):
     with pytest.raises(RuntimeError, match="non-finite steps in a row"):
         run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 20, "--micro-batch-size", 4,
@@ -211,6 +221,7 @@ def test_diverging_run_skips_bad_updates_then_aborts(data_dir, tmp_path, capsys)
     assert capsys.readouterr().out.count("update skipped") == 3
 
 
+@pytest.mark.slow
 def test_push_to_hub_offline_fails_clearly_and_keeps_the_checkpoint(data_dir, tmp_path):
     result = run_cli("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 1, "--micro-batch-size", 4,
                      "--total-batch-tokens", 4 * SEQ, "--push-to-hub", "someone/gpt2repro-test",
@@ -238,6 +249,7 @@ def test_a_real_runtime_error_keeps_its_traceback_while_project_errors_are_one_l
         train.run([*common, "--model", "gpt5"])
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_is_refused_in_one_line_and_auto_falls_back_to_the_one_before(data_dir, tmp_path, capsys):
     common = ["--data-dir", data_dir, "--run-dir", tmp_path, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ]
     run_in_process(*common, "--max-steps", 3, "--save-every", 1, "--keep-checkpoints", 3)
@@ -264,6 +276,7 @@ def test_a_corrupt_checkpoint_is_refused_in_one_line_and_auto_falls_back_to_the_
     assert f"resumed from {tmp_path / 'checkpoint-000001'} at step 1" in out
 
 
+@pytest.mark.slow
 def test_resuming_from_an_earlier_checkpoint_abandons_the_later_branch(data_dir, tmp_path):
     common = ["--data-dir", data_dir, "--run-dir", tmp_path, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ]
     run_in_process(*common, "--max-steps", 4, "--save-every", 1, "--keep-checkpoints", 4)
@@ -275,6 +288,7 @@ def test_resuming_from_an_earlier_checkpoint_abandons_the_later_branch(data_dir,
     assert [r["step"] for r in metrics(tmp_path) if "loss" in r] == [1, 2, 3, 4]  # no step logged twice
 
 
+@pytest.mark.slow
 def test_a_fresh_run_refuses_a_directory_holding_another_runs_checkpoints(data_dir, tmp_path, monkeypatch):
     common = ["--data-dir", data_dir, "--run-dir", tmp_path, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ,
               "--max-steps", 1]
@@ -299,6 +313,7 @@ def test_config_files_are_typed_like_flags(tmp_path):
             train.parse_settings(["--config", str(config)])
 
 
+@pytest.mark.slow
 def test_a_malformed_hellaswag_file_named_by_the_user_stops_the_run(data_dir, tmp_path):
     bad = tmp_path / "hellaswag.jsonl"
     bad.write_text('{"ind": 1}\n')
