@@ -289,6 +289,7 @@ def val_dir(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_two_processes_shard_and_gather_to_the_single_process_numbers(tmp_path, gpt2, items, scores, val_dir):
     gpt2.save_pretrained(tmp_path / "model")
     script = tmp_path / "distributed_eval.py"
@@ -360,6 +361,7 @@ def damaged_model_dir(path, gpt2, tokenizer, file, data: bytes | None = None):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("file, part", [("model.safetensors", "model"), ("tokenizer.json", "tokenizer")])
 def test_cli_truncated_model_files_are_a_one_line_error(tmp_path, gpt2, tokenizer, file, part):
     model_dir = damaged_model_dir(tmp_path / "model", gpt2, tokenizer, file)
@@ -390,6 +392,7 @@ def test_garbage_model_files_are_a_one_line_error(tmp_path, gpt2, tokenizer, fil
     assert reason in str(error.value) and "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path, gpt2, tokenizer, items, scores, val_dir):
     official = tmp_path / "gpt2-like"
     gpt2.save_pretrained(official)
