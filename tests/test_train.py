@@ -232,6 +232,7 @@ def test_push_to_hub_offline_fails_clearly_and_keeps_the_checkpoint(data_dir, tm
     assert (tmp_path / "final" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_a_real_runtime_error_keeps_its_traceback_while_project_errors_are_one_line(data_dir, tmp_path, monkeypatch):
     from accelerate.state import AcceleratorState
 
