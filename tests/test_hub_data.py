@@ -8,10 +8,9 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, metrics, run_in_process
 from huggingface_hub import constants
 from stand_in_hub import StandInHub
-from test_train import metrics, run_in_process
 
 import prepare_data
 from gpt2repro import hub_data
@@ -78,6 +77,7 @@ def one_line_error(capsys, *args):
 # download
 
 
+@pytest.mark.slow
 def test_a_downloaded_repo_trains_and_validates_exactly_as_the_same_tokens_prepared_here(hub, prepared, tmp_path):
     repo = llmc_repo(hub, prepared)
     out = tmp_path / "data" / "plays"
