@@ -1,4 +1,5 @@
-"""Checkpoints: a `save_pretrained` folder that loads anywhere, plus `training_state/` to resume exactly.
+"""Checkpoints and the run directory they live in: a `save_pretrained` folder that loads anywhere, plus
+`training_state/` to resume exactly. RunDir names every file of a run directory.
 
     RUN_DIR/checkpoint-000500/      model.safetensors, config.json, the model code, tokenizer, card
             training_state/         Accelerate's save_state (optimizer, every rank's RNG)
@@ -16,24 +17,64 @@ import os
 import pickle
 import re
 import shutil
-from collections.abc import Callable
+import time
 from pathlib import Path
 
 import torch
 from accelerate.utils import DistributedType
 from safetensors import SafetensorError
 
-from gpt2repro.fileio import write_atomically
+from gpt2repro.errors import UserError, first_line
+from gpt2repro.fileio import write_atomically, write_files
 
 STATE_FILE = Path("training_state") / "trainer_state.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be resumed from: the message says which and what to do."""
 
 
+class RunDir:
+    """A run's directory, and the one place where the name of each file in it is written:
+
+        settings.yaml       the resolved settings (train.py)
+        metrics.jsonl       one row per step and per evaluation (train.py)
+        curves.png          drawn from the metrics (report.plot_curves)
+        report.json/.md     the run report (report.py; run_report.py re-renders it)
+        checkpoint-NNNNNN/  periodic checkpoints; final/ the last one
+        eval_results.json   eval_hellaswag.py --output of the final checkpoint (scripts/reproduce_gpt2.py)
+    """
+
+    SETTINGS = "settings.yaml"
+    METRICS = "metrics.jsonl"
+    CURVES = "curves.png"
+    REPORT_JSON = "report.json"
+    REPORT_MD = "report.md"
+    CHECKPOINT_PREFIX = "checkpoint-"
+    FINAL = "final"
+    EVAL_RESULTS = "eval_results.json"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    settings = property(lambda self: self.path / self.SETTINGS)
+    metrics = property(lambda self: self.path / self.METRICS)
+    curves = property(lambda self: self.path / self.CURVES)
+    report_json = property(lambda self: self.path / self.REPORT_JSON)
+    report_md = property(lambda self: self.path / self.REPORT_MD)
+    final = property(lambda self: self.path / self.FINAL)
+    eval_results = property(lambda self: self.path / self.EVAL_RESULTS)
+
+    def checkpoint(self, step: int) -> Path:
+        return self.path / f"{self.CHECKPOINT_PREFIX}{step:06d}"
+
+    def periodic_checkpoints(self) -> list[Path]:
+        """The periodic checkpoint directories, complete or not, in name order."""
+        return sorted(self.path.glob(f"{self.CHECKPOINT_PREFIX}*"))
+
+
 def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / f"checkpoint-{step:06d}"
+    return RunDir(run_dir).checkpoint(step)
 
 
 def read_trainer_state(checkpoint: Path) -> dict:
@@ -45,9 +86,27 @@ def read_trainer_state(checkpoint: Path) -> dict:
         ) from None
 
 
-def save_checkpoint(accelerator, model, path: Path, trainer_state: dict, extras: Callable[[Path], None] = None):
-    """Every rank saves its part of the training state; the main process writes the model folder, calls
-    `extras(folder)` (tokenizer, card) and renames the whole into place."""
+class SaveSchedule:
+    """When a run saves: every `every_steps` steps, and once `every_minutes` passed since the last save (bounds the
+    work a crash can lose); 0 turns either off."""
+
+    def __init__(self, every_steps: int, every_minutes: float):
+        self.every_steps, self.every_minutes = every_steps, every_minutes
+        self.last_save = time.perf_counter()
+
+    def due(self, step: int) -> bool:
+        by_time = self.every_minutes and time.perf_counter() - self.last_save >= 60 * self.every_minutes
+        return bool(self.every_steps and step % self.every_steps == 0) or bool(by_time)
+
+    def saved(self) -> None:
+        self.last_save = time.perf_counter()
+
+
+def save_checkpoint(accelerator, model, path: Path, trainer_state: dict, tokenizer=None,
+                    files: dict[str, str | bytes | Path] | None = None) -> None:
+    """Every rank saves its part of the training state; the main process writes the model folder, the tokenizer
+    and `files` (name: text, bytes, or a file to copy; e.g. the card and the run report), and renames the whole
+    into place."""
     path = Path(path)
     tmp = path.with_name(f".tmp-{path.name}")
     if accelerator.is_main_process and tmp.exists():
@@ -63,8 +122,9 @@ def save_checkpoint(accelerator, model, path: Path, trainer_state: dict, extras:
             model = unsharded_copy(model, weights)
         with quiet_tied_weights_save():
             model.save_pretrained(tmp, save_function=accelerator.save)
-        if extras is not None:
-            extras(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_files(tmp, files or {})
         write_atomically(tmp / STATE_FILE, json.dumps(trainer_state, indent=2))
         if path.exists():
             shutil.rmtree(path)
@@ -122,9 +182,9 @@ def unsharded_copy(model, weights: dict):
 
 def checkpoint_steps(run_dir: Path, include_final: bool = True) -> dict[Path, int]:
     """{checkpoint: step} of those whose rename happened (temp dirs are ignored) and whose state reads, oldest first."""
-    run_dir = Path(run_dir)
+    run_dir = RunDir(run_dir)
     steps = {}
-    for path in [*run_dir.glob("checkpoint-*"), *([run_dir / "final"] if include_final else [])]:
+    for path in [*run_dir.periodic_checkpoints(), *([run_dir.final] if include_final else [])]:
         try:
             steps[path] = read_trainer_state(path)["step"]
         except (CheckpointError, KeyError, TypeError):
@@ -163,7 +223,8 @@ def find_resume_checkpoint(setting: str, run_dir: Path) -> list[Path]:
     path = Path(setting)
     if not (path / STATE_FILE).is_file():
         raise CheckpointError(
-            f"--resume {path}: not a complete checkpoint (no {STATE_FILE}); use a checkpoint-* dir or 'auto'"
+            f"--resume {path}: not a complete checkpoint (no {STATE_FILE}); use a {RunDir.CHECKPOINT_PREFIX}* dir or "
+            "'auto'"
         )
     return [path]
 
@@ -182,9 +243,8 @@ def load_checkpoint(accelerator, checkpoint: Path, model, optimizer) -> dict:
         raise
     # truncated safetensors or pickles, missing files, another model's shapes: the checkpoint is unloadable
     except (OSError, EOFError, KeyError, ValueError, RuntimeError, pickle.UnpicklingError, SafetensorError) as e:
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"{checkpoint}: cannot load its training state ({type(e).__name__}: {reason}); "
+            f"{checkpoint}: cannot load its training state ({first_line(e, with_type=True)}); "
             "resume from another checkpoint or start afresh"
         ) from e
     return state
@@ -227,6 +287,7 @@ def load_other_layout(accelerator, checkpoint: Path, model, optimizer) -> None:
 
 
 __all__ = [
-    "STATE_FILE", "CheckpointError", "checkpoint_path", "complete_checkpoints", "discard_after",
-    "find_resume_checkpoint", "load_checkpoint", "prune_checkpoints", "read_trainer_state", "save_checkpoint",
+    "STATE_FILE", "CheckpointError", "RunDir", "SaveSchedule", "checkpoint_path", "complete_checkpoints",
+    "discard_after", "find_resume_checkpoint", "load_checkpoint", "prune_checkpoints", "read_trainer_state",
+    "save_checkpoint",
 ]

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 
+from gpt2repro.checkpoints import RunDir
+from gpt2repro.errors import UserError, first_line
+from gpt2repro.hellaswag import HELLASWAG_ITEMS, HELLASWAG_METRICS
 from gpt2repro.report import (
-    CURVES,
     GPT2_124M_REFERENCE,
-    REPORT_JSON,
-    REPORT_MD,
     SAMPLE_PROMPT,
     hardware_lines,
     markdown_table,
@@ -27,22 +27,23 @@ from gpt2repro.report import (
     training_lines,
     val_loss_note,
 )
-from gpt2repro.fileio import copy_atomically, write_atomically
+from gpt2repro.fileio import write_files
 
 # What a checkpoint folder holds for its users: save_pretrained's weights, config and remote code, the
 # tokenizer, the card and the run's report. Top-level files only: training_state/ never matches.
 UPLOAD_PATTERNS = (
     "config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
     "model.safetensors.index.json", "*.py", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "vocab.json", "merges.txt", "README.md", CURVES, REPORT_MD, REPORT_JSON,
+    "vocab.json", "merges.txt", "README.md", RunDir.CURVES, RunDir.REPORT_MD, RunDir.REPORT_JSON,
 )
 TAGS = ["gpt2", "gpt2repro", "causal-lm", "pretrained-from-scratch"]
 HELLASWAG_HUB_ID = "Rowan/hellaswag"
+CONVENTION_STYLES = {"completion": "completion style (build-nanogpt, llm.c)", "lm_eval": "lm-evaluation-harness style"}
 # Markers around the section eval_hellaswag.py --push-results maintains, so a second push replaces it.
 EVAL_SECTION = ("<!-- gpt2repro:eval_hellaswag -->", "<!-- /gpt2repro:eval_hellaswag -->")
 
 
-class PublishError(RuntimeError):
+class PublishError(UserError, RuntimeError):
     """An upload or card download that failed: the message says what is intact and how to retry."""
 
 
@@ -54,32 +55,32 @@ def hellaswag_file(source: str | None, items: int | None) -> str | None:
     """The name of the local HellaSwag file scores came from, or None where they are of HellaSwag's validation set
     itself (downloaded with `auto`, or a local copy holding all of it). `source`: the --hellaswag setting or
     eval_hellaswag's --data."""
-    if source in (None, "", "auto", "off") or items == GPT2_124M_REFERENCE["hellaswag_items"]:
+    if source in (None, "", "auto", "off") or items == GPT2_124M_REFERENCE[HELLASWAG_ITEMS]:
         return None
     return Path(source).name
 
 
 def eval_results(scores: dict, data: dict | None, hellaswag_source: str | None = None) -> list[EvalResult]:
-    """model-index entries from scores named as in a run report's final_eval (hellaswag_items,
-    hellaswag_completion_acc_norm, hellaswag_lm_eval_acc_norm, val_loss, val_bpb, val_tokens); `data` is
-    run_report.describe_data() of the validation data; `hellaswag_source` is where the HellaSwag items came from
-    (hellaswag_file). Accuracies in percent, as the published figures."""
+    """model-index entries from scores named as in a run report's final_eval (HELLASWAG_ITEMS, the acc_norm of
+    HELLASWAG_METRICS, val_loss, val_bpb, val_tokens); `data` is report.describe_data() of the validation data;
+    `hellaswag_source` is where the HellaSwag items came from (hellaswag_file). Accuracies in percent, as the
+    published figures."""
     results = []
-    items = scores.get("hellaswag_items")
+    items = scores.get(HELLASWAG_ITEMS)
     # a subset of HellaSwag is a different evaluation from the whole set: its own model-index entry
-    split = "validation" if items in (None, GPT2_124M_REFERENCE["hellaswag_items"]) else f"validation[:{items}]"
+    split = "validation" if items in (None, GPT2_124M_REFERENCE[HELLASWAG_ITEMS]) else f"validation[:{items}]"
     local = hellaswag_file(hellaswag_source, items)
     dataset = dict(dataset_type=HELLASWAG_HUB_ID, dataset_name="HellaSwag", dataset_split=split)
     if local:  # not Rowan/hellaswag as published: say which file, and how many items
         dataset = dict(dataset_type=local, dataset_name=f"HellaSwag items of the local file {local}",
                        dataset_split=f"{items} items")
-    for config, style in (("completion", "completion style (build-nanogpt, llm.c)"),
-                          ("lm_eval", "lm-evaluation-harness style")):
-        value = scores.get(f"hellaswag_{config}_acc_norm")
-        if value is not None:
+    for metric in HELLASWAG_METRICS:
+        value = scores.get(metric.name)
+        if metric.kind == "acc_norm" and value is not None:
             results.append(EvalResult(
-                task_type="text-generation", task_name="Text Generation", **dataset, metric_type="acc_norm",
-                metric_name=f"acc_norm, {style}", metric_config=config, metric_value=round(100 * value, 2),
+                task_type="text-generation", task_name="Text Generation", **dataset, metric_type=metric.kind,
+                metric_name=f"{metric.kind}, {CONVENTION_STYLES[metric.convention]}", metric_config=metric.convention,
+                metric_value=round(100 * value, 2),
             ))
     if data and scores.get("val_loss") is not None:
         where = dict(
@@ -190,7 +191,8 @@ def card_body(report: dict, repo_id: str | None = None) -> str:
         reproduce_command(report),
         "```",
         "",
-        f"The full run report is in [{REPORT_MD}]({REPORT_MD}) ([{REPORT_JSON}]({REPORT_JSON}) for machines).",
+        f"The full run report is in [{RunDir.REPORT_MD}]({RunDir.REPORT_MD}) ([{RunDir.REPORT_JSON}]"
+        f"({RunDir.REPORT_JSON}) for machines).",
         "",
         "## Limitations",
         "",
@@ -203,23 +205,23 @@ def card_body(report: dict, repo_id: str | None = None) -> str:
 def card_rows(final: dict, data: dict, settings: dict) -> list[tuple[str, str, str]]:
     """The results table of the card: HellaSwag rows only where HellaSwag was scored, a local file named."""
     rows = results_rows(final, data)
-    if final.get("hellaswag_items") is None:
+    if final.get(HELLASWAG_ITEMS) is None:
         return [row for row in rows if not row[0].startswith("HellaSwag")]
-    local = hellaswag_file(settings.get("hellaswag"), final.get("hellaswag_items"))
+    local = hellaswag_file(settings.get("hellaswag"), final.get(HELLASWAG_ITEMS))
     return [(f"{row[0]} (local file {local})" if local and row[0].startswith("HellaSwag") else row[0], *row[1:])
             for row in rows]
 
 
 def hellaswag_note(final: dict, settings: dict) -> str:
-    if final.get("hellaswag_items") is None:
+    if final.get(HELLASWAG_ITEMS) is None:
         return ("HellaSwag was not evaluated in this run (train.py --hellaswag auto or FILE, or eval_hellaswag.py "
                 "afterwards).")
     text = ("HellaSwag is scored in two conventions that give different numbers for the same model: completion style "
             "(build-nanogpt, llm.c) and lm-evaluation-harness style; both are reported, by the same code.")
-    local = hellaswag_file(settings.get("hellaswag"), final.get("hellaswag_items"))
+    local = hellaswag_file(settings.get("hellaswag"), final.get(HELLASWAG_ITEMS))
     if local:
-        text += (f" These scores are on {final['hellaswag_items']:,} items of the local file {local}, not on "
-                 f"HellaSwag's {GPT2_124M_REFERENCE['hellaswag_items']:,} validation items: they do not compare with "
+        text += (f" These scores are on {final[HELLASWAG_ITEMS]:,} items of the local file {local}, not on "
+                 f"HellaSwag's {GPT2_124M_REFERENCE[HELLASWAG_ITEMS]:,} validation items: they do not compare with "
                  "GPT-2's.")
     return text
 
@@ -236,19 +238,26 @@ def limitations(n_params: int | None, val_loss: float | None) -> str:
     return base + ", writes fluent text that is often false, and reflects the biases of its training data."
 
 
+def card_files(report: dict, repo_id: str | None = None, run_dir: Path | None = None) -> dict[str, str | Path]:
+    """What a checkpoint folder holds for its readers, by file name: README.md (the card, made from `report`), and
+    run_dir's curves, report.md and report.json (files to copy) where they exist. `repo_id`: the Hub repo the folder
+    will be pushed to, if any (None: the card names no path of this machine)."""
+    run_dir = RunDir(run_dir) if run_dir is not None else None
+    names = (RunDir.CURVES, RunDir.REPORT_MD, RunDir.REPORT_JSON)
+    files = {name: run_dir.path / name for name in names if run_dir is not None and (run_dir.path / name).is_file()}
+    report = dict(report, curves=RunDir.CURVES if RunDir.CURVES in files else None)
+    return {**files, "README.md": str(build_model_card(report, repo_id))}
+
+
 def write_model_card(folder: Path, report: dict, repo_id: str | None = None, run_dir: Path | None = None) -> None:
-    """folder/README.md, with run_dir's curves.png, report.md and report.json copied beside it; `repo_id`: the Hub
-    repo the folder will be pushed to, if any. The context length comes from the folder's config.json."""
-    folder = Path(folder)
-    for name in (CURVES, REPORT_MD, REPORT_JSON):
-        if run_dir is not None and (Path(run_dir) / name).is_file():
-            copy_atomically(Path(run_dir) / name, folder / name)
-    try:
-        context = json.loads((folder / "config.json").read_text()).get("n_positions")
-    except (OSError, ValueError):
-        context = None
-    report = dict(report, curves=CURVES if (folder / CURVES).is_file() else None, context_length=context)
-    write_atomically(folder / "README.md", str(build_model_card(report, repo_id)))
+    """folder/README.md, with run_dir's curves.png, report.md and report.json copied beside it; the context length
+    from the folder's config.json where the report does not give it."""
+    if not report.get("context_length"):
+        try:
+            report = dict(report, context_length=json.loads((Path(folder) / "config.json").read_text())["n_positions"])
+        except (OSError, ValueError, KeyError):
+            pass
+    write_files(folder, card_files(report, repo_id, run_dir))
 
 
 
@@ -258,13 +267,12 @@ def write_model_card(folder: Path, report: dict, repo_id: str | None = None, run
 
 def add_eval_results(card: ModelCard, summary: dict, model_name: str, data: dict | None = None,
                      hellaswag_source: str | None = None) -> ModelCard:
-    """Merge an eval_hellaswag.py summary (items, completion_acc_norm, lm_eval_acc_norm, ... val_loss,
-    val_tokens) into the card's model-index, replacing what it measures again, and (re)write the card's
-    eval_hellaswag section. `data`: run_report.describe_data() of the --val-data directory; `hellaswag_source`:
-    its --data file (None: the downloaded validation set)."""
-    hellaswag = [k for k in summary if k == "items" or k.startswith(("completion_", "lm_eval_"))]
-    scores = {f"hellaswag_{k}": summary[k] for k in hellaswag}
-    scores.update({k: summary[k] for k in ("val_loss", "val_bpb", "val_tokens") if k in summary})
+    """Merge an eval_hellaswag.py summary (HellaSwag scores, val_loss, val_tokens, ...) into the card's
+    model-index, replacing what it measures again, and (re)write the card's eval_hellaswag section. `data`:
+    report.describe_data() of the --val-data directory; `hellaswag_source`: its --data file (None: the downloaded
+    validation set)."""
+    names = (HELLASWAG_ITEMS, *(metric.name for metric in HELLASWAG_METRICS), "val_loss", "val_bpb", "val_tokens")
+    scores = {name: summary[name] for name in names if name in summary}
     card.data.eval_results = merge_eval_results(card.data.eval_results, eval_results(scores, data, hellaswag_source))
     card.data.model_name = card.data.model_name or model_name
     section = "\n".join([
@@ -286,8 +294,8 @@ def load_card(repo_id: str) -> ModelCard:
     try:
         return ModelCard.load(repo_id)
     except Exception as e:  # offline, no such repo, no README, no permission
-        raise PublishError(f"could not read the model card of {repo_id} ({_reason(e)}); check the repo id, your "
-                           "network and `hf auth login`") from None
+        raise PublishError(f"could not read the model card of {repo_id} ({first_line(e, with_type=True)}); check "
+                           "the repo id, your network and `hf auth login`") from None
 
 
 def upload_card(card: ModelCard, repo_id: str) -> None:
@@ -298,8 +306,9 @@ def upload_card(card: ModelCard, repo_id: str) -> None:
             commit_message="Add eval_hellaswag.py results",
         )
     except Exception as e:
-        raise PublishError(f"could not update the model card of {repo_id} ({_reason(e)}); nothing on the Hub "
-                           "changed, and the scores above (and any --output file) are intact") from None
+        raise PublishError(f"could not update the model card of {repo_id} ({first_line(e, with_type=True)}); "
+                           "nothing on the Hub changed, and the scores above (and any --output file) are intact"
+                           ) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,7 +334,8 @@ def check_push_access(repo_id: str, private: bool = False) -> str:
     try:
         me = api.whoami()
     except Exception as e:  # offline, no token, a revoked token
-        raise PublishError(f"--push-to-hub {repo_id}: cannot check the Hugging Face login ({_reason(e)}); run "
+        reason = first_line(e, with_type=True)
+        raise PublishError(f"--push-to-hub {repo_id}: cannot check the Hugging Face login ({reason}); run "
                            "`hf auth login` with a write token, or train without --push-to-hub and upload "
                            "final/ later with `hf upload`") from None
     namespace = repo_id.split("/")[0] if "/" in repo_id else me.get("name")
@@ -363,11 +373,6 @@ def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
         raise
     except Exception as e:  # offline, no token, no permission: the local checkpoint stays as it is
         retry = f"hf upload {repo_id} {folder} . --exclude 'training_state/*'" + (" --private" if private else "")
-        raise PublishError(f"could not push {folder} to {repo_id} ({_reason(e)}); the checkpoint is intact: retry "
-                           f"with `{retry}` once online and logged in") from None
+        raise PublishError(f"could not push {folder} to {repo_id} ({first_line(e, with_type=True)}); the checkpoint "
+                           f"is intact: retry with `{retry}` once online and logged in") from None
     return str(url)
-
-
-def _reason(e: Exception) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__

@@ -6,19 +6,21 @@ as uint16. Shards written here train llm.c and modded-nanogpt, and theirs train 
 `prepare_data.py` writes a directory of shards plus `manifest.json`:
 
     {"format_version": 1, "name": ..., "source": {...}, "tokenizer": "gpt2-bpe-sha256:...",
-     "settings": {"val_tokens": ..., "shard_tokens": ...},
+     "settings": {"val_tokens": ..., "shard_tokens": ...},   # val_tokens: the val split's size in tokens
      "shards": [{"file": "x_val_000000.bin", "split": "val", "tokens": ..., "documents": ...,
                  "sha256": ..., "end": [document, token]}, ...],
      "splits": {"val": {"tokens": ..., "documents": ..., "shards": ...}, "train": {...}},
      "skipped_documents": ..., "empty_documents": ..., "complete": true}
 
 `end` is where the stream stands after the shard (the next document and how many of its tokens
-are already written): it is what lets prepare_data resume. A directory made of `part-*-of-*`
+are already written): it is what lets prepare_data resume. An entry may also carry `file_tokens`
+when only the first `tokens` of a longer file belong to the split (a downloaded 100M-token val
+shard cut to the validation budget: gpt2repro/hub_data.py). A directory made of `part-*-of-*`
 subdirectories (prepare_data --num-shards) reads as one dataset.
 
 A directory of llm.c / modded-nanogpt shards without a manifest (`fineweb_val_000000.bin`,
 `edu_fineweb_train_000001.bin`, `tiny_shakespeare_val.bin`, ...) also reads as a dataset:
-`load_manifest` makes up its manifest from the file names and shard headers (see `_llmc_manifest`).
+`load_manifest` makes up its manifest from the file names and shard headers (see `llmc_manifest`).
 
 `ShardedTokenLoader` reads (batch_size, seq_len + 1) windows for one rank of a data-parallel run.
 """
@@ -31,6 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt2repro.errors import UserError
+from gpt2repro.fileio import write_atomically
+
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
 HEADER_INTS = 256
@@ -38,9 +43,23 @@ HEADER_BYTES = HEADER_INTS * 4
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 SPLITS = ("val", "train")
+# The validation budget of the GPT-2 (124M) recipe, under two names for its two meanings:
+# VAL_TOKENS next-token targets are scored (build-nanogpt's 20 steps x 64 sequences x 1024 tokens x 8 GPUs;
+# modded-nanogpt's FineWeb target is the loss on this many tokens), and the split that scores them holds
+# VAL_SPLIT_TOKENS tokens (the first is only an input): what prepare_data.py writes for Hub datasets, and what
+# a manifest's settings.val_tokens records (the split size, a name kept for the manifests already written).
+VAL_TOKENS = 10_485_760
 
 
-class ShardError(ValueError):
+def val_split_tokens(targets: int) -> int:
+    """Tokens a val split needs to score `targets` next-token targets: the first token is only an input."""
+    return targets + 1
+
+
+VAL_SPLIT_TOKENS = val_split_tokens(VAL_TOKENS)
+
+
+class ShardError(UserError, ValueError):
     """A shard that cannot be trusted: the message names the file and what to do."""
 
 
@@ -103,13 +122,10 @@ def read_shard(path: str | Path) -> np.ndarray:
 
 def write_manifest(data_dir: str | Path, manifest: dict) -> None:
     """Write manifest.json atomically: readers see the old or the new one, never half of one."""
-    path = Path(data_dir) / MANIFEST_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomically(Path(data_dir) / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
 
 
-def _read_manifest_file(path: Path) -> dict:
+def read_manifest_file(path: Path) -> dict:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -127,7 +143,7 @@ def _read_manifest_file(path: Path) -> dict:
 
 def _merge_parts(data_dir: Path, part_dirs: list[Path]) -> dict:
     """One manifest for the `part-i-of-K` directories that K machines prepared separately."""
-    parts = [_read_manifest_file(d / MANIFEST_NAME) for d in part_dirs]
+    parts = [read_manifest_file(d / MANIFEST_NAME) for d in part_dirs]
     counts = {int(re.fullmatch(r"part-\d+-of-(\d+)", d.name)[1]) for d in part_dirs}
     if len(counts) != 1 or len(parts) != counts.pop():
         found = ", ".join(d.name for d in part_dirs)
@@ -155,7 +171,7 @@ def _merge_parts(data_dir: Path, part_dirs: list[Path]) -> dict:
 LLMC_SHARD_NAME = re.compile(r"(?P<dataset>.+?)_(?P<split>val|train)(?:_\d+)?\.bin")
 
 
-def _llmc_manifest(data_dir: Path, paths: list[Path]) -> dict:
+def llmc_manifest(data_dir: Path, paths: list[Path]) -> dict:
     """The manifest of a directory of llm.c / modded-nanogpt shards, which come without one.
 
     The split is in each file name, the order is by name, the token counts come from the (validated)
@@ -216,13 +232,13 @@ def load_manifest(data_dir: str | Path) -> dict:
     if not data_dir.is_dir():
         raise ShardError(f"{data_dir}: no such data directory; create it with prepare_data.py")
     if (data_dir / MANIFEST_NAME).is_file():
-        return _read_manifest_file(data_dir / MANIFEST_NAME)
+        return read_manifest_file(data_dir / MANIFEST_NAME)
     part_dirs = sorted(d for d in data_dir.glob("part-*-of-*") if (d / MANIFEST_NAME).is_file())
     if part_dirs:
         return _merge_parts(data_dir, part_dirs)
     shard_paths = sorted(data_dir.glob("*.bin"))
     if shard_paths:
-        return _llmc_manifest(data_dir, shard_paths)
+        return llmc_manifest(data_dir, shard_paths)
     raise ShardError(f"{data_dir}: no {MANIFEST_NAME} and no .bin shards; create the shards with prepare_data.py")
 
 
@@ -254,12 +270,13 @@ def open_split(data_dir: str | Path, split: str) -> tuple[list[dict], list[np.nd
     shards = []
     for entry in entries:
         tokens = read_shard(data_dir / entry["file"])
-        if len(tokens) != entry["tokens"]:
+        expected = entry.get("file_tokens", entry["tokens"])
+        if len(tokens) != expected or entry["tokens"] > expected:
             raise ShardError(
-                f"{data_dir / entry['file']}: holds {len(tokens)} tokens, the manifest says {entry['tokens']}; "
+                f"{data_dir / entry['file']}: holds {len(tokens)} tokens, the manifest says {expected}; "
                 "rerun prepare_data.py"
             )
-        shards.append(tokens)
+        shards.append(tokens[: entry["tokens"]])
     return entries, shards
 
 

@@ -4,7 +4,9 @@
     python scripts/reproduce_gpt2.py --dry-run [--gpus 8]             # print the commands, run nothing (any machine)
     python scripts/reproduce_gpt2.py --preset gpt2-124m-fineweb -- --max-steps 100   # after --: train.py flags
 
-  1. data      prepare_data.py for the preset's data directory: skipped when complete, resumed when half done
+  1. data      prepare_data.py for the preset's data directory: skipped when complete, resumed when half done;
+               its GPT-2 tokens downloaded from the Hub (--from-hub) where the data preset has them, tokenized
+               here if that download fails (or with --tokenize)
   2. train     accelerate launch ... train.py --resume auto, for the GPUs found: skipped when RUN/final exists
   3. evaluate  eval_hellaswag.py: RUN/final next to OpenAI's gpt2 (HellaSwag both ways, val loss and bpb)
   4. report    run_report.py: RUN/report.md and report.json with the evaluation in them
@@ -26,10 +28,12 @@ sys.path.insert(0, str(ROOT))  # the project's modules live at the repository ro
 
 import torch  # noqa: E402
 
-import prepare_data  # noqa: E402
 import train  # noqa: E402
-from gpt2repro.checkpoints import CheckpointError, read_trainer_state  # noqa: E402
-from gpt2repro.token_shards import MANIFEST_NAME, ShardError, load_manifest  # noqa: E402
+from gpt2repro.checkpoints import CheckpointError, RunDir, read_trainer_state  # noqa: E402
+from gpt2repro.document_sources import DATA_PRESETS, DEFAULT_DATA_DIR, HUB_TOKENS, data_dir_for  # noqa: E402
+from gpt2repro.errors import UserError, cli  # noqa: E402
+from gpt2repro.hub_data import downloading  # noqa: E402
+from gpt2repro.token_shards import MANIFEST_NAME, load_manifest  # noqa: E402
 
 STEPS = 4
 ACCELERATE_CONFIGS = {0: "accelerate_configs/cpu.yaml", 1: "accelerate_configs/1gpu.yaml",
@@ -37,30 +41,38 @@ ACCELERATE_CONFIGS = {0: "accelerate_configs/cpu.yaml", 1: "accelerate_configs/1
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
-class ReproduceError(Exception):
+class ReproduceError(UserError, ValueError):
     """The reproduction cannot start or go on: the message says why and what to do."""
 
 
+class StepFailed(UserError, RuntimeError):
+    """A step's command failed: the message says how to continue; the exit status is the command's."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@cli
 def main(argv=None) -> None:
     args, extra = parse_args(argv)
-    try:
-        gpus = count_gpus(args.gpus, args.allow_cpu, args.dry_run)
-        train_args, s = training_args(args, extra, gpus)
-        note(f"preset {args.preset} on {f'{gpus} GPU(s)' if gpus else 'the CPU'} | data {s.data_dir} | run {s.run_dir}")
-        steps = Steps(args.dry_run)
-        prepare_data_step(steps, s.data_dir)
-        train_step(steps, launcher(gpus) + ["train.py", *train_args], s.run_dir, s.max_steps)
-        evaluate_step(steps, s.run_dir, s.data_dir)
-        report_step(steps, s.run_dir)
-    except (ReproduceError, train.SettingsError, ShardError) as e:
-        sys.exit(f"error: {e}")
+    gpus = count_gpus(args.gpus, args.allow_cpu, args.dry_run)
+    train_args, s = training_args(args, extra, gpus)
+    note(f"preset {args.preset} on {f'{gpus} GPU(s)' if gpus else 'the CPU'} | data {s.data_dir} | run {s.run_dir}")
+    steps = Steps(args.dry_run)
+    prepare_data_step(steps, s.data_dir, download=not args.tokenize)
+    train_step(steps, launcher(gpus) + ["train.py", *train_args], s.run_dir, s.max_steps)
+    evaluate_step(steps, s.run_dir, s.data_dir)
+    report_step(steps, s.run_dir)
 
 
 # ----------------------------------------------------------------------------------------------
 # the four steps
 
 
-def prepare_data_step(steps, data_dir: str) -> None:
+def prepare_data_step(steps, data_dir: str, download: bool = True) -> None:
+    """Download the data preset's tokens from the Hub where it has them (minutes), else tokenize (an hour for
+    FineWeb-Edu 10B); a failed download falls back to tokenizing. A half-tokenized directory resumes tokenizing."""
     if data_state(ROOT / data_dir) == "complete":
         return steps.skip("data", f"{data_dir} is complete")
     command, streams = prepare_command(data_dir)
@@ -68,11 +80,20 @@ def prepare_data_step(steps, data_dir: str) -> None:
     if offline and streams:
         raise ReproduceError(f"{data_dir} is not prepared yet and {offline[0]} is set: preparing it streams from the "
                              f"Hub; unset {' and '.join(offline)}, or copy a prepared {data_dir} here")
-    steps.run("data", command)
+    half_tokenized = (ROOT / data_dir / MANIFEST_NAME).is_file() and downloading(ROOT / data_dir) is None
+    repo = HUB_TOKENS.get(command[2]) if streams else None
+    if not (download and repo and not half_tokenized):
+        return steps.run("data", command)
+    note(f"data: downloading the tokens of {command[2]} from the Hub dataset {repo} instead of tokenizing; "
+         "if that fails, tokenizing them here")
+    if steps.run("data", command + ["--from-hub"], stop_on_failure=False):
+        return
+    note(f"data: the download failed, so tokenizing {data_dir} here instead")
+    steps.run("data", command + ["--overwrite"], again=True)  # --overwrite: the download's leftovers go
 
 
 def train_step(steps, command: list[str], run_dir: str, max_steps: int) -> None:
-    final = Path(run_dir) / "final"
+    final = RunDir(run_dir).final
     if (ROOT / final).is_dir():
         try:
             trained = read_trainer_state(ROOT / final)["step"]
@@ -88,7 +109,7 @@ def train_step(steps, command: list[str], run_dir: str, max_steps: int) -> None:
 
 
 def evaluate_step(steps, run_dir: str, data_dir: str) -> None:
-    final, results = Path(run_dir) / "final", Path(run_dir) / "eval_results.json"
+    final, results = RunDir(run_dir).final, RunDir(run_dir).eval_results
     if (ROOT / final).is_dir() and (ROOT / results).is_file() and \
             (ROOT / results).stat().st_mtime >= (ROOT / final).stat().st_mtime:
         return steps.skip("evaluate", f"{results} is newer than {final}")
@@ -98,7 +119,7 @@ def evaluate_step(steps, run_dir: str, data_dir: str) -> None:
 
 def report_step(steps, run_dir: str) -> None:
     steps.run("report", [sys.executable, "run_report.py", run_dir,
-                         "--eval-results", str(Path(run_dir) / "eval_results.json")])
+                         "--eval-results", str(RunDir(run_dir).eval_results)])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,11 +140,13 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--gpus", type=int, help="use this many GPUs (default: all that torch sees)")
     parser.add_argument("--allow-cpu", action="store_true", help="go on without a GPU (rehearsals, tests)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands (stdout, one per line), run none")
+    parser.add_argument("--tokenize", action="store_true",
+                        help="tokenize the data here even where its tokens can be downloaded from the Hub")
     args = parser.parse_args(ours)
     if args.preset not in train.PRESETS:
-        sys.exit(f"error: unknown preset {args.preset!r}; choose one of {', '.join(train.PRESETS)}")
+        raise ReproduceError(f"unknown preset {args.preset!r}; choose one of {', '.join(train.PRESETS)}")
     if args.gpus is not None and args.gpus < 0:
-        sys.exit(f"error: --gpus {args.gpus}: must be 0 or more")
+        raise ReproduceError(f"--gpus {args.gpus}: must be 0 or more")
     return args, extra
 
 
@@ -200,13 +223,13 @@ def data_state(data_dir: Path) -> str:
 def prepare_command(data_dir: str) -> tuple[list[str], bool]:
     """prepare_data.py for a data directory named after a data preset (or the tiny preset's corpus), and whether it
     streams from the Hub."""
-    recipes = {prepare_data.data_dir_for(name): [name] for name in prepare_data.PRESETS}
-    recipes[Path(train.Settings.data_dir)] = []  # the shipped tiny-Shakespeare
+    recipes = {data_dir_for(name): [name] for name in DATA_PRESETS}
+    recipes[DEFAULT_DATA_DIR] = []  # the shipped tiny-Shakespeare
     for default_dir, corpus in recipes.items():
         if Path(data_dir).name == default_dir.name:
             out = [] if Path(data_dir) == default_dir else ["--out", data_dir]
             return [sys.executable, "prepare_data.py", *corpus, *out], bool(corpus)
-    presets = ", ".join(prepare_data.PRESETS)
+    presets = ", ".join(DATA_PRESETS)
     raise ReproduceError(f"{data_dir}: not prepared, and not named after a data preset ({presets}); prepare it with "
                          f"python prepare_data.py CORPUS --out {data_dir}")
 
@@ -235,16 +258,18 @@ class Steps:
         self.number += 1
         note(f"== step {self.number}/{STEPS}: {name} == skipped: {why}")
 
-    def run(self, name: str, command: list[str]) -> None:
-        self.number += 1
-        note(f"== step {self.number}/{STEPS}: {name} ==")
+    def run(self, name: str, command: list[str], stop_on_failure=True, again=False) -> bool:
+        """Run `command` as the next step (`again`: as another try of the same step); whether it succeeded.
+        A failure exits with the command's code, unless not `stop_on_failure`."""
+        self.number += not again
+        note(f"== step {self.number}/{STEPS}: {name}{' (again)' if again else ''} ==")
         print(shlex.join(command), flush=True)
-        if not self.dry_run:
-            run_command(name, command)
+        return self.dry_run or run_command(name, command, stop_on_failure)
 
 
-def run_command(name: str, command: list[str]) -> None:
-    """Run `command` in the repository root; if it fails, say how to continue and exit with its code.
+def run_command(name: str, command: list[str], stop_on_failure: bool = True) -> bool:
+    """Run `command` in the repository root; if it fails, raise StepFailed saying how to continue, with its code
+    (or, unless `stop_on_failure`, return False).
 
     Ctrl-C reaches the child by itself (same process group) and SIGTERM is passed on to it; meanwhile this process
     waits instead of killing it, so train.py can finish its step and save a checkpoint to resume from."""
@@ -256,10 +281,13 @@ def run_command(name: str, command: list[str]) -> None:
     finally:
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
+    interrupted = code in (-signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM)
+    if code and not stop_on_failure and not interrupted:  # Ctrl-C stops the whole run, not just this try
+        return False
     if code:
         code = code if code > 0 else 128 - code  # killed by signal N: the shell's 128 + N
-        print(f"error: {name} failed (exit {code}); rerun the same command to continue", file=sys.stderr)
-        sys.exit(code)
+        raise StepFailed(f"{name} failed (exit {code}); rerun the same command to continue", code)
+    return True
 
 
 if __name__ == "__main__":

@@ -3,53 +3,27 @@
 record exactly the scalars of metrics.jsonl."""
 
 import json
-from gpt2repro import hellaswag
 import math
 import sys
 
 import huggingface_hub
 import pytest
-from conftest import REPO
+from conftest import REPO, SEQ, as_hub_dataset, run_in_process
 from huggingface_hub import HfApi, ModelCard
 
 from gpt2repro import model_card
-
 from gpt2repro import report as reporting
-import train
 
 FIXTURE = REPO / "tests" / "fixtures" / "hellaswag_tiny.jsonl"
-SEQ = 32
-TINY = ["--model", "tiny", "--seq-len", str(SEQ), "--log-with", "none", "--mixed-precision", "no",
-        "--eval-every", "0", "--val-tokens", "512", "--warmup-steps", "2", "--lr", "3e-3"]
 USER_FILES = ["README.md", "config.json", "configuration_gpt2repro.py", "curves.png", "generation_config.json",
               "model.safetensors", "modeling_gpt2repro.py", "report.json", "report.md", "tokenizer.json",
               "tokenizer_config.json"]
 
 
 @pytest.fixture(scope="module")
-def data_dir(shakespeare_shards):
-    return shakespeare_shards
-
-
-@pytest.fixture(scope="module")
 def fineweb_edu(data_dir, tmp_path_factory):
     """The same shards, their manifest saying they were streamed from HuggingFaceFW/fineweb-edu."""
-    copy = tmp_path_factory.mktemp("fineweb-edu")
-    for f in data_dir.iterdir():
-        (copy / f.name).write_bytes(f.read_bytes())
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["source"] = {"type": "hub", "dataset": "HuggingFaceFW/fineweb-edu", "name": "sample-10BT",
-                          "split": "train", "text_column": "text", "part": None}
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    return copy
-
-
-def run_in_process(*args):
-    """train.main in this process (fast), with Accelerate's process-wide state reset between runs."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    train.main([*TINY, *map(str, args)])
+    return as_hub_dataset(data_dir, tmp_path_factory.mktemp("hub"), "HuggingFaceFW/fineweb-edu", "sample-10BT")
 
 
 @pytest.fixture
@@ -162,7 +136,8 @@ def test_a_card_of_local_data_names_no_hub_dataset_and_a_partial_run_says_so(tmp
 def test_added_eval_results_replace_what_they_measure_again_and_keep_the_rest(checkpoint, fineweb_edu):
     card = ModelCard.load(checkpoint / "README.md")
     before = len(card.data.eval_results)
-    summary = dict(items=10_042, completion_acc=0.3, completion_acc_norm=0.35, lm_eval_acc=0.3, lm_eval_acc_norm=0.36,
+    summary = dict(hellaswag_items=10_042, hellaswag_completion_acc=0.3, hellaswag_completion_acc_norm=0.35,
+                   hellaswag_lm_eval_acc=0.3, hellaswag_lm_eval_acc_norm=0.36,
                    device="cuda", dtype="float32")
     data = reporting.describe_data(fineweb_edu)
     for _ in range(2):  # a second push of the same results duplicates nothing
@@ -276,10 +251,10 @@ def test_eval_hellaswag_push_results_adds_to_the_hub_card_and_uploads_only_readm
               if r.metric_type == "acc_norm"}
     assert values == {  # the training run's, kept; then 4 items of a local file, labelled as that file
         ("Rowan/hellaswag", "validation", "completion"): 31.23, ("Rowan/hellaswag", "validation", "lm_eval"): 33.01,
-        ("hellaswag_tiny.jsonl", "4 items", "completion"): round(100 * summary["completion_acc_norm"], 2),
-        ("hellaswag_tiny.jsonl", "4 items", "lm_eval"): round(100 * summary["lm_eval_acc_norm"], 2),
+        ("hellaswag_tiny.jsonl", "4 items", "completion"): round(100 * summary["hellaswag_completion_acc_norm"], 2),
+        ("hellaswag_tiny.jsonl", "4 items", "lm_eval"): round(100 * summary["hellaswag_lm_eval_acc_norm"], 2),
     }
-    row = f"| HellaSwag acc, completion style [4 items] | {100 * summary['completion_acc']:.2f} | 28.59 |"
+    row = f"| HellaSwag acc, completion style [4 items] | {100 * summary['hellaswag_completion_acc']:.2f} | 28.59 |"
     assert "## Evaluation (eval_hellaswag.py)" in card.text and row in card.text
 
 
@@ -333,6 +308,7 @@ def assert_same_metrics(logged: dict, expected: dict):
             assert math.isclose(logged[key][step], value, rel_tol=1e-6), (key, step)  # TensorBoard keeps float32
 
 
+@pytest.mark.slow
 def test_tensorboard_events_hold_exactly_the_scalars_of_metrics_jsonl(data_dir, tmp_path, no_peak_probe):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -350,6 +326,7 @@ def test_tensorboard_events_hold_exactly_the_scalars_of_metrics_jsonl(data_dir, 
     assert_same_metrics(logged, expected)
 
 
+@pytest.mark.slow
 def test_trackio_logs_offline_exactly_the_scalars_of_metrics_jsonl(data_dir, tmp_path, no_peak_probe):
     from trackio.sqlite_storage import SQLiteStorage  # its database lives in conftest's TRACKIO_DIR
 

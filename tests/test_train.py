@@ -2,7 +2,6 @@
 
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -10,57 +9,11 @@ import time
 
 import pytest
 import torch
-from conftest import REPO
-from safetensors.torch import load_file
+from conftest import (REPO, SEQ, TINY, assert_same_weights, launcher, logged, metrics, run_cli, run_in_process,
+                      train_argv)
 
 import train
 from gpt2repro.checkpoints import STATE_FILE, find_resume_checkpoint
-
-SEQ = 32
-# The tiny preset (4 layers, 128 wide) on 32-token windows: a step takes tens of milliseconds.
-TINY = ["--model", "tiny", "--seq-len", str(SEQ), "--log-with", "none", "--mixed-precision", "no",
-        "--eval-every", "0", "--val-tokens", "512", "--warmup-steps", "2", "--lr", "3e-3"]
-
-
-@pytest.fixture(scope="module")
-def data_dir(shakespeare_shards):
-    return shakespeare_shards
-
-
-def run_in_process(*args):
-    """train.main in this process (fast), with Accelerate's process-wide state reset between runs."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    train.main([*TINY, *map(str, args)])
-
-
-def run_cli(*args, launcher=(), env=None, **popen):
-    command = [*launcher] if launcher else [sys.executable]
-    command += [str(REPO / "train.py"), *TINY, *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, **popen)
-
-
-def weights(checkpoint):
-    return load_file(str(checkpoint / "model.safetensors"))
-
-
-def metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def logged(run_dir, key):
-    return [r[key] for r in metrics(run_dir) if key in r]
-
-
-def assert_same_weights(a, b, atol=0.0):
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for name in wa:
-        if atol:
-            torch.testing.assert_close(wa[name], wb[name], atol=atol, rtol=0, msg=name)
-        else:
-            assert torch.equal(wa[name], wb[name]), name
 
 
 # ---- the schedule and the optimizer ----
@@ -91,6 +44,7 @@ def test_weight_decay_only_on_matrices_and_embeddings():
 # ---- learning, batch math, DDP ----
 
 
+@pytest.mark.slow
 def test_loss_drops_and_the_run_leaves_its_artefacts(data_dir, tmp_path, capsys):
     run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 40, "--micro-batch-size", 8,
                    "--total-batch-tokens", 8 * SEQ, "--eval-every", 20, "--sample-tokens", 8,
@@ -113,6 +67,7 @@ def test_loss_drops_and_the_run_leaves_its_artefacts(data_dir, tmp_path, capsys)
     assert (tmp_path / "final" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_accumulation_matches_one_big_micro_batch(data_dir, tmp_path):
     # 4 micro-steps of 2 windows vs 1 micro-step of 8 windows: the same tokens, the same update
     common = ["--data-dir", data_dir, "--max-steps", 2, "--total-batch-tokens", 8 * SEQ]
@@ -125,13 +80,12 @@ def test_accumulation_matches_one_big_micro_batch(data_dir, tmp_path):
         assert logged(tmp_path / "accum", key) == pytest.approx(logged(tmp_path / "big", key), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process(data_dir, tmp_path):
     common = ["--data-dir", data_dir, "--max-steps", 2, "--total-batch-tokens", 8 * SEQ, "--micro-batch-size", 4]
     single = run_cli(*common, "--run-dir", tmp_path / "one")
     assert single.returncode == 0, single.stderr[-2000:]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(REPO / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", "29531"]
-    ddp = run_cli(*common, "--run-dir", tmp_path / "two", launcher=launcher)
+    ddp = run_cli(*common, "--run-dir", tmp_path / "two", launcher=launcher("cpu_2proc.yaml"))
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "2 process(es)" in ddp.stdout and "x 1 accumulation" in ddp.stdout
     assert_same_weights(tmp_path / "one" / "final", tmp_path / "two" / "final", atol=3e-5)
@@ -142,6 +96,7 @@ def test_two_process_ddp_matches_one_process(data_dir, tmp_path):
 # ---- checkpoints and resumption ----
 
 
+@pytest.mark.slow
 def test_resumed_run_is_identical_to_an_uninterrupted_one(data_dir, tmp_path):
     common = ["--data-dir", data_dir, "--max-steps", 6, "--micro-batch-size", 4, "--total-batch-tokens", 8 * SEQ]
     run_in_process(*common, "--run-dir", tmp_path / "full", "--save-every", 3, "--keep-checkpoints", 1)
@@ -152,13 +107,12 @@ def test_resumed_run_is_identical_to_an_uninterrupted_one(data_dir, tmp_path):
     assert logged(tmp_path / "resumed", "loss") == logged(tmp_path / "full", "loss")[3:]
 
 
+@pytest.mark.slow
 def test_resume_on_two_processes_continues_the_token_stream(data_dir, tmp_path):
     common = ["--data-dir", data_dir, "--max-steps", 4, "--micro-batch-size", 4, "--total-batch-tokens", 8 * SEQ]
     run_in_process(*common, "--run-dir", tmp_path / "one", "--save-every", 2)
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(REPO / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", "29532"]
     result = run_cli(*common, "--run-dir", tmp_path / "two", "--resume", tmp_path / "one" / "checkpoint-000002",
-                     launcher=launcher)
+                     launcher=launcher("cpu_2proc.yaml"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stdout and "at step 2" in result.stdout
     # the same tokens at the same weights: the same losses, up to the order of floating-point sums
@@ -166,6 +120,7 @@ def test_resume_on_two_processes_continues_the_token_stream(data_dir, tmp_path):
     assert_same_weights(tmp_path / "one" / "final", tmp_path / "two" / "final", atol=3e-5)
 
 
+@pytest.mark.slow
 def test_resume_auto_picks_the_newest_complete_checkpoint(data_dir, tmp_path):
     run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 4, "--micro-batch-size", 4,
                    "--total-batch-tokens", 4 * SEQ, "--save-every", 1, "--keep-checkpoints", 2)
@@ -179,9 +134,10 @@ def test_resume_auto_picks_the_newest_complete_checkpoint(data_dir, tmp_path):
     assert find_resume_checkpoint("auto", tmp_path)[0] == tmp_path / "checkpoint-000003"
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_step_saves_and_resumes(data_dir, tmp_path):
-    args = [str(REPO / "train.py"), *TINY, "--data-dir", str(data_dir), "--run-dir", str(tmp_path),
-            "--max-steps", "100000", "--micro-batch-size", "4", "--total-batch-tokens", str(4 * SEQ)]
+    args = train_argv("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 100000, "--micro-batch-size", 4,
+                         "--total-batch-tokens", 4 * SEQ)
     process = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (
@@ -200,6 +156,7 @@ def test_sigterm_finishes_the_step_saves_and_resumes(data_dir, tmp_path):
     assert f"at step {step}" in resumed.stdout and (tmp_path / "final").exists()
 
 
+@pytest.mark.slow
 def test_final_checkpoint_loads_through_auto_classes_elsewhere(data_dir, tmp_path):
     run_in_process("--data-dir", data_dir, "--run-dir", tmp_path / "run", "--max-steps", 1, "--micro-batch-size", 4,
                    "--total-batch-tokens", 4 * SEQ)
@@ -221,6 +178,7 @@ def test_final_checkpoint_loads_through_auto_classes_elsewhere(data_dir, tmp_pat
 # ---- bad input ----
 
 
+@pytest.mark.slow
 def test_bad_settings_each_give_a_one_line_error(data_dir, tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -256,6 +214,7 @@ def test_bad_settings_each_give_a_one_line_error(data_dir, tmp_path):
         assert not (tmp_path / "r" / "final").exists()
 
 
+@pytest.mark.slow
 def test_diverging_run_skips_bad_updates_then_aborts(data_dir, tmp_path, capsys):
     with pytest.raises(RuntimeError, match="non-finite steps in a row"):
         run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 20, "--micro-batch-size", 4,
@@ -263,6 +222,7 @@ def test_diverging_run_skips_bad_updates_then_aborts(data_dir, tmp_path, capsys)
     assert capsys.readouterr().out.count("update skipped") == 3
 
 
+@pytest.mark.slow
 def test_a_push_that_fails_after_training_says_so_and_keeps_the_checkpoint(data_dir, tmp_path, monkeypatch,
                                                                            capsys):
     # the login checked out at the start (the network went away later); conftest's HF_HUB_OFFLINE=1 fails the push
@@ -274,6 +234,7 @@ def test_a_push_that_fails_after_training_says_so_and_keeps_the_checkpoint(data_
     assert (tmp_path / "final" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_a_real_runtime_error_keeps_its_traceback_while_project_errors_are_one_line(data_dir, tmp_path, monkeypatch):
     from accelerate.state import AcceleratorState
 
@@ -291,6 +252,7 @@ def test_a_real_runtime_error_keeps_its_traceback_while_project_errors_are_one_l
         train.run([*common, "--model", "gpt5"])
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_is_refused_in_one_line_and_auto_falls_back_to_the_one_before(data_dir, tmp_path, capsys):
     common = ["--data-dir", data_dir, "--run-dir", tmp_path, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ]
     run_in_process(*common, "--max-steps", 3, "--save-every", 1, "--keep-checkpoints", 3)
@@ -317,6 +279,7 @@ def test_a_corrupt_checkpoint_is_refused_in_one_line_and_auto_falls_back_to_the_
     assert f"resumed from {tmp_path / 'checkpoint-000001'} at step 1" in out
 
 
+@pytest.mark.slow
 def test_resuming_from_an_earlier_checkpoint_abandons_the_later_branch(data_dir, tmp_path):
     common = ["--data-dir", data_dir, "--run-dir", tmp_path, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ]
     run_in_process(*common, "--max-steps", 4, "--save-every", 1, "--keep-checkpoints", 4)
@@ -328,6 +291,7 @@ def test_resuming_from_an_earlier_checkpoint_abandons_the_later_branch(data_dir,
     assert [r["step"] for r in metrics(tmp_path) if "loss" in r] == [1, 2, 3, 4]  # no step logged twice
 
 
+@pytest.mark.slow
 def test_a_fresh_run_refuses_a_directory_holding_another_runs_checkpoints(data_dir, tmp_path, monkeypatch):
     common = ["--data-dir", data_dir, "--run-dir", tmp_path, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ,
               "--max-steps", 1]
@@ -352,12 +316,22 @@ def test_config_files_are_typed_like_flags(tmp_path):
             train.parse_settings(["--config", str(config)])
 
 
+@pytest.mark.slow
 def test_a_malformed_hellaswag_file_named_by_the_user_stops_the_run(data_dir, tmp_path):
     bad = tmp_path / "hellaswag.jsonl"
     bad.write_text('{"ind": 1}\n')
     result = run_cli("--data-dir", data_dir, "--run-dir", tmp_path / "r", "--max-steps", 1, "--micro-batch-size", 4,
                      "--total-batch-tokens", 4 * SEQ, "--hellaswag", bad)
     assert result.returncode != 0 and "malformed HellaSwag item" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_the_tiny_default_prepares_its_data_on_first_use_through_the_prepare_data_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # data/tinyshakespeare is relative to where train.py runs
+    accelerator = type("OneProcess", (), {"is_main_process": True, "wait_for_everyone": lambda self: None})()
+    train.prepare_default_data(train.Settings(), accelerator)
+    manifest = json.loads((tmp_path / train.Settings.data_dir / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["splits"]["val"]["tokens"] > 0
 
 
 # ---- what a new user meets: reruns, --help, the console, the curves ----
@@ -368,6 +342,7 @@ def snapshot(run_dir):
     return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_run_is_a_no_op_that_says_so_and_changes_no_file(data_dir, tmp_path, capsys):
     common = ["--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 2, "--micro-batch-size", 4,
               "--total-batch-tokens", 4 * SEQ, "--log-with", "tensorboard", "--resume", "auto"]
@@ -409,6 +384,7 @@ def test_help_says_what_every_flag_means_with_its_default_and_choices(capsys):
     assert "--max-steps N optimizer steps to train" in options and "gpt2-124m-40b: 76292" in options
 
 
+@pytest.mark.slow
 def test_evaluation_lines_name_their_step_no_samples_at_zero_tokens_and_the_end_names_report_and_curves(
         data_dir, tmp_path, capsys):
     run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 2, "--micro-batch-size", 4,
@@ -422,6 +398,7 @@ def test_evaluation_lines_name_their_step_no_samples_at_zero_tokens_and_the_end_
     assert saved["model_max_length"] == 256
 
 
+@pytest.mark.slow
 def test_saving_says_nothing_about_the_tied_lm_head_and_draws_no_one_shard_bar(data_dir, tmp_path, capfd, caplog):
     from transformers.utils import logging as transformers_logging
 
@@ -443,6 +420,7 @@ def test_saving_says_nothing_about_the_tied_lm_head_and_draws_no_one_shard_bar(d
     assert notice.filter(record("Removed shared tensor {'lm_head.weight', 'h.0.mlp.c_fc.weight'} while saving"))
 
 
+@pytest.mark.slow
 def test_hellaswag_auto_offline_names_train_pys_own_flag(data_dir, tmp_path, capsys, monkeypatch):
     from gpt2repro import hellaswag
 
@@ -465,7 +443,9 @@ def rows_of_a_run(evaluations, hellaswag):
 def test_curves_have_no_empty_hellaswag_panel_integer_steps_and_legends_off_the_data():
     import matplotlib.pyplot as plt
 
-    fig = train.curves_figure(rows_of_a_run([3], hellaswag=False), None)
+    from gpt2repro import report
+
+    fig = report.curves_figure(rows_of_a_run([3], hellaswag=False), None)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     assert [ax.get_title() for ax in fig.axes] == ["loss", "validation bits per byte"]
@@ -480,7 +460,9 @@ def test_curves_have_no_empty_hellaswag_panel_integer_steps_and_legends_off_the_
 def test_curves_with_hellaswag_draw_both_conventions_and_both_gpt2_references():
     import matplotlib.pyplot as plt
 
-    fig = train.curves_figure(rows_of_a_run([2, 4], hellaswag=True), None)
+    from gpt2repro import report
+
+    fig = report.curves_figure(rows_of_a_run([2, 4], hellaswag=True), None)
     ax = fig.axes[2]
     assert ax.get_title() == "HellaSwag"
     labels = ax.get_legend_handles_labels()[1]
