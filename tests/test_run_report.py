@@ -153,13 +153,13 @@ def test_cli_bad_input_is_a_one_line_error(tmp_path, setup, message):
     assert not (tmp_path / "report.md").exists()
 
 
-def test_eval_results_of_the_runs_own_checkpoint_fill_the_results_table_and_the_written_time(local_data, tmp_path):
-    facts_ = facts(local_data, tmp_path, device_type="cpu")
+def test_eval_results_of_the_runs_own_checkpoint_fill_the_results_table_and_the_written_time(data_dir, tmp_path):
+    facts_ = facts(data_dir, tmp_path, device_type="cpu")
     facts_["final_eval"] = {"val_loss": 3.071, "val_bpb": 0.93, "val_tokens": 1000}  # trained with HellaSwag off
     written = reporting.write_report(tmp_path, facts_)["created"]
     summary = dict(hellaswag_items=10_042, hellaswag_completion_acc=0.3, hellaswag_completion_acc_norm=0.31,
                    hellaswag_lm_eval_acc=0.302, hellaswag_lm_eval_acc_norm=0.325, val_loss=3.2, val_bpb=0.95, val_tokens=2000, device="cpu")
-    results = {"data": "hellaswag_val.jsonl", "val_data": str(local_data), "models": {
+    results = {"data": "hellaswag_val.jsonl", "val_data": str(data_dir), "models": {
         str(tmp_path / "final"): {"summary": summary, "items": []},
         "gpt2": {"summary": dict(summary, hellaswag_completion_acc=0.2859), "items": []},
     }}
