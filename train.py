@@ -475,13 +475,14 @@ def resume_candidates(s: Settings) -> list[Path]:
 def finished_run(s: Settings, candidates: list[Path]) -> str | None:
     """What to say when the checkpoint to resume from is this run's own final one at --max-steps: the run is done,
     and resuming would re-save it, re-measure it and rewrite its report."""
-    final = Path(s.run_dir) / "final"
-    if not candidates or candidates[0] != final or read_trainer_state(final).get("step", -1) < s.max_steps:
+    run_dir = RunDir(s.run_dir)
+    if not candidates or candidates[0] != run_dir.final:
         return None
-    return (f"{s.run_dir} is finished: {final} holds step {read_trainer_state(final)['step']} of --max-steps "
-            f"{s.max_steps}; nothing to do, no file changed.\nreport: {Path(s.run_dir) / 'report.md'} | curves: "
-            f"{Path(s.run_dir) / 'curves.png'}\nto train longer, raise --max-steps; to start afresh, use another "
-            "--run-dir")
+    if read_trainer_state(run_dir.final).get("step", -1) < s.max_steps:
+        return None
+    return (f"{s.run_dir} is finished: {run_dir.final} holds step {read_trainer_state(run_dir.final)['step']} of "
+            f"--max-steps {s.max_steps}; nothing to do, no file changed.\nreport: {run_dir.report_md} | curves: "
+            f"{run_dir.curves}\nto train longer, raise --max-steps; to start afresh, use another --run-dir")
 
 
 def resume(accelerator, model, optimizer, candidates: list[Path], loader, run_dir: Path, print0) -> RunState:
@@ -700,8 +701,7 @@ def main(argv=None):
         final = log.run_dir.final
         log.tick(state)
         save(accelerator, model, tokenizer, final, state, loader, log)
-        run_dir = Path(s.run_dir)
-        log.print(f"final checkpoint: {final}\nreport: {run_dir / 'report.md'} | curves: {run_dir / 'curves.png'}")
+        log.print(f"final checkpoint: {final}\nreport: {log.run_dir.report_md} | curves: {log.run_dir.curves}")
         if s.push_to_hub and accelerator.is_main_process:
             push_to_hub(final, s.push_to_hub, private=s.hub_private)
             log.print(f"pushed to https://huggingface.co/{s.push_to_hub}")
