@@ -1,0 +1,213 @@
+"""Faults a long run meets: a full disk, out-of-memory, a damaged shard, a checkpoint changed on disk, bad numbers."""
+
+import json
+import resource
+import shlex
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from test_train import SEQ, TINY, assert_same_weights, logged, run_in_process
+
+import prepare_data
+import train
+from gpt2repro import checkpoints
+from gpt2repro.checkpoints import STATE_FILE, find_resume_checkpoint
+from gpt2repro.token_shards import write_shard
+
+
+@pytest.fixture(scope="module")
+def data_dir(shakespeare_shards):
+    return shakespeare_shards
+
+
+def run_for_error(*args) -> str:
+    """train.run's one line (it exits with it), after resetting Accelerate's process-wide state."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(SystemExit) as exit_info:
+        train.run([*TINY, *map(str, args)])
+    message = str(exit_info.value)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+# ---- a full disk ----
+
+
+def test_a_full_disk_save_names_the_intact_checkpoint_removes_the_temp_folder_and_resumes_bit_identical(
+    data_dir, tmp_path, monkeypatch
+):
+    common = ["--data-dir", data_dir, "--max-steps", 4, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ,
+              "--save-every", 1, "--keep-checkpoints", 3]
+    run_in_process(*common, "--run-dir", tmp_path / "whole")
+
+    save_checkpoint, saves = train.save_checkpoint, []
+
+    def second_save_on_a_full_disk(*args, **kwargs):  # as `ulimit -f`: writes past 40 MB fail with EFBIG
+        saves.append(args[2])
+        if len(saves) != 2:
+            return save_checkpoint(*args, **kwargs)
+        limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40 * 2**20, limits[1]))  # the tiny optimizer state is ~58 MB
+        try:
+            return save_checkpoint(*args, **kwargs)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+
+    monkeypatch.setattr(train, "save_checkpoint", second_save_on_a_full_disk)
+    run = tmp_path / "run"
+    message = run_for_error(*common, "--run-dir", run)
+    assert message.startswith(f"error: could not write checkpoint {run / 'checkpoint-000002'} (")
+    assert f"the newest intact checkpoint is {run / 'checkpoint-000001'}" in message
+    assert message.endswith("--resume auto") and "continue with: python train.py" in message
+    assert not list(run.glob(".tmp-*")) and [p.name for p in run.glob("checkpoint-*")] == ["checkpoint-000001"]
+
+    monkeypatch.setattr(train, "save_checkpoint", save_checkpoint)
+    run_in_process(*shlex.split(message.split("continue with: python train.py ")[1])[len(TINY):])
+    assert_same_weights(tmp_path / "whole" / "final", run / "final")
+    assert logged(run, "loss") == logged(tmp_path / "whole", "loss")
+
+
+def test_the_startup_space_check_warns_and_require_disk_refuses(data_dir, tmp_path, monkeypatch, capsys):
+    real = shutil.disk_usage
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda path: real(path)._replace(free=100 * 2**20))
+    common = ["--data-dir", data_dir, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ, "--max-steps", 1,
+              "--save-every", 1, "--keep-checkpoints", 2]
+    message = run_for_error(*common, "--run-dir", tmp_path / "refused", "--require-disk")
+    # tiny: 7.3M parameters x 16 bytes + 16 MB a checkpoint; 2 kept, final/ and the one being written: 3 of them
+    assert message.startswith("error: the run's checkpoints need about 0.4 GB (3 x 0.13 GB: --keep-checkpoints 2, "
+                              "final/ and the one being written) but ") and "has 0.1 GB free" in message
+    assert not (tmp_path / "refused" / "metrics.jsonl").exists()
+
+    run_in_process(*common, "--run-dir", tmp_path / "warned")
+    out = capsys.readouterr().out
+    assert "warning: the run's checkpoints need about 0.4 GB" in out and "--require-disk refuses" in out
+    assert (tmp_path / "warned" / "final").exists()  # a warning only: it may still fit
+
+
+# ---- out of memory ----
+
+
+def test_out_of_memory_halves_the_micro_batch_and_matches_a_run_started_smaller(data_dir, tmp_path, monkeypatch,
+                                                                                capsys):
+    from modeling_gpt2repro import GPT2ReproForCausalLM
+
+    forward = GPT2ReproForCausalLM.forward
+
+    def small_memory(self, input_ids=None, **kwargs):  # a GPU that holds 2 windows of activations, not more
+        if input_ids is not None and self.training and input_ids.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(self, input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(GPT2ReproForCausalLM, "forward", small_memory)
+    common = ["--data-dir", data_dir, "--max-steps", 3, "--total-batch-tokens", 8 * SEQ]
+    run_in_process(*common, "--run-dir", tmp_path / "auto", "--micro-batch-size", "auto", "--save-every", 1)
+    out = capsys.readouterr().out
+    assert "batch: 256 tokens/step = 8 (auto) x 32 x 1 processes x 1 accumulation" in out
+    assert "out of memory at micro-batch 8: going on with micro-batch 4 x 2 accumulation" in out
+    assert "out of memory at micro-batch 4: going on with micro-batch 2 x 4 accumulation" in out
+    run_in_process(*common, "--run-dir", tmp_path / "small", "--micro-batch-size", 2)
+    assert logged(tmp_path / "auto", "loss") == logged(tmp_path / "small", "loss")
+    assert logged(tmp_path / "auto", "grad_norm") == logged(tmp_path / "small", "grad_norm")
+    assert_same_weights(tmp_path / "auto" / "final", tmp_path / "small" / "final")
+    # recorded where a user and a resume look
+    assert yaml.safe_load((tmp_path / "auto" / "settings.yaml").read_text())["micro_batch_size"] == 2
+    assert json.loads((tmp_path / "auto" / "report.json").read_text())["settings"]["micro_batch_size"] == 2
+    assert json.loads((tmp_path / "auto" / "checkpoint-000002" / STATE_FILE).read_text())["micro_batch_size"] == 2
+
+    capsys.readouterr()
+    run_in_process(*common, "--run-dir", tmp_path / "resumed", "--micro-batch-size", "auto",
+                   "--resume", tmp_path / "auto" / "checkpoint-000002")
+    out = capsys.readouterr().out
+    assert "= 2 (auto) x 32 x 1 processes x 4 accumulation" in out and "out of memory" not in out
+    assert_same_weights(tmp_path / "auto" / "final", tmp_path / "resumed" / "final")
+
+
+# ---- a damaged shard ----
+
+
+def copy_of(data_dir, where):
+    shutil.copytree(data_dir, where)
+    return where
+
+
+def test_a_truncated_shard_is_named_at_startup_with_the_command_that_rewrites_it(data_dir, tmp_path):
+    data = copy_of(data_dir, tmp_path / "data")
+    shard = sorted(data.glob("*_train_*.bin"))[1]
+    shard.write_bytes(shard.read_bytes()[:-100])  # a failed copy
+    message = run_for_error("--data-dir", data, "--run-dir", tmp_path / "run", "--max-steps", 1)
+    assert message.startswith(f"error: {shard}: truncated or corrupt shard (")
+    assert "damaged after preparation: rewrite it with python prepare_data.py " in message
+    assert message.endswith(f"--out {data} --overwrite")
+
+
+def test_a_shard_damaged_mid_run_is_named_and_re_preparing_resumes_exactly(data_dir, tmp_path, monkeypatch):
+    data = copy_of(data_dir, tmp_path / "data")
+    common = ["--micro-batch-size", 16, "--total-batch-tokens", 16 * SEQ, "--max-steps", 24, "--save-every", 4]
+    run_in_process("--data-dir", data_dir, "--run-dir", tmp_path / "whole", *common)
+
+    loader_class, damaged = train.ShardedTokenLoader, []
+
+    def loader_then_a_failed_copy(*args, **kwargs):  # the second shard of the epoch loses its tail after startup
+        loader = loader_class(*args, **kwargs)
+        order = loader._epoch_layout(0)[0]
+        damaged.append(loader.data_dir / loader.entries[order[1]]["file"])
+        damaged[0].write_bytes(damaged[0].read_bytes()[:-4000])
+        return loader
+
+    monkeypatch.setattr(train, "ShardedTokenLoader", loader_then_a_failed_copy)
+    run = tmp_path / "run"
+    message = run_for_error("--data-dir", data, "--run-dir", run, *common)
+    assert message.startswith(f"error: {damaged[0]}: truncated or corrupt shard (")
+    assert 1 <= json.loads((find_resume_checkpoint("auto", run)[0] / STATE_FILE).read_text())["step"] < 24
+
+    monkeypatch.setattr(train, "ShardedTokenLoader", loader_class)
+    command = shlex.split(message.split("rewrite it with ")[1])
+    assert command[:2] == ["python", "prepare_data.py"]
+    prepare_data.main(command[2:])
+    run_in_process("--data-dir", data, "--run-dir", run, *common, "--resume", "auto")
+    assert_same_weights(tmp_path / "whole" / "final", run / "final")
+    assert logged(run, "loss") == logged(tmp_path / "whole", "loss")
+
+
+# ---- bad numbers: settings out of range, token ids outside the vocabulary ----
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--lr", "-1", "--lr -1.0: must be positive"),
+    ("--lr", "nan", "--lr nan: must be positive"),
+    ("--beta2", "1", "--beta2 1.0: must be in [0, 1)"),
+    ("--grad-clip", "0", "--grad-clip 0.0: must be positive"),
+    ("--weight-decay", "-0.1", "--weight-decay -0.1: must be 0 or more (0 turns it off)"),
+    ("--min-lr-ratio", "2", "--min-lr-ratio 2.0: must be between 0 and 1"),
+    ("--warmup-steps", "-5", "--warmup-steps -5: must be 0 or more (0 turns it off)"),
+    ("--micro-batch-size", "0", "--micro-batch-size 0: must be positive, or auto"),
+])
+def test_a_setting_out_of_its_range_is_refused_in_one_line_before_anything_is_built(flag, value, expected,
+                                                                                  monkeypatch, tmp_path):
+    monkeypatch.setattr(train, "make_accelerator", lambda s: pytest.fail("built an Accelerator"))
+    message = run_for_error("--run-dir", tmp_path, flag, value)
+    assert message == f"error: {expected}"
+
+
+def llmc_dir(where, train_tokens):
+    where.mkdir()
+    write_shard(where / "fineweb_val_000000.bin", np.arange(2048) % 50257)
+    write_shard(where / "fineweb_train_000001.bin", train_tokens)
+    return where
+
+
+@pytest.mark.parametrize("foreign_id", [50300, 60000])  # a padding row of the embedding, and beyond the model
+def test_llmc_shards_with_ids_outside_the_vocabulary_are_refused_in_one_line(tmp_path, foreign_id):
+    tokens = np.arange(20_000) % 50257
+    tokens[12_345] = foreign_id
+    data = llmc_dir(tmp_path / "llmc", tokens)
+    message = run_for_error("--data-dir", data, "--run-dir", tmp_path / "run", "--max-steps", 1)
+    shard = data / "fineweb_train_000001.bin"
+    assert message.startswith(f"error: {shard}: token id {foreign_id} at token 12,345 is outside the tokenizer's "
+                              "vocabulary (0..50256")
+    assert message.endswith("replace it with an intact copy (these llm.c shards were not written by prepare_data.py)")
