@@ -146,24 +146,31 @@ def test_a_truncated_shard_is_named_at_startup_with_the_command_that_rewrites_it
 
 
 def test_a_shard_damaged_mid_run_is_named_and_re_preparing_resumes_exactly(data_dir, tmp_path, monkeypatch):
-    data = copy_of(data_dir, tmp_path / "data")
-    common = ["--micro-batch-size", 16, "--total-batch-tokens", 16 * SEQ, "--max-steps", 24, "--save-every", 4]
-    run_in_process("--data-dir", data_dir, "--run-dir", tmp_path / "whole", *common)
+    data = tmp_path / "data"  # the fixture's corpus in 2,000-token shards: a run reaches its second shard soon
+    prepare_data.main([str(data_dir.parent / "corpus.txt"), "--out", str(data), "--shard-tokens", "2000",
+                       "--val-split-tokens", "2048", "--num-proc", "1"])
+    step_tokens = 8 * SEQ
+    loader = train.ShardedTokenLoader(data, "train", 8, SEQ, seed=train.Settings.seed)
+    order, token_starts, _ = loader._epoch_layout(0)
+    # checked (so refused) once a batch reaches the shard before it: any of that one's windows may run into it
+    slot = next(i for i, start in enumerate(token_starts) if i and token_starts[i - 1] >= 5 * step_tokens)
+    damaged = data / loader.entries[order[slot]]["file"]
+    common = ["--micro-batch-size", 8, "--total-batch-tokens", step_tokens, "--save-every", 2,
+              "--max-steps", int(token_starts[slot - 1]) // step_tokens + 3]
+    run_in_process("--data-dir", data, "--run-dir", tmp_path / "whole", *common)
 
-    loader_class, damaged = train.ShardedTokenLoader, []
+    loader_class = train.ShardedTokenLoader
 
-    def loader_then_a_failed_copy(*args, **kwargs):  # the second shard of the epoch loses its tail after startup
+    def loader_then_a_failed_copy(*args, **kwargs):  # the shard loses its tail after startup, before it is read
         loader = loader_class(*args, **kwargs)
-        order = loader._epoch_layout(0)[0]
-        damaged.append(loader.data_dir / loader.entries[order[1]]["file"])
-        damaged[0].write_bytes(damaged[0].read_bytes()[:-4000])
+        damaged.write_bytes(damaged.read_bytes()[:-1000])
         return loader
 
     monkeypatch.setattr(train, "ShardedTokenLoader", loader_then_a_failed_copy)
     run = tmp_path / "run"
     message = run_for_error("--data-dir", data, "--run-dir", run, *common)
-    assert message.startswith(f"error: {damaged[0]}: truncated or corrupt shard (")
-    assert 1 <= json.loads((find_resume_checkpoint("auto", run)[0] / STATE_FILE).read_text())["step"] < 24
+    assert message.startswith(f"error: {damaged}: truncated or corrupt shard (")
+    assert json.loads((find_resume_checkpoint("auto", run)[0] / STATE_FILE).read_text())["step"] >= 4
 
     monkeypatch.setattr(train, "ShardedTokenLoader", loader_class)
     command = shlex.split(message.split("rewrite it with ")[1])
