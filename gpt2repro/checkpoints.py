@@ -19,6 +19,7 @@ import pickle
 import shlex
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -144,15 +145,18 @@ def continue_command(argv: list[str], processes: int = 1) -> str:
 
 
 def file_digests(folder: Path) -> dict[str, str]:
-    """{path inside `folder`: sha256} of every file but the trainer state (which holds them)."""
+    """{path inside `folder`: sha256} of every file but the trainer state (which holds them). A thread a file:
+    hashlib releases the GIL, so the weights and the optimizer state are hashed on several cores at once."""
     folder = Path(folder)
-    digests = {}
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        name = file.relative_to(folder).as_posix()
-        if name != STATE_FILE.as_posix():
-            with open(file, "rb") as f:
-                digests[name] = hashlib.file_digest(f, "sha256").hexdigest()
-    return digests
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    names = [name for name in names if name != STATE_FILE.as_posix()]
+
+    def digest(name: str) -> str:
+        with open(folder / name, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+
+    with ThreadPoolExecutor(max_workers=min(8, len(names) or 1)) as pool:
+        return dict(zip(names, pool.map(digest, names)))
 
 
 def verify_checkpoint(checkpoint: Path, state: dict) -> None:
