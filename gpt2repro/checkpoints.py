@@ -34,6 +34,8 @@ DIGESTS = "file_sha256"  # trainer_state.json's key: {path inside the checkpoint
 # Accelerate's save_state writes for itself) and AdamW's two fp32 moments.
 CHECKPOINT_BYTES_PER_PARAMETER = 16
 CHECKPOINT_OVERHEAD_BYTES = 16 * 2**20  # tokenizer, model code, card, RNG states
+# How torch.save's zip writer reports a write that failed (then, on closing, the short file it left)
+TORCH_WRITE_FAILURES = ("inline_container", "PytorchStreamWriter", "file write failed", "iostream error")
 
 
 class CheckpointError(ValueError):
@@ -108,7 +110,7 @@ def _disk_failure(write, *args) -> str | None:
         return str(e).strip().splitlines()[0]
     except RuntimeError as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        if "inline_container" not in message and "PytorchStreamWriter" not in message:
+        if not any(sign in message for sign in TORCH_WRITE_FAILURES):
             raise
         return f"torch.save could not write its file: {message}"
     return None
