@@ -331,9 +331,10 @@ def keep_fsdp(accelerator) -> None:
 
 def check_disk_space(s: Settings, model, accelerator) -> None:
     """Warn (refuse, with --require-disk) when the run directory's filesystem cannot hold the run's checkpoints."""
-    periodic = bool(s.save_every or s.save_every_minutes)
+    saves = (s.max_steps - 1) // s.save_every if s.save_every else int(s.save_every_minutes > 0)  # none at the end
+    periodic = min(s.keep_checkpoints, saves) if s.keep_checkpoints else saves  # --keep-checkpoints 0 keeps all
     n_params = sum(p.numel() for p in model.parameters())
-    problem = disk_space_problem(Path(s.run_dir), n_params, s.keep_checkpoints, periodic)
+    problem = disk_space_problem(Path(s.run_dir), n_params, periodic)
     if problem and s.require_disk:
         raise DiskSpaceError(problem)
     if problem and accelerator.is_main_process:

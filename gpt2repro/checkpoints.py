@@ -184,28 +184,24 @@ def checkpoint_bytes(n_parameters: int) -> int:
     return CHECKPOINT_BYTES_PER_PARAMETER * n_parameters + CHECKPOINT_OVERHEAD_BYTES
 
 
-def disk_space_problem(run_dir: Path, n_parameters: int, keep: int, periodic: bool) -> str | None:
-    """Whether the run directory's filesystem can hold the run's checkpoints: the `keep` periodic ones (when the
-    run saves periodically), final/ and the temp copy of the one being written, less the checkpoints already there.
-    None if they fit, else the warning."""
+def disk_space_problem(run_dir: Path, n_parameters: int, periodic: int) -> str | None:
+    """Whether the run directory's filesystem can hold the run's checkpoints: `periodic` kept ones, then final/ or
+    the temp copy of the one being written, less the checkpoints already there. None if they fit, else why not."""
     run_dir = Path(run_dir)
-    slots = (max(keep, 1) + 1) if periodic else 1
-    if periodic and keep == 0:  # --keep-checkpoints 0 keeps every one: at least one more than the bound below
-        slots = 2
+    slots = periodic + 1
     existing = len(complete_checkpoints(run_dir)) if run_dir.is_dir() else 0
-    each = checkpoint_bytes(n_parameters)
-    needed = max(0, slots - existing) * each
+    each, missing = checkpoint_bytes(n_parameters), max(0, slots - existing)
     where = run_dir
     while not where.exists() and where != where.parent:
         where = where.parent
     free = shutil.disk_usage(where).free
-    if needed <= free:
+    if missing * each <= free:
         return None
-    gb = 1e9
+    kept = f"{periodic} kept (--keep-checkpoints), " if periodic else ""
     return (
-        f"the run's checkpoints need about {needed / gb:.1f} GB ({max(0, slots - existing)} x {each / gb:.2f} GB: "
-        f"{'--keep-checkpoints ' + str(keep) + ', ' if periodic else ''}final/ and the one being written) but "
-        f"{where} has {free / gb:.1f} GB free; free space, lower --keep-checkpoints or choose another --run-dir"
+        f"the run's checkpoints need about {missing * each / 1e9:.1f} GB ({missing} x {each / 1e9:.2f} GB: {kept}"
+        f"final/ and the one being written) but {where} has {free / 1e9:.1f} GB free; free space, lower "
+        "--keep-checkpoints or choose another --run-dir"
     )
 
 

@@ -75,12 +75,12 @@ def test_a_full_disk_save_names_the_intact_checkpoint_removes_the_temp_folder_an
 def test_the_startup_space_check_warns_and_require_disk_refuses(data_dir, tmp_path, monkeypatch, capsys):
     real = shutil.disk_usage
     monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda path: real(path)._replace(free=100 * 2**20))
-    common = ["--data-dir", data_dir, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ, "--max-steps", 1,
+    common = ["--data-dir", data_dir, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ, "--max-steps", 3,
               "--save-every", 1, "--keep-checkpoints", 2]
     message = run_for_error(*common, "--run-dir", tmp_path / "refused", "--require-disk")
     # tiny: 7.3M parameters x 16 bytes + 16 MB a checkpoint; 2 kept, final/ and the one being written: 3 of them
-    assert message.startswith("error: the run's checkpoints need about 0.4 GB (3 x 0.13 GB: --keep-checkpoints 2, "
-                              "final/ and the one being written) but ") and "has 0.1 GB free" in message
+    assert message.startswith("error: the run's checkpoints need about 0.4 GB (3 x 0.13 GB: 2 kept (--keep-checkpoints"
+                              "), final/ and the one being written) but ") and "has 0.1 GB free" in message
     assert not (tmp_path / "refused" / "metrics.jsonl").exists()
 
     run_in_process(*common, "--run-dir", tmp_path / "warned")
