@@ -142,7 +142,7 @@ def continue_command(argv: list[str], processes: int = 1) -> str:
             skip = True
         elif not arg.startswith("--resume="):
             args.append(arg)
-    launcher = "accelerate launch" if processes > 1 else "python"
+    launcher = "accelerate launch <the same options>" if processes > 1 else "python"
     return f"{launcher} {shlex.join([*args, '--resume', 'auto'])}"
 
 

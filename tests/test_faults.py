@@ -218,3 +218,29 @@ def test_llmc_shards_with_ids_outside_the_vocabulary_are_refused_in_one_line(tmp
     assert message.startswith(f"error: {shard}: token id {foreign_id} at token 12,345 is outside the tokenizer's "
                               "vocabulary (0..50256")
     assert message.endswith("replace it with an intact copy (these llm.c shards were not written by prepare_data.py)")
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_a_two_process_launch_ends_in_one_line(data_dir, tmp_path):
+    import sys
+
+    from conftest import REPO
+    from test_train import run_cli
+
+    def file_size_limit():  # `ulimit -f` for the launcher and its ranks: rank 0's optimizer state cannot be written
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40 * 2**20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                str(REPO / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", "29541"]
+    result = run_cli("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 3, "--micro-batch-size", 4,
+                     "--total-batch-tokens", 8 * SEQ, "--save-every", 1, "--collective-timeout-minutes", 10,
+                     launcher=launcher, preexec_fn=file_size_limit, timeout=540)  # a hang: TimeoutExpired
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    # rank 0's write failed and it names why; rank 1's writes succeeded: it learns of the failure from a reduction
+    # (torch elastic may also end it first, once rank 0 exits, so its line is not required)
+    failed = [line for line in lines if "(torch.save could not write its file" in line]
+    assert len(failed) == 1 and all("could not write checkpoint" in line for line in lines), result.stderr[-3000:]
+    assert failed[0].startswith(f"error: could not write checkpoint {tmp_path / 'checkpoint-000001'} (")
+    assert "no checkpoint of this run is intact yet" in failed[0] and failed[0].endswith("--resume auto")
+    assert "accelerate launch <the same options> train.py" in failed[0] and not list(tmp_path.glob(".tmp-*"))
