@@ -118,7 +118,7 @@ def _disk_failure(write, *args) -> str | None:
 
 def _stop_if_any_failed(accelerator, failure: str | None, path: Path, tmp: Path, resume_with: str) -> None:
     """Every rank learns whether any rank failed to write (else the others would wait for it in the next
-    collective until the timeout); the main process removes the temp dir; every rank raises the same line."""
+    collective until the timeout); the main process removes the temp dir; every rank raises its one line."""
     if not _any_rank(accelerator, failure is not None):
         return
     if accelerator.is_main_process:
@@ -300,6 +300,7 @@ def load_checkpoint(accelerator, checkpoint: Path, model, optimizer) -> dict:
 
 
 def _any_rank(accelerator, flag: bool) -> bool:
+    """True when `flag` is true on any rank: a decision every rank takes together (it is also a barrier)."""
     if accelerator.num_processes == 1:
         return flag
     value = torch.tensor([float(flag)], device=accelerator.device)
