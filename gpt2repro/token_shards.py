@@ -13,12 +13,14 @@ as uint16. Shards written here train llm.c and modded-nanogpt, and theirs train 
      "skipped_documents": ..., "empty_documents": ..., "complete": true}
 
 `end` is where the stream stands after the shard (the next document and how many of its tokens
-are already written): it is what lets prepare_data resume. A directory made of `part-*-of-*`
+are already written): it is what lets prepare_data resume. An entry may also carry `file_tokens`
+when only the first `tokens` of a longer file belong to the split (a downloaded 100M-token val
+shard cut to the validation budget: gpt2repro/hub_data.py). A directory made of `part-*-of-*`
 subdirectories (prepare_data --num-shards) reads as one dataset.
 
 A directory of llm.c / modded-nanogpt shards without a manifest (`fineweb_val_000000.bin`,
 `edu_fineweb_train_000001.bin`, `tiny_shakespeare_val.bin`, ...) also reads as a dataset:
-`load_manifest` makes up its manifest from the file names and shard headers (see `_llmc_manifest`).
+`load_manifest` makes up its manifest from the file names and shard headers (see `llmc_manifest`).
 
 `ShardedTokenLoader` reads (batch_size, seq_len + 1) windows for one rank of a data-parallel run.
 
@@ -125,7 +127,7 @@ def write_manifest(data_dir: str | Path, manifest: dict) -> None:
     os.replace(tmp, path)
 
 
-def _read_manifest_file(path: Path) -> dict:
+def read_manifest_file(path: Path) -> dict:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -143,7 +145,7 @@ def _read_manifest_file(path: Path) -> dict:
 
 def _merge_parts(data_dir: Path, part_dirs: list[Path]) -> dict:
     """One manifest for the `part-i-of-K` directories that K machines prepared separately."""
-    parts = [_read_manifest_file(d / MANIFEST_NAME) for d in part_dirs]
+    parts = [read_manifest_file(d / MANIFEST_NAME) for d in part_dirs]
     counts = {int(re.fullmatch(r"part-\d+-of-(\d+)", d.name)[1]) for d in part_dirs}
     if len(counts) != 1 or len(parts) != counts.pop():
         found = ", ".join(d.name for d in part_dirs)
@@ -171,7 +173,7 @@ def _merge_parts(data_dir: Path, part_dirs: list[Path]) -> dict:
 LLMC_SHARD_NAME = re.compile(r"(?P<dataset>.+?)_(?P<split>val|train)(?:_\d+)?\.bin")
 
 
-def _llmc_manifest(data_dir: Path, paths: list[Path]) -> dict:
+def llmc_manifest(data_dir: Path, paths: list[Path]) -> dict:
     """The manifest of a directory of llm.c / modded-nanogpt shards, which come without one.
 
     The split is in each file name, the order is by name, the token counts come from the (validated)
@@ -232,13 +234,13 @@ def load_manifest(data_dir: str | Path) -> dict:
     if not data_dir.is_dir():
         raise ShardError(f"{data_dir}: no such data directory; create it with prepare_data.py")
     if (data_dir / MANIFEST_NAME).is_file():
-        return _read_manifest_file(data_dir / MANIFEST_NAME)
+        return read_manifest_file(data_dir / MANIFEST_NAME)
     part_dirs = sorted(d for d in data_dir.glob("part-*-of-*") if (d / MANIFEST_NAME).is_file())
     if part_dirs:
         return _merge_parts(data_dir, part_dirs)
     shard_paths = sorted(data_dir.glob("*.bin"))
     if shard_paths:
-        return _llmc_manifest(data_dir, shard_paths)
+        return llmc_manifest(data_dir, shard_paths)
     raise ShardError(f"{data_dir}: no {MANIFEST_NAME} and no .bin shards; create the shards with prepare_data.py")
 
 
@@ -262,7 +264,7 @@ def rewrite_command(data_dir: str | Path, manifest: dict, file: str) -> str | No
     data_dir, out = Path(data_dir), Path(data_dir)
     if "/" in file:  # a part-i-of-K directory: its own manifest knows its source
         out = data_dir
-        manifest = _read_manifest_file(data_dir / file.split("/")[0] / MANIFEST_NAME)
+        manifest = read_manifest_file(data_dir / file.split("/")[0] / MANIFEST_NAME)
     source, settings = manifest.get("source") or {}, manifest.get("settings") or {}
     if source.get("type") == "hub":
         derived = source["dataset"].rstrip("/").split("/")[-1] + (f"-{source['name']}" if source.get("name") else "")
@@ -271,6 +273,12 @@ def rewrite_command(data_dir: str | Path, manifest: dict, file: str) -> str | No
         else:
             args = ["--dataset", source["dataset"], *(["--name", source["name"]] if source.get("name") else [])]
             args += ["--split", source["split"]] if source.get("split", "train") != "train" else []
+    elif source.get("type") == "hub tokens":  # downloaded: fetched again once the manifest no longer says complete
+        args = ["--from-hub", source["repo"], "--revision", source["revision"]]
+        if settings.get("val_tokens"):
+            args += ["--val-split-tokens", str(settings["val_tokens"])]
+        command = ["python", "prepare_data.py", *args, "--out", str(out), "--overwrite"]
+        return f"rm {shlex.quote(str(out / MANIFEST_NAME))} && {shlex.join(command)}"
     elif source.get("type") == "files" and manifest.get("label"):
         args = shlex.split(manifest["label"])
     else:
@@ -299,8 +307,9 @@ def shard_problem(path: Path, entry: dict, vocab_size: int | None, full: bool) -
     n_tokens, problem = _header_problem(path)
     if problem:
         return problem
-    if n_tokens != entry["tokens"]:
-        return f"holds {n_tokens} tokens, the manifest says {entry['tokens']}"
+    expected = entry.get("file_tokens", entry["tokens"])  # a downloaded val shard may be cut: hub_data.py
+    if n_tokens != expected or entry["tokens"] > expected:
+        return f"holds {n_tokens} tokens, the manifest says {expected}"
     if vocab_size is not None and n_tokens:
         tokens = np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER_BYTES, shape=(n_tokens,))
         block = ID_SAMPLE_BLOCK
@@ -350,7 +359,7 @@ def open_split(data_dir: str | Path, split: str) -> tuple[list[dict], list[np.nd
         problem = shard_problem(data_dir / entry["file"], entry, None, full=False)
         if problem:
             raise damaged_shard(data_dir, manifest, entry["file"], problem)
-        shards.append(read_shard(data_dir / entry["file"]))
+        shards.append(read_shard(data_dir / entry["file"])[: entry["tokens"]])
     return entries, shards
 
 

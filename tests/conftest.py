@@ -1,6 +1,12 @@
+"""What every test module shares: an offline, deterministic environment; the Shakespeare data directory; tiny
+train.py runs in this process or as a command line; the launcher command for multi-process runs."""
+
 import atexit
+import json
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +25,12 @@ sys.path.insert(0, str(REPO))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+SEQ = 32
+# The tiny preset (4 layers, 128 wide) on 32-token windows: a step takes tens of milliseconds.
+TINY = ["--model", "tiny", "--seq-len", str(SEQ), "--log-with", "none", "--mixed-precision", "no",
+        "--eval-every", "0", "--val-tokens", "512", "--warmup-steps", "2", "--lr", "3e-3"]
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +48,7 @@ def tiny_config():
 
 
 @pytest.fixture(scope="session")
-def shakespeare_shards(tmp_path_factory):
+def data_dir(tmp_path_factory):
     """~30k tokens of Shakespeare as several small shards (2,048 validation tokens), through prepare_data."""
     import prepare_data
 
@@ -47,3 +59,85 @@ def shakespeare_shards(tmp_path_factory):
     prepare_data.main([str(corpus), "--out", str(out), "--shard-tokens", "8000", "--val-split-tokens", "2048",
                        "--num-proc", "1"])
     return out
+
+
+def as_hub_dataset(data_dir, root, dataset, config):
+    """A copy of `data_dir` under `root`, its manifest saying it was streamed from the Hub dataset `dataset`."""
+    copy = root / dataset.replace("/", "--")
+    copy.mkdir()
+    for f in data_dir.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["source"] = {"type": "hub", "dataset": dataset, "name": config, "split": "train", "text_column": "text",
+                          "part": None}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+# ---- train.py runs ----
+
+
+def run_in_process(*args):
+    """train.main on the TINY layout in this process (fast), with Accelerate's process-wide state reset first."""
+    from accelerate.state import AcceleratorState
+
+    import train
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train.main([*TINY, *map(str, args)])
+
+
+def train_argv(*args) -> list[str]:
+    """train.py and its flags on the TINY layout, to follow an interpreter or a launcher."""
+    return [str(REPO / "train.py"), *TINY, *map(str, args)]
+
+
+def run_cli(*args, launcher=(), env=None, **popen):
+    """train.py's command line on the TINY layout in a subprocess, under `launcher` if given (see launcher())."""
+    command = [*(launcher or [sys.executable]), *train_argv(*args)]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, **popen)
+
+
+def free_port() -> int:
+    """A port the OS has just handed out and nothing listens on: a fixed number collides with any other launch
+    on the machine (another test session, another checkout), and a rendezvous then joins the wrong group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launcher(config: str | None = None, *extra, port: int | None = None) -> list[str]:
+    """The command that starts a script on several processes, to put before the script's path: `accelerate launch`
+    with accelerate_configs/<config>, or without a config torch elastic (torch.distributed.run) on 2 local
+    processes. Its rendezvous is on a free port; give `port` when several launches (machines) must meet."""
+    port = str(port or free_port())
+    if config is None:
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", port, *map(str, extra)]
+    return [sys.executable, "-m", "accelerate.commands.launch",
+            "--config_file", str(REPO / "accelerate_configs" / config), "--main_process_port", port, *map(str, extra)]
+
+
+# ---- what a run leaves ----
+
+
+def weights(checkpoint):
+    return load_file(str(checkpoint / "model.safetensors"))
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def logged(run_dir, key):
+    return [r[key] for r in metrics(run_dir) if key in r]
+
+
+def assert_same_weights(a, b, atol=0.0):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        if atol:
+            torch.testing.assert_close(wa[name], wb[name], atol=atol, rtol=0, msg=name)
+        else:
+            assert torch.equal(wa[name], wb[name]), name

@@ -13,8 +13,8 @@ import time
 
 import psutil
 import pytest
-from conftest import REPO
-from test_train import SEQ, TINY, assert_same_weights, logged, run_cli, run_in_process
+from conftest import (REPO, SEQ, assert_same_weights, free_port, launcher, logged, run_cli, run_in_process,
+                      train_argv)
 
 CONFIGS = REPO / "accelerate_configs"
 STEPS = 8
@@ -26,22 +26,8 @@ COMMON = ["--max-steps", STEPS, "--total-batch-tokens", 8 * SEQ, "--micro-batch-
 WEIGHT_ATOL, LOSS_RTOL = 1e-4, 1e-5
 
 
-@pytest.fixture(scope="module")
-def data_dir(shakespeare_shards):
-    return shakespeare_shards
-
-
-def launcher(config: str, port: int, *extra) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
-            "--main_process_port", str(port), *map(str, extra)]
-
-
-def train_flags(args) -> list[str]:
-    return [str(REPO / "train.py"), *TINY, *map(str, args)]
-
-
-def launch(config: str, port: int, *args):
-    result = run_cli(*args, launcher=launcher(config, port))
+def launch(config: str, *args):
+    result = run_cli(*args, launcher=launcher(config))
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -91,7 +77,7 @@ def losses(run_dir):
 def ddp(data_dir, tmp_path_factory):
     """The reference: 2-process DDP, checkpoints at steps 2, 4 and 6."""
     run_dir = tmp_path_factory.mktemp("ddp")
-    launch("cpu_2proc.yaml", 29540, "--data-dir", data_dir, "--run-dir", run_dir, *COMMON, "--save-every", 2,
+    launch("cpu_2proc.yaml", "--data-dir", data_dir, "--run-dir", run_dir, *COMMON, "--save-every", 2,
            "--keep-checkpoints", 3)
     return run_dir
 
@@ -101,7 +87,7 @@ def fsdp(data_dir, tmp_path_factory):
     """The same run under FSDP2, with 2 micro-steps of accumulation (gradients not reduced on the first) and
     520 validation tokens, which give rank 0 one forward more than rank 1 where ranks split the evaluation."""
     run_dir = tmp_path_factory.mktemp("fsdp")
-    result = launch("cpu_fsdp_2proc.yaml", 29541, "--data-dir", data_dir, "--run-dir", run_dir, *COMMON,
+    result = launch("cpu_fsdp_2proc.yaml", "--data-dir", data_dir, "--run-dir", run_dir, *COMMON,
                     "--micro-batch-size", 2, "--val-tokens", 520, "--save-every", 2, "--keep-checkpoints", 3)
     assert "2 process(es)" in result.stdout and "x 2 accumulation" in result.stdout
     return run_dir
@@ -140,7 +126,7 @@ def test_fsdp_matches_ddp_and_saves_whole_model_folders_that_load_anywhere(ddp, 
 
 @pytest.mark.slow
 def test_fsdp_resumes_exactly_from_its_own_checkpoint(data_dir, fsdp, tmp_path):
-    launch("cpu_fsdp_2proc.yaml", 29542, "--data-dir", data_dir, "--run-dir", tmp_path, *COMMON,
+    launch("cpu_fsdp_2proc.yaml", "--data-dir", data_dir, "--run-dir", tmp_path, *COMMON,
            "--micro-batch-size", 2, "--val-tokens", 520, "--resume", fsdp / "checkpoint-000004")
     assert losses(tmp_path) == losses(fsdp)[4:]
     assert_same_weights(fsdp / "final", tmp_path / "final")
@@ -149,12 +135,12 @@ def test_fsdp_resumes_exactly_from_its_own_checkpoint(data_dir, fsdp, tmp_path):
 @pytest.mark.slow
 def test_ddp_and_fsdp_checkpoints_resume_under_each_other(data_dir, ddp, fsdp, tmp_path):
     # an optimizer started afresh at step 4 would move the weights by ~lr, far beyond the tolerance
-    launch("cpu_fsdp_2proc.yaml", 29543, "--data-dir", data_dir, "--run-dir", tmp_path / "fsdp", *COMMON,
+    launch("cpu_fsdp_2proc.yaml", "--data-dir", data_dir, "--run-dir", tmp_path / "fsdp", *COMMON,
            "--resume", ddp / "checkpoint-000004")
     assert losses(tmp_path / "fsdp") == pytest.approx(losses(ddp)[4:], rel=LOSS_RTOL)
     assert_same_weights(ddp / "final", tmp_path / "fsdp" / "final", atol=WEIGHT_ATOL)
 
-    launch("cpu_2proc.yaml", 29544, "--data-dir", data_dir, "--run-dir", tmp_path / "ddp", *COMMON,
+    launch("cpu_2proc.yaml", "--data-dir", data_dir, "--run-dir", tmp_path / "ddp", *COMMON,
            "--resume", fsdp / "checkpoint-000004")
     assert losses(tmp_path / "ddp") == pytest.approx(losses(fsdp)[4:], rel=LOSS_RTOL)
     assert_same_weights(fsdp / "final", tmp_path / "ddp" / "final", atol=WEIGHT_ATOL)
@@ -173,11 +159,12 @@ def test_two_machines_on_localhost_match_one_and_save_together_on_time(data_dir,
     # every rank agrees on when (a lone rank saving would wait for the others forever)
     args = ["--data-dir", data_dir, "--run-dir", tmp_path, *COMMON, "--save-every-minutes", 0.0001,
             "--keep-checkpoints", STEPS]
+    port = free_port()  # the one both machines meet on
     machines = [
         subprocess.Popen(
-            [*launcher("multinode.yaml", 29545, "--machine_rank", rank, "--main_process_ip", "127.0.0.1",
-                       "--num_machines", 2, "--num_processes", 2),
-             *train_flags(args)],
+            [*launcher("multinode.yaml", "--machine_rank", rank, "--main_process_ip", "127.0.0.1",
+                       "--num_machines", 2, "--num_processes", 2, port=port),
+             *train_argv(*args)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for rank in (0, 1)
@@ -197,7 +184,7 @@ def test_two_machines_on_localhost_match_one_and_save_together_on_time(data_dir,
 
 @pytest.mark.slow
 def test_compiled_ddp_with_accumulation_matches_eager_ddp(data_dir, ddp, tmp_path):
-    result = launch("cpu_2proc.yaml", 29546, "--data-dir", data_dir, "--run-dir", tmp_path, *COMMON,
+    result = launch("cpu_2proc.yaml", "--data-dir", data_dir, "--run-dir", tmp_path, *COMMON,
                     "--micro-batch-size", 2, "--compile")
     assert "compile True" in result.stdout and "x 2 accumulation" in result.stdout
     assert losses(tmp_path) == pytest.approx(losses(ddp), rel=LOSS_RTOL)
@@ -212,9 +199,9 @@ def test_a_killed_rank_is_restarted_and_the_run_ends_as_if_uninterrupted(data_di
     # Started from the reference's step 2 (as a resumed job), killed once it saved its own step 4: the restarted
     # group must continue from its own newest checkpoint, not from where the job first started.
     process = subprocess.Popen(
-        [*launcher("cpu_2proc.yaml", 29547, "--max_restarts", 1),
-         *train_flags(["--data-dir", data_dir, "--run-dir", tmp_path, *COMMON, "--save-every", 2,
-                       "--resume", ddp / "checkpoint-000002"])],
+        [*launcher("cpu_2proc.yaml", "--max_restarts", 1),
+         *train_argv("--data-dir", data_dir, "--run-dir", tmp_path, *COMMON, "--save-every", 2,
+                     "--resume", ddp / "checkpoint-000002")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -235,9 +222,9 @@ def test_a_killed_rank_is_restarted_and_the_run_ends_as_if_uninterrupted(data_di
 @pytest.mark.slow
 def test_a_hung_rank_ends_the_others_after_the_collective_timeout_in_one_line(data_dir, tmp_path):
     process = subprocess.Popen(
-        [*launcher("cpu_2proc.yaml", 29548),
-         *train_flags(["--data-dir", data_dir, "--run-dir", tmp_path, *COMMON, "--max-steps", 10_000,
-                       "--collective-timeout-minutes", 0.1])],
+        [*launcher("cpu_2proc.yaml"),
+         *train_argv("--data-dir", data_dir, "--run-dir", tmp_path, *COMMON, "--max-steps", 10_000,
+                     "--collective-timeout-minutes", 0.1)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -256,6 +243,7 @@ def test_a_hung_rank_ends_the_others_after_the_collective_timeout_in_one_line(da
     assert "--resume auto" in survivor_said[0] and "[rank0]: Traceback" not in stderr
 
 
+@pytest.mark.slow
 def test_time_based_saves_need_no_step_interval(data_dir, tmp_path):
     # every 6 ms: after every step (each takes longer), never at the last (the final checkpoint is that one)
     run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 3, "--micro-batch-size", 4,

@@ -6,13 +6,16 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO
+from conftest import REPO, launcher
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import eval_hellaswag as ev
+from modeling_gpt2repro import GPT2ReproForCausalLM
 from gpt2repro import hellaswag
 from gpt2repro import validation
 from gpt2repro.token_shards import write_shard
@@ -110,9 +113,6 @@ def test_malformed_jsonl_items_are_reported_by_line(tmp_path):
 
 
 def test_parquet_in_hub_format_loads_like_jsonl(tmp_path, items):
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-
     rows = [json.loads(line) for line in FIXTURE.read_text().splitlines()]
     for row in rows:
         row["label"] = str(row["label"])  # Rowan/hellaswag stores labels as strings
@@ -257,8 +257,7 @@ def test_batched_equals_unbatched_and_padding_never_changes_a_score(gpt2, tokeni
 
 
 def test_our_model_from_the_same_weights_gives_the_same_numbers(gpt2, tokenizer, items, scores):
-    modeling = pytest.importorskip("modeling_gpt2repro")
-    ours = modeling.GPT2ReproForCausalLM.from_gpt2(gpt2).eval()
+    ours = GPT2ReproForCausalLM.from_gpt2(gpt2).eval()
     assert_same_scores(hellaswag.score_hellaswag(ours, tokenizer, items, batch_size=5), scores)
 
 
@@ -290,6 +289,7 @@ def val_dir(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_two_processes_shard_and_gather_to_the_single_process_numbers(tmp_path, gpt2, items, scores, val_dir):
     gpt2.save_pretrained(tmp_path / "model")
     script = tmp_path / "distributed_eval.py"
@@ -311,7 +311,7 @@ result["one_item"] = hellaswag.score_hellaswag(model, load_tokenizer(), items[:1
 with open({str(tmp_path)!r} + f"/rank{{accelerator.process_index}}.json", "w") as f:
     json.dump(result, f)
 """)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)]
+    command = [*launcher(), str(script)]  # torch elastic on 2 processes
     run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     expected_val = validation.validation_loss(gpt2, val_dir, 500, seq_len=64)
@@ -361,6 +361,7 @@ def damaged_model_dir(path, gpt2, tokenizer, file, data: bytes | None = None):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("file, part", [("model.safetensors", "model"), ("tokenizer.json", "tokenizer")])
 def test_cli_truncated_model_files_are_a_one_line_error(tmp_path, gpt2, tokenizer, file, part):
     model_dir = damaged_model_dir(tmp_path / "model", gpt2, tokenizer, file)
@@ -391,13 +392,13 @@ def test_garbage_model_files_are_a_one_line_error(tmp_path, gpt2, tokenizer, fil
     assert reason in str(error.value) and "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path, gpt2, tokenizer, items, scores, val_dir):
     official = tmp_path / "gpt2-like"
     gpt2.save_pretrained(official)
     tokenizer.save_pretrained(official)
-    modeling = pytest.importorskip("modeling_gpt2repro")
     ours = tmp_path / "ours"  # our checkpoint format (auto_map + code), no tokenizer files: the fallback
-    modeling.GPT2ReproForCausalLM.from_gpt2(gpt2).save_pretrained(ours)
+    GPT2ReproForCausalLM.from_gpt2(gpt2).save_pretrained(ours)
     output = tmp_path / "results.json"
     command = [sys.executable, str(REPO / "eval_hellaswag.py"), "--model", str(official), "--model", str(ours),
                "--data", str(FIXTURE), "--limit", "8", "--batch-size", "3", "--output", str(output),

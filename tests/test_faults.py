@@ -9,18 +9,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_train import SEQ, TINY, assert_same_weights, logged, run_in_process
+from conftest import SEQ, TINY, assert_same_weights, launcher, logged, run_cli, run_in_process
 
 import prepare_data
 import train
 from gpt2repro import checkpoints
 from gpt2repro.checkpoints import STATE_FILE, find_resume_checkpoint
 from gpt2repro.token_shards import write_shard
-
-
-@pytest.fixture(scope="module")
-def data_dir(shakespeare_shards):
-    return shakespeare_shards
 
 
 def run_for_error(*args) -> str:
@@ -38,6 +33,7 @@ def run_for_error(*args) -> str:
 # ---- a full disk ----
 
 
+@pytest.mark.slow
 def test_a_full_disk_save_names_the_intact_checkpoint_removes_the_temp_folder_and_resumes_bit_identical(
     data_dir, tmp_path, monkeypatch
 ):
@@ -72,6 +68,7 @@ def test_a_full_disk_save_names_the_intact_checkpoint_removes_the_temp_folder_an
     assert logged(run, "loss") == logged(tmp_path / "whole", "loss")
 
 
+@pytest.mark.slow
 def test_the_startup_space_check_warns_and_require_disk_refuses(data_dir, tmp_path, monkeypatch, capsys):
     real = shutil.disk_usage
     monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda path: real(path)._replace(free=100 * 2**20))
@@ -92,6 +89,7 @@ def test_the_startup_space_check_warns_and_require_disk_refuses(data_dir, tmp_pa
 # ---- out of memory ----
 
 
+@pytest.mark.slow
 def test_out_of_memory_halves_the_micro_batch_and_matches_a_run_started_smaller(data_dir, tmp_path, monkeypatch,
                                                                                 capsys):
     from modeling_gpt2repro import GPT2ReproForCausalLM
@@ -145,6 +143,7 @@ def test_a_truncated_shard_is_named_at_startup_with_the_command_that_rewrites_it
     assert message.endswith(f"--out {data} --overwrite")
 
 
+@pytest.mark.slow
 def test_a_shard_damaged_mid_run_is_named_and_re_preparing_resumes_exactly(data_dir, tmp_path, monkeypatch):
     data = tmp_path / "data"  # the fixture's corpus in 2,000-token shards: a run reaches its second shard soon
     prepare_data.main([str(data_dir.parent / "corpus.txt"), "--out", str(data), "--shard-tokens", "2000",
@@ -222,19 +221,12 @@ def test_llmc_shards_with_ids_outside_the_vocabulary_are_refused_in_one_line(tmp
 
 @pytest.mark.slow
 def test_a_full_disk_under_a_two_process_launch_ends_in_one_line(data_dir, tmp_path):
-    import sys
-
-    from conftest import REPO
-    from test_train import run_cli
-
     def file_size_limit():  # `ulimit -f` for the launcher and its ranks: rank 0's optimizer state cannot be written
         resource.setrlimit(resource.RLIMIT_FSIZE, (40 * 2**20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(REPO / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", "29541"]
     result = run_cli("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 3, "--micro-batch-size", 4,
                      "--total-batch-tokens", 8 * SEQ, "--save-every", 1, "--collective-timeout-minutes", 10,
-                     launcher=launcher, preexec_fn=file_size_limit, timeout=540)  # a hang: TimeoutExpired
+                     launcher=launcher("cpu_2proc.yaml"), preexec_fn=file_size_limit, timeout=540)  # a hang: TimeoutExpired
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     # rank 0's write failed and it names why; rank 1's writes succeeded: it learns of the failure from a reduction

@@ -181,6 +181,7 @@ def test_report_is_appended_to_results_as_a_dated_section_keeping_the_old_conten
     assert results.read_text().startswith(text) and len(table_lines(results.read_text())) == len(table_lines(text)) + 3
 
 
+@pytest.mark.slow
 def test_cpu_smoke_run_exits_0_and_reports_every_section(tmp_path):
     results = REPO / "benchmarks" / "RESULTS.md"
     before = results.read_text()

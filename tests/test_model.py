@@ -240,6 +240,7 @@ def test_from_gpt2_offline_hub_id_is_a_clear_error():
         GPT2ReproForCausalLM.from_gpt2("openai-community/not-a-real-model-xyz")
 
 
+@pytest.mark.slow
 def test_convert_cli_both_directions(tmp_path):
     random_gpt2().save_pretrained(tmp_path / "gpt2")
     run = lambda *args: subprocess.run(  # noqa: E731
@@ -261,6 +262,7 @@ def test_convert_cli_both_directions(tmp_path):
 # ---- checkpoints load anywhere ----
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_through_auto_classes_from_a_foreign_directory(tiny_config, tmp_path):
     model = GPT2ReproForCausalLM(tiny_config).eval()
     checkpoint = tmp_path / "checkpoint"

@@ -3,53 +3,27 @@
 record exactly the scalars of metrics.jsonl."""
 
 import json
-from gpt2repro import hellaswag
 import math
 import sys
 
 import huggingface_hub
 import pytest
-from conftest import REPO
+from conftest import REPO, SEQ, as_hub_dataset, run_in_process
 from huggingface_hub import HfApi, ModelCard
 
 from gpt2repro import model_card
-
 from gpt2repro import report as reporting
-import train
 
 FIXTURE = REPO / "tests" / "fixtures" / "hellaswag_tiny.jsonl"
-SEQ = 32
-TINY = ["--model", "tiny", "--seq-len", str(SEQ), "--log-with", "none", "--mixed-precision", "no",
-        "--eval-every", "0", "--val-tokens", "512", "--warmup-steps", "2", "--lr", "3e-3"]
 USER_FILES = ["README.md", "config.json", "configuration_gpt2repro.py", "curves.png", "generation_config.json",
               "model.safetensors", "modeling_gpt2repro.py", "report.json", "report.md", "tokenizer.json",
               "tokenizer_config.json"]
 
 
 @pytest.fixture(scope="module")
-def data_dir(shakespeare_shards):
-    return shakespeare_shards
-
-
-@pytest.fixture(scope="module")
 def fineweb_edu(data_dir, tmp_path_factory):
     """The same shards, their manifest saying they were streamed from HuggingFaceFW/fineweb-edu."""
-    copy = tmp_path_factory.mktemp("fineweb-edu")
-    for f in data_dir.iterdir():
-        (copy / f.name).write_bytes(f.read_bytes())
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["source"] = {"type": "hub", "dataset": "HuggingFaceFW/fineweb-edu", "name": "sample-10BT",
-                          "split": "train", "text_column": "text", "part": None}
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    return copy
-
-
-def run_in_process(*args):
-    """train.main in this process (fast), with Accelerate's process-wide state reset between runs."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    train.main([*TINY, *map(str, args)])
+    return as_hub_dataset(data_dir, tmp_path_factory.mktemp("hub"), "HuggingFaceFW/fineweb-edu", "sample-10BT")
 
 
 @pytest.fixture
@@ -303,6 +277,7 @@ def assert_same_metrics(logged: dict, expected: dict):
             assert math.isclose(logged[key][step], value, rel_tol=1e-6), (key, step)  # TensorBoard keeps float32
 
 
+@pytest.mark.slow
 def test_tensorboard_events_hold_exactly_the_scalars_of_metrics_jsonl(data_dir, tmp_path, no_peak_probe):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -320,6 +295,7 @@ def test_tensorboard_events_hold_exactly_the_scalars_of_metrics_jsonl(data_dir, 
     assert_same_metrics(logged, expected)
 
 
+@pytest.mark.slow
 def test_trackio_logs_offline_exactly_the_scalars_of_metrics_jsonl(data_dir, tmp_path, no_peak_probe):
     from trackio.sqlite_storage import SQLiteStorage  # its database lives in conftest's TRACKIO_DIR
 

@@ -1,32 +1,14 @@
 """The run report: what ran, from which code, on what, at what cost, and against which published GPT-2 figure."""
 
 import json
-from gpt2repro import hellaswag
 import subprocess
 
 import pytest
+from conftest import as_hub_dataset
 
 import run_report
 from gpt2repro import report as reporting
 from gpt2repro.report import GPT2_124M_REFERENCE
-
-
-@pytest.fixture(scope="module")
-def local_data(shakespeare_shards):
-    return shakespeare_shards
-
-
-def hub_data(local_data, tmp_path, dataset, config):
-    """A copy of `local_data` whose manifest says it was streamed from the Hub dataset `dataset`."""
-    copy = tmp_path / dataset.replace("/", "--")
-    copy.mkdir()
-    for f in local_data.iterdir():
-        (copy / f.name).write_bytes(f.read_bytes())
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["source"] = {"type": "hub", "dataset": dataset, "name": config, "split": "train", "text_column": "text",
-                          "part": None}
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    return copy
 
 
 def facts(data_dir, run_dir, **overrides):
@@ -54,10 +36,10 @@ def fake_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
 
 
-def test_fineweb_edu_compares_with_3_2924_fineweb_with_3_28_and_other_data_with_neither(local_data, tmp_path):
-    edu = reporting.describe_data(hub_data(local_data, tmp_path, "HuggingFaceFW/fineweb-edu", "sample-10BT"))
-    web = reporting.describe_data(hub_data(local_data, tmp_path, "HuggingFaceFW/fineweb", "sample-10BT"))
-    local = reporting.describe_data(local_data)
+def test_fineweb_edu_compares_with_3_2924_fineweb_with_3_28_and_other_data_with_neither(data_dir, tmp_path):
+    edu = reporting.describe_data(as_hub_dataset(data_dir, tmp_path, "HuggingFaceFW/fineweb-edu", "sample-10BT"))
+    web = reporting.describe_data(as_hub_dataset(data_dir, tmp_path, "HuggingFaceFW/fineweb", "sample-10BT"))
+    local = reporting.describe_data(data_dir)
     assert edu["hub_dataset"] == "HuggingFaceFW/fineweb-edu" and edu["hub_config"] == "sample-10BT"
     assert reporting.val_loss_reference(edu)["value"] == GPT2_124M_REFERENCE["fineweb_edu_val_loss"] == 3.2924
     assert reporting.val_loss_reference(web)["value"] == GPT2_124M_REFERENCE["fineweb_val_loss_target"] == 3.28
@@ -70,8 +52,8 @@ def test_fineweb_edu_compares_with_3_2924_fineweb_with_3_28_and_other_data_with_
         assert described["family"] == family and described["family_from"] == "directory name"
 
 
-def test_gpu_report_has_hardware_cost_reference_and_the_launch_command(local_data, tmp_path, fake_gpus):
-    data = hub_data(local_data, tmp_path, "HuggingFaceFW/fineweb-edu", "sample-10BT")
+def test_gpu_report_has_hardware_cost_reference_and_the_launch_command(data_dir, tmp_path, fake_gpus):
+    data = as_hub_dataset(data_dir, tmp_path, "HuggingFaceFW/fineweb-edu", "sample-10BT")
     run_dir = tmp_path / "run"
     (run_dir).mkdir()
     (run_dir / "curves.png").write_bytes(b"\x89PNG fake")
@@ -94,8 +76,8 @@ def test_gpu_report_has_hardware_cost_reference_and_the_launch_command(local_dat
     assert "![curves](curves.png)" in md
 
 
-def test_cpu_report_has_no_cost_and_says_so(local_data, tmp_path):
-    report = reporting.write_report(tmp_path, facts(local_data, tmp_path, device_type="cpu", world_size=1))
+def test_cpu_report_has_no_cost_and_says_so(data_dir, tmp_path):
+    report = reporting.write_report(tmp_path, facts(data_dir, tmp_path, device_type="cpu", world_size=1))
     assert report["cost"] is None and report["hardware"]["gpus"] == 0
     md = (tmp_path / "report.md").read_text()
     assert "cost: n/a (CPU run)" in md and "python train.py --preset gpt2-124m" in md
@@ -103,16 +85,16 @@ def test_cpu_report_has_no_cost_and_says_so(local_data, tmp_path):
     assert "![curves]" not in md  # no curves.png in the run directory
 
 
-def test_missing_optional_facts_render_as_n_a(local_data, tmp_path):
-    report = reporting.write_report(tmp_path, {"command": ["train.py"], "settings": {"data_dir": str(local_data)}})
+def test_missing_optional_facts_render_as_n_a(data_dir, tmp_path):
+    report = reporting.write_report(tmp_path, {"command": ["train.py"], "settings": {"data_dir": str(data_dir)}})
     md = (tmp_path / "report.md").read_text()
     assert report["training"]["steps"] is None and report["final_eval"] == {}
     assert "| HellaSwag acc, completion style | n/a | 28.59 |" in md and "steps: n/a of n/a" in md
 
 
-def test_a_hellaswag_subset_is_labelled_with_its_item_count(local_data, tmp_path):
-    final = dict(facts(local_data, tmp_path)["final_eval"], hellaswag_items=200)
-    reporting.write_report(tmp_path, facts(local_data, tmp_path, device_type="cpu", final_eval=final))
+def test_a_hellaswag_subset_is_labelled_with_its_item_count(data_dir, tmp_path):
+    final = dict(facts(data_dir, tmp_path)["final_eval"], hellaswag_items=200)
+    reporting.write_report(tmp_path, facts(data_dir, tmp_path, device_type="cpu", final_eval=final))
     md = (tmp_path / "report.md").read_text()
     assert "| HellaSwag acc_norm, completion style [200 items] | 31.20 | 29.55 |" in md
 
@@ -134,11 +116,11 @@ def test_git_state_is_unknown_outside_git_and_tracks_commit_and_changes(tmp_path
     assert reporting.git_state(tmp_path) == {"commit": state["commit"], "dirty": True}
 
 
-def test_cli_rerenders_the_report_with_every_evaluated_model_side_by_side(local_data, tmp_path):
-    reporting.write_report(tmp_path, facts(local_data, tmp_path, device_type="cpu"))
+def test_cli_rerenders_the_report_with_every_evaluated_model_side_by_side(data_dir, tmp_path):
+    reporting.write_report(tmp_path, facts(data_dir, tmp_path, device_type="cpu"))
     summary = dict(items=10_042, completion_acc=0.3, completion_acc_norm=0.31, lm_eval_acc=0.302,
                    lm_eval_acc_norm=0.325, val_loss=3.1)
-    results = {"data": "hellaswag_val.jsonl", "val_data": str(local_data), "models": {
+    results = {"data": "hellaswag_val.jsonl", "val_data": str(data_dir), "models": {
         "runs/gpt2-124m/final": {"summary": summary, "items": [{"ind": 0}]},
         "gpt2": {"summary": dict(summary, completion_acc_norm=0.2955, val_loss=3.3), "items": [{"ind": 0}]},
     }}

@@ -41,6 +41,7 @@ def _small_pages_from_glibc():
     return "CS_GNU_LIBC_VERSION" in getattr(os, "confstr_names", {}) and not always_huge and "LD_PRELOAD" not in os.environ
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _small_pages_from_glibc(), reason="counts glibc malloc's 4 KiB page faults")
 def test_freed_memory_is_reused_without_page_faults():
     # A training step's pattern in miniature: the same large buffers freed and allocated again. glibc's default

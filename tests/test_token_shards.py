@@ -54,6 +54,7 @@ TRAIN = [203, 57, 150, 3, 96]  # uneven, one shard shorter than a window
 
 @pytest.fixture
 def data_dir(tmp_path):
+    """Here, instead of conftest's Shakespeare: shards whose tokens count positions, so every window is traceable."""
     make_dataset(tmp_path / "data", {"val": [40, 35], "train": TRAIN})
     return tmp_path / "data"
 

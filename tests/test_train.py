@@ -1,7 +1,6 @@
 """The trainer: it learns, its batch math is exact, DDP and resumption change nothing, bad input is refused."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -9,57 +8,11 @@ import time
 
 import pytest
 import torch
-from conftest import REPO
-from safetensors.torch import load_file
+from conftest import (REPO, SEQ, TINY, assert_same_weights, launcher, logged, metrics, run_cli, run_in_process,
+                      train_argv)
 
 import train
 from gpt2repro.checkpoints import STATE_FILE, find_resume_checkpoint
-
-SEQ = 32
-# The tiny preset (4 layers, 128 wide) on 32-token windows: a step takes tens of milliseconds.
-TINY = ["--model", "tiny", "--seq-len", str(SEQ), "--log-with", "none", "--mixed-precision", "no",
-        "--eval-every", "0", "--val-tokens", "512", "--warmup-steps", "2", "--lr", "3e-3"]
-
-
-@pytest.fixture(scope="module")
-def data_dir(shakespeare_shards):
-    return shakespeare_shards
-
-
-def run_in_process(*args):
-    """train.main in this process (fast), with Accelerate's process-wide state reset between runs."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    train.main([*TINY, *map(str, args)])
-
-
-def run_cli(*args, launcher=(), env=None, **popen):
-    command = [*launcher] if launcher else [sys.executable]
-    command += [str(REPO / "train.py"), *TINY, *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, **popen)
-
-
-def weights(checkpoint):
-    return load_file(str(checkpoint / "model.safetensors"))
-
-
-def metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def logged(run_dir, key):
-    return [r[key] for r in metrics(run_dir) if key in r]
-
-
-def assert_same_weights(a, b, atol=0.0):
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for name in wa:
-        if atol:
-            torch.testing.assert_close(wa[name], wb[name], atol=atol, rtol=0, msg=name)
-        else:
-            assert torch.equal(wa[name], wb[name]), name
 
 
 # ---- the schedule and the optimizer ----
@@ -90,6 +43,7 @@ def test_weight_decay_only_on_matrices_and_embeddings():
 # ---- learning, batch math, DDP ----
 
 
+@pytest.mark.slow
 def test_loss_drops_and_the_run_leaves_its_artefacts(data_dir, tmp_path, capsys):
     run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 40, "--micro-batch-size", 8,
                    "--total-batch-tokens", 8 * SEQ, "--eval-every", 20, "--sample-tokens", 8,
@@ -112,6 +66,7 @@ def test_loss_drops_and_the_run_leaves_its_artefacts(data_dir, tmp_path, capsys)
     assert (tmp_path / "final" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_accumulation_matches_one_big_micro_batch(data_dir, tmp_path):
     # 4 micro-steps of 2 windows vs 1 micro-step of 8 windows: the same tokens, the same update
     common = ["--data-dir", data_dir, "--max-steps", 2, "--total-batch-tokens", 8 * SEQ]
@@ -124,13 +79,12 @@ def test_accumulation_matches_one_big_micro_batch(data_dir, tmp_path):
         assert logged(tmp_path / "accum", key) == pytest.approx(logged(tmp_path / "big", key), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process(data_dir, tmp_path):
     common = ["--data-dir", data_dir, "--max-steps", 2, "--total-batch-tokens", 8 * SEQ, "--micro-batch-size", 4]
     single = run_cli(*common, "--run-dir", tmp_path / "one")
     assert single.returncode == 0, single.stderr[-2000:]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(REPO / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", "29531"]
-    ddp = run_cli(*common, "--run-dir", tmp_path / "two", launcher=launcher)
+    ddp = run_cli(*common, "--run-dir", tmp_path / "two", launcher=launcher("cpu_2proc.yaml"))
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "2 process(es)" in ddp.stdout and "x 1 accumulation" in ddp.stdout
     assert_same_weights(tmp_path / "one" / "final", tmp_path / "two" / "final", atol=3e-5)
@@ -141,6 +95,7 @@ def test_two_process_ddp_matches_one_process(data_dir, tmp_path):
 # ---- checkpoints and resumption ----
 
 
+@pytest.mark.slow
 def test_resumed_run_is_identical_to_an_uninterrupted_one(data_dir, tmp_path):
     common = ["--data-dir", data_dir, "--max-steps", 6, "--micro-batch-size", 4, "--total-batch-tokens", 8 * SEQ]
     run_in_process(*common, "--run-dir", tmp_path / "full", "--save-every", 3, "--keep-checkpoints", 1)
@@ -151,13 +106,12 @@ def test_resumed_run_is_identical_to_an_uninterrupted_one(data_dir, tmp_path):
     assert logged(tmp_path / "resumed", "loss") == logged(tmp_path / "full", "loss")[3:]
 
 
+@pytest.mark.slow
 def test_resume_on_two_processes_continues_the_token_stream(data_dir, tmp_path):
     common = ["--data-dir", data_dir, "--max-steps", 4, "--micro-batch-size", 4, "--total-batch-tokens", 8 * SEQ]
     run_in_process(*common, "--run-dir", tmp_path / "one", "--save-every", 2)
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(REPO / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", "29532"]
     result = run_cli(*common, "--run-dir", tmp_path / "two", "--resume", tmp_path / "one" / "checkpoint-000002",
-                     launcher=launcher)
+                     launcher=launcher("cpu_2proc.yaml"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stdout and "at step 2" in result.stdout
     # the same tokens at the same weights: the same losses, up to the order of floating-point sums
@@ -165,6 +119,7 @@ def test_resume_on_two_processes_continues_the_token_stream(data_dir, tmp_path):
     assert_same_weights(tmp_path / "one" / "final", tmp_path / "two" / "final", atol=3e-5)
 
 
+@pytest.mark.slow
 def test_resume_auto_picks_the_newest_complete_checkpoint(data_dir, tmp_path):
     run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 4, "--micro-batch-size", 4,
                    "--total-batch-tokens", 4 * SEQ, "--save-every", 1, "--keep-checkpoints", 2)
@@ -178,9 +133,10 @@ def test_resume_auto_picks_the_newest_complete_checkpoint(data_dir, tmp_path):
     assert find_resume_checkpoint("auto", tmp_path)[0] == tmp_path / "checkpoint-000003"
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_step_saves_and_resumes(data_dir, tmp_path):
-    args = [str(REPO / "train.py"), *TINY, "--data-dir", str(data_dir), "--run-dir", str(tmp_path),
-            "--max-steps", "100000", "--micro-batch-size", "4", "--total-batch-tokens", str(4 * SEQ)]
+    args = train_argv("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 100000, "--micro-batch-size", 4,
+                         "--total-batch-tokens", 4 * SEQ)
     process = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (
@@ -199,6 +155,7 @@ def test_sigterm_finishes_the_step_saves_and_resumes(data_dir, tmp_path):
     assert f"at step {step}" in resumed.stdout and (tmp_path / "final").exists()
 
 
+@pytest.mark.slow
 def test_final_checkpoint_loads_through_auto_classes_elsewhere(data_dir, tmp_path):
     run_in_process("--data-dir", data_dir, "--run-dir", tmp_path / "run", "--max-steps", 1, "--micro-batch-size", 4,
                    "--total-batch-tokens", 4 * SEQ)
@@ -220,6 +177,7 @@ def test_final_checkpoint_loads_through_auto_classes_elsewhere(data_dir, tmp_pat
 # ---- bad input ----
 
 
+@pytest.mark.slow
 def test_bad_settings_each_give_a_one_line_error(data_dir, tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -255,6 +213,7 @@ def test_bad_settings_each_give_a_one_line_error(data_dir, tmp_path):
         assert not (tmp_path / "r" / "final").exists()
 
 
+@pytest.mark.slow
 def test_diverging_run_skips_bad_updates_then_aborts(data_dir, tmp_path, capsys):
     with pytest.raises(RuntimeError, match="non-finite steps in a row"):
         run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 20, "--micro-batch-size", 4,
@@ -262,6 +221,7 @@ def test_diverging_run_skips_bad_updates_then_aborts(data_dir, tmp_path, capsys)
     assert capsys.readouterr().out.count("update skipped") == 3
 
 
+@pytest.mark.slow
 def test_push_to_hub_offline_fails_clearly_and_keeps_the_checkpoint(data_dir, tmp_path):
     result = run_cli("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 1, "--micro-batch-size", 4,
                      "--total-batch-tokens", 4 * SEQ, "--push-to-hub", "someone/gpt2repro-test",
@@ -272,6 +232,7 @@ def test_push_to_hub_offline_fails_clearly_and_keeps_the_checkpoint(data_dir, tm
     assert (tmp_path / "final" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_a_real_runtime_error_keeps_its_traceback_while_project_errors_are_one_line(data_dir, tmp_path, monkeypatch):
     from accelerate.state import AcceleratorState
 
@@ -289,6 +250,7 @@ def test_a_real_runtime_error_keeps_its_traceback_while_project_errors_are_one_l
         train.run([*common, "--model", "gpt5"])
 
 
+@pytest.mark.slow
 def test_a_checkpoint_changed_on_disk_is_refused_in_one_line_and_auto_falls_back_to_the_one_before(
     data_dir, tmp_path, capsys
 ):
@@ -320,6 +282,7 @@ def test_a_checkpoint_changed_on_disk_is_refused_in_one_line_and_auto_falls_back
     assert f"resumed from {tmp_path / 'checkpoint-000001'} at step 1" in out
 
 
+@pytest.mark.slow
 def test_resuming_from_an_earlier_checkpoint_abandons_the_later_branch(data_dir, tmp_path):
     common = ["--data-dir", data_dir, "--run-dir", tmp_path, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ]
     run_in_process(*common, "--max-steps", 4, "--save-every", 1, "--keep-checkpoints", 4)
@@ -331,6 +294,7 @@ def test_resuming_from_an_earlier_checkpoint_abandons_the_later_branch(data_dir,
     assert [r["step"] for r in metrics(tmp_path) if "loss" in r] == [1, 2, 3, 4]  # no step logged twice
 
 
+@pytest.mark.slow
 def test_a_fresh_run_refuses_a_directory_holding_another_runs_checkpoints(data_dir, tmp_path, monkeypatch):
     common = ["--data-dir", data_dir, "--run-dir", tmp_path, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ,
               "--max-steps", 1]
@@ -355,6 +319,7 @@ def test_config_files_are_typed_like_flags(tmp_path):
             train.parse_settings(["--config", str(config)])
 
 
+@pytest.mark.slow
 def test_a_malformed_hellaswag_file_named_by_the_user_stops_the_run(data_dir, tmp_path):
     bad = tmp_path / "hellaswag.jsonl"
     bad.write_text('{"ind": 1}\n')
