@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from conftest import SEQ, TINY, assert_same_weights, launcher, logged, run_cli, run_in_process
+from test_hub_data import corpus, hub, prepared  # noqa: F401 (fixtures: a stand-in Hub, data prepared for it)
 
 import prepare_data
 import train
@@ -236,3 +237,24 @@ def test_a_full_disk_under_a_two_process_launch_ends_in_one_line(data_dir, tmp_p
     assert failed[0].startswith(f"error: could not write checkpoint {tmp_path / 'checkpoint-000001'} (")
     assert "no checkpoint of this run is intact yet" in failed[0] and failed[0].endswith("--resume auto")
     assert "accelerate launch <the same options> train.py" in failed[0] and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_a_damaged_downloaded_shard_is_fetched_again_by_the_command_its_line_gives(hub, prepared, tmp_path):
+    from pathlib import Path
+
+    from test_hub_data import download, llmc_repo
+
+    from gpt2repro.token_shards import ShardError, check_shards
+
+    out = tmp_path / "plays"
+    download(llmc_repo(hub, prepared), "--out", out)
+    shard = out / "plays_train_000001.bin"
+    intact = shard.read_bytes()
+    shard.write_bytes(intact[:-500])  # a failed copy
+    with pytest.raises(ShardError, match=r"plays_train_000001\.bin: truncated or corrupt shard") as error:
+        check_shards(out)
+    remove, command = str(error.value).split("rewrite it with ")[1].split(" && ")
+    Path(shlex.split(remove)[1]).unlink()
+    prepare_data.main(shlex.split(command)[2:])
+    assert shard.read_bytes() == intact
+    check_shards(out)

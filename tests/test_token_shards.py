@@ -323,3 +323,9 @@ def test_the_rewrite_command_prepares_the_same_source_into_the_same_directory(tm
         f"--val-split-tokens 10000000 --shard-tokens 100000000 --out {tmp_path} --overwrite"
     )
     assert rewrite_command(tmp_path, {"source": {"type": "llm.c shards"}}, "x.bin") is None
+    downloaded = {"settings": {"val_tokens": 2048, "shard_tokens": None},
+                  "source": {"type": "hub tokens", "repo": "someone/tokens", "revision": "abc123"}}
+    assert rewrite_command(tmp_path, downloaded, "x.bin") == (
+        f"rm {tmp_path / 'manifest.json'} && python prepare_data.py --from-hub someone/tokens --revision abc123 "
+        f"--val-split-tokens 2048 --out {tmp_path} --overwrite"
+    )
