@@ -8,12 +8,17 @@ plain transformers (no remote code); ours loads with trust_remote_code=True.
 """
 
 import argparse
-import sys
 
-from modeling_gpt2repro import GPT2ReproForCausalLM
+from gpt2repro.errors import UserError, cli
 from gpt2repro.tokenizer import load_tokenizer
+from modeling_gpt2repro import GPT2ReproForCausalLM
 
 
+class ConversionError(UserError, ValueError):
+    """A model that cannot be converted: the message says which and why."""
+
+
+@cli
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("direction", choices=["from-gpt2", "to-gpt2"])
@@ -27,7 +32,7 @@ def main(argv=None):
         else:
             model = GPT2ReproForCausalLM.from_pretrained(args.source).to_gpt2()
     except (OSError, ValueError) as e:
-        sys.exit(f"error: {e}")
+        raise ConversionError(str(e)) from None
     model.save_pretrained(args.out)
     load_tokenizer().save_pretrained(args.out)
     print(f"wrote {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters) to {args.out}")

@@ -6,7 +6,8 @@
 
 Every row reports HellaSwag in both public conventions (completion style as build-nanogpt and llm.c
 score it, lm-eval style as lm-evaluation-harness does; gpt2repro/hellaswag.py says how they differ).
-Official GPT-2 124M: completion 28.59 / 29.55, lm-eval 28.92 / 31.14.
+OpenAI's published GPT-2 (124M) figures are in gpt2repro/report.py (GPT2_124M_REFERENCE); run_report.py
+puts them beside these results.
 
 The scorer is gpt2repro.hellaswag and validation loss and bits-per-byte come from gpt2repro.validation:
 the same code train.py reports with.
@@ -20,25 +21,26 @@ from pathlib import Path
 
 import torch
 
+import modeling_gpt2repro  # noqa: F401  registers our classes with Auto*: checkpoints saved without code load
+from gpt2repro.errors import UsageError, UserError, cli, first_line
 from gpt2repro.fileio import write_atomically
-from gpt2repro.hellaswag import HellaSwagDataError, cache_dir, load_hellaswag, score_hellaswag
-from gpt2repro.model_card import PublishError, add_eval_results, load_card, upload_card
+from gpt2repro.hellaswag import HELLASWAG_ITEMS, HELLASWAG_METRICS, cache_dir, load_hellaswag, score_hellaswag
+from gpt2repro.model_card import add_eval_results, load_card, upload_card
 from gpt2repro.report import describe_data, provenance
 from gpt2repro.throughput import keep_freed_memory_for_reuse
-from gpt2repro.token_shards import ShardError
-from gpt2repro.validation import ValidationError, resolve_val_tokens, validation_loss
+from gpt2repro.validation import resolve_val_tokens, validation_loss
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+class ModelLoadError(UserError, ValueError):
+    """A --model that cannot be loaded: the message says why and what to pass instead."""
 
 
 def load_model(name: str, device: str, dtype: torch.dtype):
     """A causal LM and its tokenizer from a checkpoint dir, any HF model dir, or a Hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:  # registers our classes with the Auto* factories, for checkpoints saved without code
-        import modeling_gpt2repro  # noqa: F401
-    except ImportError:
-        pass
     # transformers builds an empty tokenizer for a GPT-2 directory without tokenizer files, so ask
     # the directory, not AutoTokenizer. Weights-only checkpoints get the GPT-2 BPE they were trained on.
     # The tokenizer loads first: a damaged one fails in a moment, not after gigabytes of weights.
@@ -57,13 +59,12 @@ def load_model(name: str, device: str, dtype: torch.dtype):
     # tokenizers' bare Exception): any of them becomes the one-line message.
     except Exception as e:
         if not Path(name).exists():
-            raise SystemExit(
-                f"error: cannot load model {name!r}: not a local directory, and not available from the Hugging "
+            raise ModelLoadError(
+                f"cannot load model {name!r}: not a local directory, and not available from the Hugging "
                 "Face Hub (offline?); pass a local checkpoint directory to --model"
             ) from None
-        first_line = (str(e).strip().splitlines() or [""])[0].rstrip(".")
-        reason = f"{type(e).__name__}: {first_line}" if first_line else type(e).__name__  # a KeyError names only a key
-        raise SystemExit(f"error: cannot load the {part} from {name} ({reason}); are its files complete?") from None
+        reason = first_line(e, with_type=True).rstrip(".")
+        raise ModelLoadError(f"cannot load the {part} from {name} ({reason}); are its files complete?") from None
     return model.to(device).eval(), tokenizer
 
 
@@ -73,8 +74,9 @@ def format_table(results: dict) -> str:
     lines = [header + (f" {'val loss':>8} {'val bpb':>8}" if with_val else "")]
     for name, result in results["models"].items():
         s = result["summary"]
-        accs = [100 * s[k] for k in ("completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm")]
-        line = f"{name[-32:]:<32} {s['items']:>6} {accs[0]:>9.2f} {accs[1]:>8.2f} {accs[2]:>11.2f} {accs[3]:>8.2f}"
+        widths = (9, 8, 11, 8)  # the header's columns
+        accs = "".join(f" {100 * s[metric.name]:>{width}.2f}" for metric, width in zip(HELLASWAG_METRICS, widths))
+        line = f"{name[-32:]:<32} {s[HELLASWAG_ITEMS]:>6}{accs}"
         lines.append(line + (f" {s['val_loss']:>8.4f} {s['val_bpb']:>8.4f}" if "val_loss" in s else ""))
     return "\n".join(lines)
 
@@ -104,6 +106,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+@cli
 def main(argv=None):
     args = parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -111,17 +114,13 @@ def main(argv=None):
         keep_freed_memory_for_reuse()  # each batch's logits reuse the last one's memory instead of faulting it in
 
     if args.output and not Path(args.output).resolve().parent.is_dir():
-        raise SystemExit(f"error: --output {args.output}: its directory does not exist; create it first")
-    try:  # bad data fails here, before any model is loaded
-        items = load_hellaswag(args.data, args.limit)
-        if args.val_data:
-            args.val_tokens = resolve_val_tokens(args.val_data, args.val_tokens)
-    except (HellaSwagDataError, ShardError, ValidationError) as e:
-        raise SystemExit(f"error: {e}") from None
-    try:  # a wrong repo id or no network fails now, not after hours of scoring
-        card = load_card(args.push_results) if args.push_results else None
-    except PublishError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise UsageError(f"--output {args.output}: its directory does not exist; create it first")
+    # bad data fails here, before any model is loaded
+    items = load_hellaswag(args.data, args.limit)
+    if args.val_data:
+        args.val_tokens = resolve_val_tokens(args.val_data, args.val_tokens)
+    # a wrong repo id or no network fails now, not after hours of scoring
+    card = load_card(args.push_results) if args.push_results else None
     results = {"data": str(args.data or cache_dir() / "hellaswag_val.jsonl"), "val_data": args.val_data,
                "provenance": provenance(), "models": {}}
     for name in args.model:
@@ -143,11 +142,8 @@ def main(argv=None):
         print(f"wrote {args.output}")
     if card is not None:
         data = describe_data(args.val_data) if args.val_data else None
-        try:
-            card = add_eval_results(card, results["models"][args.model[0]]["summary"], args.push_results, data)
-            upload_card(card, args.push_results)
-        except PublishError as e:
-            raise SystemExit(f"error: {e}") from None
+        card = add_eval_results(card, results["models"][args.model[0]]["summary"], args.push_results, data)
+        upload_card(card, args.push_results)
         print(f"added {args.model[0]}'s results to the card of https://huggingface.co/{args.push_results}")
 
 

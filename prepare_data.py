@@ -2,7 +2,7 @@
 
     python prepare_data.py                              # shipped tiny-Shakespeare -> data/tinyshakespeare
     python prepare_data.py fineweb-edu-10b              # HuggingFaceFW/fineweb-edu sample-10BT, streamed
-    python prepare_data.py fineweb-10b                  # HuggingFaceFW/fineweb sample-10BT (llm.c's 3.28 target)
+    python prepare_data.py fineweb-10b                  # HuggingFaceFW/fineweb sample-10BT (llm.c's val target)
     python prepare_data.py --dataset HuggingFaceFW/fineweb-edu --name sample-10BT
     python prepare_data.py corpus/ more/*.jsonl --text-column content --out data/mine
     python prepare_data.py fineweb-edu-100b --num-shards 8 --shard-index 3   # machine 3 of 8
@@ -41,12 +41,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from gpt2repro.document_sources import FILE_TYPES, Source, SourceError, file_source, hub_source
-from gpt2repro.hub_data import HubDataError, download_tokens, push_tokens, verify_tokens
+from gpt2repro.document_sources import (
+    DATA_PRESETS, DEFAULT_CORPUS, FILE_TYPES, HUB_TOKENS, Source, data_dir_for, file_source, hub_source,
+)
+from gpt2repro.errors import UserError, cli
+from gpt2repro.hub_data import download_tokens, push_tokens, verify_tokens
 from gpt2repro.token_shards import (
     MANIFEST_NAME,
     MANIFEST_VERSION,
     SPLITS,
+    VAL_SPLIT_TOKENS,
     ShardError,
     load_manifest,
     read_shard_header,
@@ -54,30 +58,13 @@ from gpt2repro.token_shards import (
     write_shard,
 )
 from gpt2repro.tokenizer import EOT_ID, get_encoding, tokenizer_fingerprint
-from gpt2repro.validation import VAL_TOKENS, val_split_size
 
-# Data presets, named like every preset in this project (lowercase; matched in any case): name -> (Hub
-# dataset, configuration). Each is written to data/<name> (data_dir_for), where train.py's presets look.
-PRESETS = {
-    "fineweb-edu-10b": ("HuggingFaceFW/fineweb-edu", "sample-10BT"),
-    "fineweb-edu-100b": ("HuggingFaceFW/fineweb-edu", "sample-100BT"),
-    "fineweb-10b": ("HuggingFaceFW/fineweb", "sample-10BT"),  # llm.c's and modded-nanogpt's FineWeb val target
-    "fineweb-100b": ("HuggingFaceFW/fineweb", "sample-100BT"),
-}
-# ... and the Hub dataset repos holding their GPT-2 tokens (modded-nanogpt's, in llm.c shards), for --from-hub
-HUB_TOKENS = {
-    "fineweb-edu-10b": "kjj0/finewebedu10B-gpt2",
-    "fineweb-10b": "kjj0/fineweb10B-gpt2",
-    "fineweb-100b": "kjj0/fineweb100B-gpt2",
-}
-DEFAULT_CORPUS = Path(__file__).resolve().parent / "gpt2repro" / "assets" / "tinyshakespeare.txt"
-HUB_VAL_SPLIT_TOKENS = val_split_size(VAL_TOKENS)  # what the 124M recipe's validation scores, exactly
 BYTES_PER_TOKEN = 4  # English text, for sizing the validation split of a local corpus
 BATCH_CHARS = 1 << 20  # text per worker task: enough work to amortise the IPC
 
 
-class PrepareError(Exception):
-    """A run that cannot go on (output directory, corpus size): main() prints the message, exits 1."""
+class PrepareError(UserError, ValueError):
+    """A run that cannot go on (output directory, corpus size): the message says what to do."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,13 +124,13 @@ def tokenized_batches(documents: Iterator[str], num_proc: int) -> Iterator[tuple
 
 
 class ShardWriter:
-    """Cuts the token stream into shards: the first `val_tokens` tokens form the val split, the
+    """Cuts the token stream into shards: the first `val_split_tokens` tokens form the val split, the
     rest train; shards hold `shard_tokens` except the last of each split. After each shard the
     manifest records where the stream stands: (next document, its tokens already written)."""
 
     def __init__(self, out_dir: Path, manifest: dict):
         self.out_dir, self.manifest = out_dir, manifest
-        self.val_tokens = manifest["settings"]["val_tokens"]
+        self.val_split_tokens = manifest["settings"]["val_tokens"]  # the manifest's name for the split size
         self.shard_tokens = manifest["settings"]["shard_tokens"]
         self.buffer = np.empty(self.shard_tokens, dtype=np.uint16)
         self.fill = 0
@@ -153,8 +140,8 @@ class ShardWriter:
 
     def shard_end(self) -> int:
         start = self.accepted - self.fill
-        if start < self.val_tokens:
-            return min(start + self.shard_tokens, self.val_tokens)
+        if start < self.val_split_tokens:
+            return min(start + self.shard_tokens, self.val_split_tokens)
         return start + self.shard_tokens
 
     def add(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
@@ -175,7 +162,7 @@ class ShardWriter:
     def flush(self, end_document: int, end_offset: int) -> None:
         shards = self.manifest["shards"]
         start = self.accepted - self.fill
-        split = "val" if start < self.val_tokens else "train"
+        split = "val" if start < self.val_split_tokens else "train"
         file = f"{self.manifest['name']}_{split}_{len(shards):06d}.bin"
         previous = shards[-1]["end"] if shards else (0, 0)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -254,8 +241,8 @@ def start_manifest(out_dir: Path, identity: dict, overwrite: bool) -> dict:
     return dict(identity, shards=[], splits={}, skipped_documents=0, empty_documents=0, complete=False)
 
 
-def prepare(source: Source, out_dir: Path, val_tokens: int, shard_tokens: int, num_proc: int, overwrite=False,
-            made_by: dict | None = None) -> dict:
+def prepare(source: Source, out_dir: Path, val_split_tokens: int, shard_tokens: int, num_proc: int,
+            overwrite=False, made_by: dict | None = None) -> dict:
     """Tokenize `source` into shards in `out_dir`; returns the final manifest. `made_by`: the command and commit,
     recorded in the manifest."""
     identity = {
@@ -263,7 +250,7 @@ def prepare(source: Source, out_dir: Path, val_tokens: int, shard_tokens: int, n
         "name": source.name,
         "source": source.description,  # JSON types only: compared with the reloaded manifest
         "tokenizer": tokenizer_fingerprint(),
-        "settings": {"val_tokens": val_tokens, "shard_tokens": shard_tokens},
+        "settings": {"val_tokens": val_split_tokens, "shard_tokens": shard_tokens},
     }
     manifest = start_manifest(out_dir, identity, overwrite)
     manifest["label"] = source.label  # informative only: the identity above decides what may be resumed
@@ -292,7 +279,7 @@ def prepare(source: Source, out_dir: Path, val_tokens: int, shard_tokens: int, n
             f"no documents with text in {source.label} ({source.empty} empty, {source.skipped} not valid UTF-8); "
             "nothing to tokenize"
         )
-    if writer.accepted <= val_tokens:
+    if writer.accepted <= val_split_tokens:
         raise PrepareError(f"all {writer.accepted:,} tokens went to validation; pass a smaller --val-split-tokens")
     writer.finish()
     manifest.update(skipped_documents=source.skipped, empty_documents=source.empty, complete=True)
@@ -313,16 +300,11 @@ def prepare(source: Source, out_dir: Path, val_tokens: int, shard_tokens: int, n
     return manifest
 
 
-def data_dir_for(name: str) -> Path:
-    """Where a corpus called `name` (a data preset, or a file's stem) is written by default."""
-    return Path("data") / re.sub(r"[^A-Za-z0-9._-]+", "-", name)
-
-
 def default_val_split_tokens(source: Source) -> int:
     """The 124M recipe's validation budget for a stream; about 10% of a local corpus, estimated from its size."""
     if source.size_bytes is None:
-        return HUB_VAL_SPLIT_TOKENS
-    return min(HUB_VAL_SPLIT_TOKENS, source.size_bytes // BYTES_PER_TOKEN // 10)
+        return VAL_SPLIT_TOKENS
+    return min(VAL_SPLIT_TOKENS, source.size_bytes // BYTES_PER_TOKEN // 10)
 
 
 def _cpu_count() -> int:
@@ -335,7 +317,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "inputs",
         nargs="*",
         help=f"files, directories or globs ({', '.join(FILE_TYPES)}), "
-        f"or a preset: {', '.join(PRESETS)}. Default: the shipped tiny-Shakespeare",
+        f"or a preset: {', '.join(DATA_PRESETS)}. Default: the shipped tiny-Shakespeare",
     )
     parser.add_argument("--dataset", help="a Hugging Face Hub dataset, streamed (e.g. HuggingFaceFW/fineweb-edu)")
     parser.add_argument("--name", help="the Hub dataset's configuration (e.g. sample-10BT)")
@@ -345,7 +327,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--val-split-tokens",
         type=int,
-        help=f"validation split size in tokens (default: {HUB_VAL_SPLIT_TOKENS:,} for Hub datasets: the "
+        help=f"validation split size in tokens (default: {VAL_SPLIT_TOKENS:,} for Hub datasets: the "
         "--val-tokens that train.py and eval_hellaswag.py score, + 1; ~10%% of a local corpus); with --from-hub, "
         "the first N tokens of the downloaded val shard",
     )
@@ -379,7 +361,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     hub.add_argument("--push-to-hub", metavar="REPO", help="upload --out (once prepared) as the Hub dataset REPO")
     hub.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     args = parser.parse_args(argv)
-    preset = args.inputs[0].lower() if len(args.inputs) == 1 and args.inputs[0].lower() in PRESETS else None
+    preset = args.inputs[0].lower() if len(args.inputs) == 1 and args.inputs[0].lower() in DATA_PRESETS else None
     if args.dataset and args.inputs or preset and args.dataset:
         parser.error("give either --dataset, a preset or local files, not several")
     if not 0 <= args.shard_index < args.num_shards:
@@ -398,7 +380,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.from_hub is None and (args.max_train_shards or args.revision):
         parser.error("--max-train-shards and --revision go with --from-hub")
     if preset:
-        args.dataset, args.name, args.inputs = *PRESETS[preset], []
+        args.dataset, args.name, args.inputs = *DATA_PRESETS[preset], []
     args.preset = preset
     return args
 
@@ -427,7 +409,7 @@ def from_hub(args, out: Path) -> None:
         out,
         revision=args.revision,
         max_train_shards=args.max_train_shards,
-        val_tokens=HUB_VAL_SPLIT_TOKENS if args.val_split_tokens is None else args.val_split_tokens,
+        val_tokens=VAL_SPLIT_TOKENS if args.val_split_tokens is None else args.val_split_tokens,
         name=out.name,
         text_source={"dataset": args.dataset, "name": args.name} if args.dataset else None,
         overwrite=args.overwrite,
@@ -435,6 +417,7 @@ def from_hub(args, out: Path) -> None:
     )
 
 
+@cli
 def main(argv=None) -> None:
     args = parse_args(argv)
     part = (args.shard_index, args.num_shards) if args.num_shards > 1 else None
@@ -448,14 +431,14 @@ def main(argv=None) -> None:
         if args.from_hub:  # a repo of one's own: named after the repo unless --out says otherwise
             out = args.out or data_dir_for(args.preset or args.from_hub.rstrip("/").split("/")[-1])
         source.strict = args.strict
-        val_tokens = default_val_split_tokens(source) if args.val_split_tokens is None else args.val_split_tokens
+        val_split = default_val_split_tokens(source) if args.val_split_tokens is None else args.val_split_tokens
         if part:
             out = out / f"part-{part[0]:05d}-of-{part[1]:05d}"
-            val_tokens = val_tokens if part[0] == 0 else 0  # the validation split comes from part 0 only
+            val_split = val_split if part[0] == 0 else 0  # the validation split comes from part 0 only
         if args.from_hub is not None:
             from_hub(args, out)
         elif args.verify_hub_tokens is None or args.push_to_hub:  # --verify-hub-tokens alone checks, prepares nothing
-            prepare(source, out, val_tokens, args.shard_tokens, args.num_proc, args.overwrite, made_by(argv))
+            prepare(source, out, val_split, args.shard_tokens, args.num_proc, args.overwrite, made_by(argv))
         if args.verify_hub_tokens:
             match, line = verify_tokens(out, source.documents(), args.verify_hub_tokens, encode_documents, source.label)
             print(line)
@@ -464,9 +447,6 @@ def main(argv=None) -> None:
         if args.push_to_hub:
             url = push_tokens(out, args.push_to_hub, private=args.private, commit=made_by(argv)["commit"])
             print(f"pushed {out} to {url}")
-    except (SourceError, PrepareError, ShardError, HubDataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to continue from the last complete shard", file=sys.stderr)
         sys.exit(130)

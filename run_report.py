@@ -8,19 +8,20 @@ train.py writes the report itself at every save and at the end of a run; the rep
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from gpt2repro.report import CURVES, REPORT_JSON, REPORT_MD, ReportError, eval_summaries, save_report
+from gpt2repro.errors import cli, first_line
+from gpt2repro.checkpoints import RunDir
+from gpt2repro.report import ReportError, eval_summaries, save_report
 
 
 def rerender(run_dir: Path, eval_results_path: Path | None = None) -> dict:
-    path = run_dir / REPORT_JSON
+    path = RunDir(run_dir).report_json
     report = _read_json(path, f"train.py writes it at the end of a run into {run_dir}")
     if eval_results_path is not None:
         results = _read_json(eval_results_path, "write it with eval_hellaswag.py --output FILE")
         report["eval_results"] = eval_summaries(results)
-    report["curves"] = CURVES if (run_dir / CURVES).is_file() else None
+    report["curves"] = RunDir.CURVES if RunDir(run_dir).curves.is_file() else None
     save_report(run_dir, report)
     return report
 
@@ -31,19 +32,17 @@ def _read_json(path: Path, how_to_get_it: str) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ReportError(f"{path}: not readable JSON ({str(e).splitlines()[0]}); {how_to_get_it}") from None
+        raise ReportError(f"{path}: not readable JSON ({first_line(e)}); {how_to_get_it}") from None
 
 
+@cli
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path, help="a run directory holding report.json")
+    parser.add_argument("run_dir", type=Path, help=f"a run directory holding {RunDir.REPORT_JSON}")
     parser.add_argument("--eval-results", type=Path, help="an eval_hellaswag.py --output JSON file")
     args = parser.parse_args(argv)
-    try:
-        rerender(args.run_dir, args.eval_results)
-    except ReportError as e:
-        sys.exit(f"error: {e}")
-    print(f"wrote {args.run_dir / REPORT_MD} and {args.run_dir / REPORT_JSON}")
+    rerender(args.run_dir, args.eval_results)
+    print(f"wrote {RunDir(args.run_dir).report_md} and {RunDir(args.run_dir).report_json}")
 
 
 if __name__ == "__main__":

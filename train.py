@@ -17,6 +17,7 @@ import math
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,8 @@ from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, In
 from gpt2repro.checkpoints import (
     CheckpointError,
     DiskSpaceError,
-    checkpoint_path,
+    RunDir,
+    SaveSchedule,
     complete_checkpoints,
     continue_command,
     discard_after,
@@ -41,18 +43,18 @@ from gpt2repro.checkpoints import (
     save_checkpoint,
 )
 from configuration_gpt2repro import GPT2ReproConfig
+from gpt2repro.document_sources import DEFAULT_DATA_DIR, data_dir_for
+from gpt2repro.errors import UserError, cli, first_line
 from gpt2repro.hellaswag import HellaSwagDataError, load_hellaswag, score_hellaswag
 from gpt2repro.micro_batch import MicroBatch, MicroBatchError
-from gpt2repro.model_card import PublishError, push_to_hub, write_model_card
+from gpt2repro.model_card import card_files, push_to_hub
 from modeling_gpt2repro import GPT2ReproForCausalLM
-from prepare_data import data_dir_for
-from gpt2repro.report import (
-    GPT2_124M_REFERENCE, SAMPLE_PROMPT, describe_data, val_loss_reference, write_atomically, write_report,
-)
+from gpt2repro.fileio import write_atomically
+from gpt2repro.report import SAMPLE_PROMPT, describe_data, plot_curves, val_loss_reference, write_report
 from gpt2repro.throughput import device_peak_flops, flops_per_token, keep_freed_memory_for_reuse, mfu
-from gpt2repro.token_shards import ShardedTokenLoader, ShardError, check_shards, check_tokenizer
+from gpt2repro.token_shards import ShardedTokenLoader, check_shards, check_tokenizer
 from gpt2repro.tokenizer import load_tokenizer
-from gpt2repro.validation import ValidationError, resolve_val_tokens, validation_loss
+from gpt2repro.validation import resolve_val_tokens, validation_loss
 
 
 
@@ -60,7 +62,7 @@ from gpt2repro.validation import ValidationError, resolve_val_tokens, validation
 class Settings:
     # what to train, on what, where to write
     model: str = "tiny"  # size preset (configuration_gpt2repro): tiny, gpt2-124m, gpt2-350m, gpt2-774m, gpt2-1558m
-    data_dir: str = str(data_dir_for("tinyshakespeare"))  # prepare_data.py output
+    data_dir: str = str(DEFAULT_DATA_DIR)  # prepare_data.py output
     run_dir: str = ""  # "": runs/<preset>
     # token layout of each optimizer step: total = micro-batch x seq-len x processes x accumulation
     total_batch_tokens: int = 4_096
@@ -108,7 +110,7 @@ PRESETS = {
     "tiny": {},
     "gpt2-124m": GPT2_124M,
     "gpt2-124m-40b": {**GPT2_124M, "max_steps": 76_292},  # four epochs of the 10B sample, as llm.c's longer runs
-    "gpt2-124m-fineweb": {**GPT2_124M, "data_dir": str(data_dir_for("fineweb-10b"))},  # vs the FineWeb 3.28 target
+    "gpt2-124m-fineweb": {**GPT2_124M, "data_dir": str(data_dir_for("fineweb-10b"))},  # vs llm.c's FineWeb val target
     "gpt2-350m": {**GPT2_124M, "model": "gpt2-350m", "micro_batch_size": 32, "lr": 3e-4},  # GPT-3 paper's 350M lr
 }
 
@@ -135,11 +137,11 @@ RANGES = {
 }
 
 
-class SettingsError(ValueError):
+class SettingsError(UserError, ValueError):
     """A setting that cannot work: the message says which and what to do instead."""
 
 
-class DivergedError(RuntimeError):
+class DivergedError(UserError, RuntimeError):
     """Training produced non-finite steps in a row: the message says what to do."""
 
 
@@ -222,8 +224,7 @@ def read_config(path: Path) -> dict:
     try:
         loaded = yaml.safe_load(path.read_text()) or {}  # YAML is a superset of JSON
     except yaml.YAMLError as e:
-        reason = str(e).splitlines()[0]
-        raise SettingsError(f"--config {path}: not valid YAML or JSON ({reason}); fix the file") from None
+        raise SettingsError(f"--config {path}: not valid YAML or JSON ({first_line(e)}); fix the file") from None
     fields = {f.name: f for f in dataclasses.fields(Settings)}
     if not isinstance(loaded, dict) or set(loaded) - set(fields):
         unknown = sorted(set(loaded) - set(fields)) if isinstance(loaded, dict) else "not a mapping"
@@ -344,10 +345,10 @@ def check_disk_space(s: Settings, model, accelerator) -> None:
 def prepare_default_data(s: Settings, accelerator) -> None:
     """The tiny default trains out of the box: tokenize the shipped corpus on first use."""
     if s.data_dir == Settings.data_dir and not Path(s.data_dir).exists():
-        if accelerator.is_main_process:
-            import prepare_data
-
-            prepare_data.main(["--out", s.data_dir])
+        if accelerator.is_main_process:  # the command, not an import: an entry point never imports another
+            command = [sys.executable, str(Path(__file__).with_name("prepare_data.py")), "--out", s.data_dir]
+            if subprocess.run(command).returncode:
+                raise SettingsError(f"could not prepare {s.data_dir} (see above); run {' '.join(command[1:])}")
         accelerator.wait_for_everyone()
 
 
@@ -415,8 +416,8 @@ def evaluate(accelerator, model, tokenizer, s: Settings, val_tokens: int, hellas
         results = validation_loss(model, s.data_dir, val_tokens, seq_len=s.seq_len, accelerator=split)
         if hellaswag_items:
             scores = score_hellaswag(model, tokenizer, hellaswag_items, batch_size=16, accelerator=split)
-            for key in ("items", "completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm"):
-                results[f"hellaswag_{key}"] = scores[key]
+            scores.pop("per_item")
+            results.update(scores)
     model.train()
     return results
 
@@ -449,7 +450,7 @@ def load_hellaswag_items(s: Settings, accelerator, print0) -> list:
         try:
             items = load_hellaswag(None, limit=limit)
         except (OSError, HellaSwagDataError) as e:
-            reason = str(e).splitlines()[0]
+            reason = first_line(e)
     if any_rank(accelerator, not items)[0]:
         print0(f"notice: HellaSwag skipped ({reason})")
         return []
@@ -461,11 +462,11 @@ def resume_candidates(s: Settings) -> list[Path]:
     continues from the run's own newest checkpoint (else from where its first start did); a fresh run never mixes
     into another run's directory."""
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-    own = find_resume_checkpoint("auto", Path(s.run_dir)) if restarted else []
-    if not s.resume and not restarted and complete_checkpoints(Path(s.run_dir)):
+    own = find_resume_checkpoint("auto", s.run_dir) if restarted else []
+    if not s.resume and not restarted and complete_checkpoints(s.run_dir):
         raise SettingsError(f"--run-dir {s.run_dir} holds another run's checkpoints; continue it with --resume auto, "
                             "or choose another --run-dir")
-    return own or find_resume_checkpoint(s.resume, Path(s.run_dir))
+    return own or find_resume_checkpoint(s.resume, s.run_dir)
 
 
 def resume(accelerator, model, optimizer, candidates: list[Path], loader, run_dir: Path, print0) -> RunState:
@@ -493,18 +494,16 @@ def resume(accelerator, model, optimizer, candidates: list[Path], loader, run_di
 
 
 def save(accelerator, model, tokenizer, path: Path, state: RunState, loader, log: "RunLog") -> None:
-    """A checkpoint, with the run's report (rewritten at each save) and a model card made from it."""
+    """A checkpoint, with the run's report (rewritten at each save) and the model card made from it: the facts
+    go to the report, the report to the card, and the card and report files to the checkpoint writer."""
     trainer_state = {**dataclasses.asdict(state), "train_loader": loader.state_dict(),
                      "world_size": accelerator.num_processes}
-
-    def extras(folder: Path) -> None:  # what a user of the checkpoint needs beside the weights
-        tokenizer.save_pretrained(folder)
-        report = write_report(log.run_dir, log.facts(state))
-        write_model_card(folder, report, log.settings.push_to_hub or str(path), log.run_dir)
-
+    files = None
+    if accelerator.is_main_process:
+        report = write_report(log.run_dir.path, log.facts(state))
+        files = card_files(report, log.settings.push_to_hub or str(path), log.run_dir.path)
     resume_with = continue_command(log.command, accelerator.num_processes)
-    save_checkpoint(accelerator, model, path, trainer_state, extras, resume_with)
-    log.last_save = time.perf_counter()
+    save_checkpoint(accelerator, model, path, trainer_state, tokenizer, files, resume_with)
 
 
 def any_rank(accelerator, *flags: bool) -> list[bool]:
@@ -519,10 +518,10 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    """metrics.jsonl's rows. A crash mid-append can leave a torn last line: it is skipped, not fatal."""
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics file. A crash mid-append can leave a torn last line: it is skipped, not fatal."""
     rows = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+    for line in path.read_text().splitlines():
         try:
             rows.append(json.loads(line))
         except ValueError:
@@ -530,60 +529,21 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return rows
 
 
-def plot_curves(run_dir: Path, val_reference: dict | None) -> None:
-    """Loss, bits-per-byte and HellaSwag curves, with the published figure the data's loss compares with."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_metrics(run_dir)
-
-    def plot(ax, key, style, label, **kwargs):  # only what was logged: no empty legend entries
-        points = [(r["step"], r[key]) for r in rows if key in r]
-        if points:
-            ax.plot(*zip(*points), style, label=label, **kwargs)
-        return bool(points)
-
-    fig, (ax_loss, ax_bpb, ax_hella) = plt.subplots(1, 3, figsize=(16, 4.5))
-    plot(ax_loss, "loss", "-", "train loss", alpha=0.6)
-    plot(ax_loss, "val_loss", "o-", "val loss")
-    if val_reference:
-        ax_loss.axhline(val_reference["value"], color="r", ls="--", label=val_reference["label"])
-    ax_loss.set(xlabel="step", ylabel="loss (nats/token)", title="loss")
-    plot(ax_bpb, "val_bpb", "o-", "val bits per byte")
-    ax_bpb.set(xlabel="step", ylabel="bits per byte", title="validation bits per byte")
-    hella = plot(ax_hella, "hellaswag_completion_acc_norm", "o-", "HellaSwag acc_norm (completion)")
-    plot(ax_hella, "hellaswag_lm_eval_acc_norm", "s-", "HellaSwag acc_norm (lm-eval)")
-    if hella:
-        reference = GPT2_124M_REFERENCE["hellaswag_completion_acc_norm"]
-        ax_hella.axhline(reference, color="r", ls="--", label="OpenAI GPT-2 124M (completion)")
-    ax_hella.set(xlabel="step", ylabel="accuracy", title="HellaSwag" if hella else "HellaSwag (not evaluated)")
-    for ax in (ax_loss, ax_bpb, ax_hella):
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    fig.tight_layout()
-    tmp = run_dir / ".curves.png.tmp"
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, run_dir / "curves.png")
-
-
 class RunLog:
-    """Where a run reports: the progress line, metrics.jsonl, the Accelerate trackers, the curves, the report."""
+    """Where a run reports as it goes: the console, metrics.jsonl and the Accelerate trackers; and the facts of the
+    run that its report states (report.py draws the curves and writes the report)."""
 
     def __init__(self, accelerator, s: Settings, preset: str, argv=None):
-        self.accelerator, self.settings, self.preset, self.run_dir = accelerator, s, preset, Path(s.run_dir)
+        self.accelerator, self.settings, self.preset, self.run_dir = accelerator, s, preset, RunDir(s.run_dir)
         self.command = ["train.py", *(sys.argv[1:] if argv is None else argv)]
-        self.val_reference = val_loss_reference(describe_data(s.data_dir))
         self.write_settings()
         accelerator.init_trackers("gpt2repro", config={k: v for k, v in dataclasses.asdict(s).items() if v is not None})
 
     def write_settings(self) -> None:
         if self.accelerator.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.run_dir.path.mkdir(parents=True, exist_ok=True)
             settings = yaml.safe_dump({"preset": self.preset, **dataclasses.asdict(self.settings)}, sort_keys=False)
-            write_atomically(self.run_dir / "settings.yaml", settings)
+            write_atomically(self.run_dir.settings, settings)
 
     def start(self, state: RunState, model, model_config, batch: MicroBatch, compiled: bool) -> None:
         """Note what the run is (for the banner, MFU and the report), print the banner, start the clocks (elapsed
@@ -602,10 +562,10 @@ class RunLog:
             f"{world} processes x {batch.accumulation} accumulation | {s.max_steps} steps | peak FLOP/s: "
             f"{self.peak_source}"
         )
-        if self.accelerator.is_main_process and (self.run_dir / "metrics.jsonl").exists():
-            kept = [row for row in read_metrics(self.run_dir) if row["step"] <= state.step]
-            write_atomically(self.run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in kept))
-        self.started = self.last_save = time.perf_counter()
+        if self.accelerator.is_main_process and self.run_dir.metrics.exists():
+            kept = [row for row in read_metrics(self.run_dir.metrics) if row["step"] <= state.step]
+            write_atomically(self.run_dir.metrics, "".join(json.dumps(row) + "\n" for row in kept))
+        self.started = time.perf_counter()
         self.first_step, self.total_before = state.step, state.total_seconds
 
     def tick(self, state: RunState) -> None:
@@ -627,12 +587,6 @@ class RunLog:
         )
         self.metrics(state.step, {"loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_sec": tokens_per_sec,
                                   "mfu": utilization, "tokens_seen": state.tokens_seen})
-
-    def checkpoint_due(self, step: int) -> bool:
-        """Every --save-every steps, and once --save-every-minutes passed since the last save."""
-        s = self.settings
-        by_time = s.save_every_minutes and time.perf_counter() - self.last_save >= 60 * s.save_every_minutes
-        return bool(s.save_every and step % s.save_every == 0) or bool(by_time)
 
     def mfu(self, tokens_per_sec: float) -> float:
         return mfu(tokens_per_sec / self.accelerator.num_processes, self.flops_per_token, self.peak_flops)
@@ -657,7 +611,7 @@ class RunLog:
     def metrics(self, step: int, metrics: dict) -> None:
         self.accelerator.log(metrics, step=step)
         if self.accelerator.is_main_process:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
+            with open(self.run_dir.metrics, "a") as f:  # appended: a torn last line is skipped on reading
                 f.write(json.dumps({"step": step, **metrics}) + "\n")
 
     def evaluation(self, step: int, results: dict, samples: list[str]) -> None:
@@ -666,7 +620,8 @@ class RunLog:
         for text in samples:
             self.print(f"  sample: {text!r}")
         if self.accelerator.is_main_process:
-            plot_curves(self.run_dir, self.val_reference)
+            reference = val_loss_reference(describe_data(self.settings.data_dir))
+            plot_curves(read_metrics(self.run_dir.metrics), self.run_dir.curves, reference)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -691,10 +646,11 @@ def main(argv=None):
                                 seed=s.seed)
     tokenizer = load_tokenizer()
     log = RunLog(accelerator, s, preset, argv)
-    state = resume(accelerator, model, optimizer, checkpoints, loader, Path(s.run_dir), log.print)
+    state = resume(accelerator, model, optimizer, checkpoints, loader, log.run_dir.path, log.print)
     batch.resume_at(state.micro_batch_size, loader)
     hellaswag_items = load_hellaswag_items(s, accelerator, log.print)
     log.start(state, raw_model, model_config, batch, compile_model)
+    saves = SaveSchedule(s.save_every, s.save_every_minutes)  # --save-every-minutes counts from here
 
     # =========================================== the loop ===========================================
     train_model.train()
@@ -715,22 +671,23 @@ def main(argv=None):
                                     "diverged; lower --lr or resume from an earlier checkpoint")
 
             done = state.step == s.max_steps
-            stop_now, save_now = any_rank(accelerator, stop.requested and not done, log.checkpoint_due(state.step))
+            stop_now, save_now = any_rank(accelerator, stop.requested and not done, saves.due(state.step))
             if not stop_now and (done or (s.eval_every and state.step % s.eval_every == 0)):  # a stop saves first
                 state.last_eval = evaluate(accelerator, raw_model, tokenizer, s, val_tokens, hellaswag_items)
                 samples = generate_samples(accelerator, raw_model, tokenizer, s, state.step)
                 log.evaluation(state.step, state.last_eval, samples if accelerator.is_main_process else [])
             if not done and (stop_now or save_now):
-                save(accelerator, model, tokenizer, checkpoint_path(s.run_dir, state.step), state, loader, log)
+                save(accelerator, model, tokenizer, log.run_dir.checkpoint(state.step), state, loader, log)
+                saves.saved()
                 if accelerator.is_main_process:
-                    prune_checkpoints(Path(s.run_dir), s.keep_checkpoints)
+                    prune_checkpoints(log.run_dir.path, s.keep_checkpoints)
             if stop_now:
-                log.print(f"stop requested: saved {checkpoint_path(s.run_dir, state.step)}; continue: --resume auto")
+                log.print(f"stop requested: saved {log.run_dir.checkpoint(state.step)}; continue: --resume auto")
                 break
     # ================================================================================================
 
     if state.step == s.max_steps:
-        final = Path(s.run_dir) / "final"
+        final = log.run_dir.final
         log.tick(state)
         save(accelerator, model, tokenizer, final, state, loader, log)
         log.print(f"final checkpoint: {final}")
@@ -759,11 +716,8 @@ class StopRequest:
         self.requested = True
 
 
-# The project's own errors are one line for the user; anything else (a torch RuntimeError, a bug) keeps its traceback.
-USER_ERRORS = (
-    SettingsError, ShardError, CheckpointError, ValidationError, HellaSwagDataError, DivergedError, PublishError,
-    DiskSpaceError, MicroBatchError,
-)
+class LostProcessError(UserError, RuntimeError):
+    """Another process of the run died or stopped answering: the message says how to continue."""
 
 
 def lost_a_process(e: RuntimeError) -> bool:
@@ -772,18 +726,19 @@ def lost_a_process(e: RuntimeError) -> bool:
     return isinstance(e, torch.distributed.DistError) or "gloo/transport/" in str(e)
 
 
+@cli
 def run(argv=None):
+    """main() as the command: the project's errors (UserError) end it with one line, as does a lost process."""
     try:
         main(argv)
-    except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
     except RuntimeError as e:
-        if not lost_a_process(e):
+        if isinstance(e, UserError) or not lost_a_process(e):
             raise
-        detail = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip().splitlines()[0]).split(". ")[0]  # no source path
-        sys.exit(f"error: rank {os.environ.get('RANK', '0')}: another process died or stopped answering ({detail}); "
-                 "continue from the newest checkpoint with --resume auto (accelerate launch --max_restarts N does so "
-                 "by itself)")
+        detail = re.sub(r"^\[[^\]]*\]\s*", "", first_line(e, limit=1000)).split(". ")[0]  # no source path
+        raise LostProcessError(
+            f"rank {os.environ.get('RANK', '0')}: another process died or stopped answering ({detail}); continue "
+            "from the newest checkpoint with --resume auto (accelerate launch --max_restarts N does so by itself)"
+        ) from None
 
 
 if __name__ == "__main__":

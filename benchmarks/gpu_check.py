@@ -43,6 +43,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from configuration_gpt2repro import GPT2ReproConfig  # noqa: E402
+from gpt2repro.checkpoints import RunDir  # noqa: E402
 from gpt2repro.fileio import write_atomically  # noqa: E402
 from gpt2repro.report import git_state, markdown_table  # noqa: E402
 from modeling_gpt2repro import GPT2ReproForCausalLM  # noqa: E402
@@ -622,7 +623,7 @@ def section_shakespeare(args, profile, context):
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise RuntimeError(f"train.py exited with {proc.returncode}: {last}")
-        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        metrics = [json.loads(line) for line in RunDir(run_dir).metrics.read_text().splitlines()]
     evals = [(m["step"], m["val_loss"]) for m in metrics if "val_loss" in m]
     speeds = [m["tokens_per_sec"] for m in metrics if "tokens_per_sec" in m]
     if not evals:

@@ -1,4 +1,5 @@
-"""Checkpoints: a `save_pretrained` folder that loads anywhere, plus `training_state/` to resume exactly.
+"""Checkpoints and the run directory they live in: a `save_pretrained` folder that loads anywhere, plus
+`training_state/` to resume exactly. RunDir names every file of a run directory.
 
     RUN_DIR/checkpoint-000500/      model.safetensors, config.json, the model code, tokenizer, card
             training_state/         Accelerate's save_state (optimizer, every rank's RNG)
@@ -18,7 +19,7 @@ import os
 import pickle
 import shlex
 import shutil
-from collections.abc import Callable
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,7 +27,8 @@ import torch
 from accelerate.utils import DistributedType
 from safetensors import SafetensorError
 
-from gpt2repro.fileio import write_atomically
+from gpt2repro.errors import UserError, first_line
+from gpt2repro.fileio import write_atomically, write_files
 
 STATE_FILE = Path("training_state") / "trainer_state.json"
 DIGESTS = "file_sha256"  # trainer_state.json's key: {path inside the checkpoint: sha256}
@@ -38,7 +40,7 @@ CHECKPOINT_OVERHEAD_BYTES = 16 * 2**20  # tokenizer, model code, card, RNG state
 TORCH_WRITE_FAILURES = ("inline_container", "PytorchStreamWriter", "file write failed", "iostream error")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be resumed from: the message says which and what to do."""
 
 
@@ -47,12 +49,51 @@ class CheckpointSaveError(CheckpointError):
     intact one and the command that continues from it."""
 
 
-class DiskSpaceError(ValueError):
+class DiskSpaceError(UserError, ValueError):
     """The run directory's filesystem cannot hold the run's checkpoints, and --require-disk was given."""
 
 
+class RunDir:
+    """A run's directory, and the one place where the name of each file in it is written:
+
+        settings.yaml       the resolved settings (train.py)
+        metrics.jsonl       one row per step and per evaluation (train.py)
+        curves.png          drawn from the metrics (report.plot_curves)
+        report.json/.md     the run report (report.py; run_report.py re-renders it)
+        checkpoint-NNNNNN/  periodic checkpoints; final/ the last one
+        eval_results.json   eval_hellaswag.py --output of the final checkpoint (scripts/reproduce_gpt2.py)
+    """
+
+    SETTINGS = "settings.yaml"
+    METRICS = "metrics.jsonl"
+    CURVES = "curves.png"
+    REPORT_JSON = "report.json"
+    REPORT_MD = "report.md"
+    CHECKPOINT_PREFIX = "checkpoint-"
+    FINAL = "final"
+    EVAL_RESULTS = "eval_results.json"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    settings = property(lambda self: self.path / self.SETTINGS)
+    metrics = property(lambda self: self.path / self.METRICS)
+    curves = property(lambda self: self.path / self.CURVES)
+    report_json = property(lambda self: self.path / self.REPORT_JSON)
+    report_md = property(lambda self: self.path / self.REPORT_MD)
+    final = property(lambda self: self.path / self.FINAL)
+    eval_results = property(lambda self: self.path / self.EVAL_RESULTS)
+
+    def checkpoint(self, step: int) -> Path:
+        return self.path / f"{self.CHECKPOINT_PREFIX}{step:06d}"
+
+    def periodic_checkpoints(self) -> list[Path]:
+        """The periodic checkpoint directories, complete or not, in name order."""
+        return sorted(self.path.glob(f"{self.CHECKPOINT_PREFIX}*"))
+
+
 def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / f"checkpoint-{step:06d}"
+    return RunDir(run_dir).checkpoint(step)
 
 
 def read_trainer_state(checkpoint: Path) -> dict:
@@ -64,11 +105,29 @@ def read_trainer_state(checkpoint: Path) -> dict:
         ) from None
 
 
-def save_checkpoint(accelerator, model, path: Path, trainer_state: dict, extras: Callable[[Path], None] = None,
-                    resume_with: str = "the same command with --resume auto"):
-    """Every rank saves its part of the training state; the main process writes the model folder, calls
-    `extras(folder)` (tokenizer, card), records every file's digest and renames the whole into place. A write
-    that fails for lack of space (on any rank) raises CheckpointSaveError on every rank, the temp dir removed."""
+class SaveSchedule:
+    """When a run saves: every `every_steps` steps, and once `every_minutes` passed since the last save (bounds the
+    work a crash can lose); 0 turns either off."""
+
+    def __init__(self, every_steps: int, every_minutes: float):
+        self.every_steps, self.every_minutes = every_steps, every_minutes
+        self.last_save = time.perf_counter()
+
+    def due(self, step: int) -> bool:
+        by_time = self.every_minutes and time.perf_counter() - self.last_save >= 60 * self.every_minutes
+        return bool(self.every_steps and step % self.every_steps == 0) or bool(by_time)
+
+    def saved(self) -> None:
+        self.last_save = time.perf_counter()
+
+
+def save_checkpoint(accelerator, model, path: Path, trainer_state: dict, tokenizer=None,
+                    files: dict[str, str | bytes | Path] | None = None,
+                    resume_with: str = "the same command with --resume auto") -> None:
+    """Every rank saves its part of the training state; the main process writes the model folder, the tokenizer
+    and `files` (name: text, bytes, or a file to copy; e.g. the card and the run report), records every file's
+    digest and renames the whole into place. A write that fails for lack of space (on any rank) raises
+    CheckpointSaveError on every rank, the temp dir removed; `resume_with` is the command it says continues."""
     path = Path(path)
     tmp = path.with_name(f".tmp-{path.name}")
     if accelerator.is_main_process and tmp.exists():
@@ -80,17 +139,20 @@ def save_checkpoint(accelerator, model, path: Path, trainer_state: dict, extras:
     weights = accelerator.get_state_dict(model)  # every rank takes part: FSDP gathers the full weights to rank 0
     failure = None
     if accelerator.is_main_process:
-        failure = _disk_failure(_write_model_folder, accelerator, model, weights, tmp, extras, trainer_state, path)
+        failure = _disk_failure(_write_model_folder, accelerator, model, weights, tmp, tokenizer, files,
+                                trainer_state, path)
     _stop_if_any_failed(accelerator, failure, path, tmp, resume_with)
 
 
-def _write_model_folder(accelerator, model, weights, tmp: Path, extras, trainer_state: dict, path: Path) -> None:
+def _write_model_folder(accelerator, model, weights, tmp: Path, tokenizer, files, trainer_state: dict,
+                        path: Path) -> None:
     model = accelerator.unwrap_model(model)
     if accelerator.is_fsdp2:
         model = unsharded_copy(model, weights)
     model.save_pretrained(tmp, save_function=accelerator.save)
-    if extras is not None:
-        extras(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    write_files(tmp, files or {})
     trainer_state = {**trainer_state, DIGESTS: file_digests(tmp)}
     write_atomically(tmp / STATE_FILE, json.dumps(trainer_state, indent=2))
     if path.exists():
@@ -107,9 +169,9 @@ def _disk_failure(write, *args) -> str | None:
     except OSError as e:
         return e.strerror or str(e)
     except SafetensorError as e:
-        return str(e).strip().splitlines()[0]
+        return first_line(e)
     except RuntimeError as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        message = first_line(e)
         if not any(sign in message for sign in TORCH_WRITE_FAILURES):
             raise
         return f"torch.save could not write its file: {message}"
@@ -221,9 +283,9 @@ def unsharded_copy(model, weights: dict):
 
 def checkpoint_steps(run_dir: Path, include_final: bool = True) -> dict[Path, int]:
     """{checkpoint: step} of those whose rename happened (temp dirs are ignored) and whose state reads, oldest first."""
-    run_dir = Path(run_dir)
+    run_dir = RunDir(run_dir)
     steps = {}
-    for path in [*run_dir.glob("checkpoint-*"), *([run_dir / "final"] if include_final else [])]:
+    for path in [*run_dir.periodic_checkpoints(), *([run_dir.final] if include_final else [])]:
         try:
             steps[path] = read_trainer_state(path)["step"]
         except (CheckpointError, KeyError, TypeError):
@@ -262,7 +324,8 @@ def find_resume_checkpoint(setting: str, run_dir: Path) -> list[Path]:
     path = Path(setting)
     if not (path / STATE_FILE).is_file():
         raise CheckpointError(
-            f"--resume {path}: not a complete checkpoint (no {STATE_FILE}); use a checkpoint-* dir or 'auto'"
+            f"--resume {path}: not a complete checkpoint (no {STATE_FILE}); use a {RunDir.CHECKPOINT_PREFIX}* dir or "
+            "'auto'"
         )
     return [path]
 
@@ -291,9 +354,8 @@ def load_checkpoint(accelerator, checkpoint: Path, model, optimizer) -> dict:
         raise
     # truncated safetensors or pickles, missing files, another model's shapes: the checkpoint is unloadable
     except (OSError, EOFError, KeyError, ValueError, RuntimeError, pickle.UnpicklingError, SafetensorError) as e:
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"{checkpoint}: cannot load its training state ({type(e).__name__}: {reason}); "
+            f"{checkpoint}: cannot load its training state ({first_line(e, with_type=True)}); "
             "resume from another checkpoint or start afresh"
         ) from e
     return state
@@ -344,8 +406,8 @@ def load_other_layout(accelerator, checkpoint: Path, model, optimizer) -> None:
 
 
 __all__ = [
-    "STATE_FILE", "CheckpointError", "CheckpointSaveError", "DiskSpaceError", "checkpoint_bytes", "checkpoint_path",
-    "complete_checkpoints", "continue_command", "discard_after", "disk_space_problem", "file_digests",
-    "find_resume_checkpoint", "load_checkpoint", "prune_checkpoints", "read_trainer_state", "save_checkpoint",
-    "verify_checkpoint",
+    "STATE_FILE", "CheckpointError", "CheckpointSaveError", "DiskSpaceError", "RunDir", "SaveSchedule",
+    "checkpoint_bytes", "checkpoint_path", "complete_checkpoints", "continue_command", "discard_after",
+    "disk_space_problem", "file_digests", "find_resume_checkpoint", "load_checkpoint", "prune_checkpoints",
+    "read_trainer_state", "save_checkpoint", "verify_checkpoint",
 ]

@@ -4,21 +4,42 @@ A .txt file is one document; a .jsonl/.json/.parquet row is one document (its `c
 A Source yields the document texts in the same order on every run, which is what lets
 prepare_data.py resume by skipping the documents it has already written. Empty (or whitespace-only)
 documents are skipped and counted: each would only add a lone <|endoftext|>.
+
+The data presets live here too: the named corpora (DATA_PRESETS, and the shipped tiny-Shakespeare) and the
+directory each is prepared into (data_dir_for), where prepare_data.py writes and train.py's presets read.
 """
 
 import glob
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpt2repro.errors import UserError, first_line
+
+# Data presets, named like every preset in this project (lowercase; matched in any case): name -> (Hub
+# dataset, configuration). Each is written to data/<name> (data_dir_for).
+DATA_PRESETS = {
+    "fineweb-edu-10b": ("HuggingFaceFW/fineweb-edu", "sample-10BT"),
+    "fineweb-edu-100b": ("HuggingFaceFW/fineweb-edu", "sample-100BT"),
+    "fineweb-10b": ("HuggingFaceFW/fineweb", "sample-10BT"),  # llm.c's and modded-nanogpt's FineWeb val target
+    "fineweb-100b": ("HuggingFaceFW/fineweb", "sample-100BT"),
+}
+# ... and the Hub dataset repos holding their GPT-2 tokens (modded-nanogpt's, in llm.c shards), for --from-hub
+HUB_TOKENS = {
+    "fineweb-edu-10b": "kjj0/finewebedu10B-gpt2",
+    "fineweb-10b": "kjj0/fineweb10B-gpt2",
+    "fineweb-100b": "kjj0/fineweb100B-gpt2",
+}
+DEFAULT_CORPUS = Path(__file__).resolve().parent / "assets" / "tinyshakespeare.txt"  # prepare_data.py's default
 FILE_TYPES = (".txt", ".jsonl", ".json", ".parquet")
 PARQUET_TEXT_TYPES = ("string", "large_string", "string_view", "binary", "large_binary", "binary_view")
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """Input that cannot be read as documents; the message says where and what to do."""
 
 
@@ -49,12 +70,6 @@ class Source:
             raise SourceError(f"{where}: not valid UTF-8; fix the input, or drop --strict to skip such documents")
         self.skipped += 1
         self.first_skipped = self.first_skipped or where
-
-
-def _reason(error: Exception) -> str:
-    """The first line of an exception's message (libraries' messages run over several), or its type."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _require_column(columns, column: str, where: str) -> None:
@@ -110,7 +125,8 @@ def _check_parquet(path: Path, column: str) -> None:
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError) as e:
-        raise SourceError(f"{path}: not a readable Parquet file ({_reason(e)}); download or export it again") from None
+        reason = first_line(e)
+        raise SourceError(f"{path}: not a readable Parquet file ({reason}); download or export it again") from None
     _require_column(schema.names, column, str(path))
     kind = schema.field(column).type
     value_kind = kind.value_type if pa.types.is_dictionary(kind) else kind
@@ -133,7 +149,8 @@ def _parquet_documents(path: Path, column: str, not_utf8) -> Iterator[tuple[str,
                         continue
                 yield f"{path} row {row}", _text({column: value}, column, f"{path} row {row}")
     except (pa.ArrowException, OSError) as e:  # metadata fine (checked up front), data pages damaged
-        raise SourceError(f"{path}: damaged Parquet data after row {row} ({_reason(e)}); get the file again") from None
+        reason = first_line(e)
+        raise SourceError(f"{path}: damaged Parquet data after row {row} ({reason}); get the file again") from None
 
 
 def _file_documents(path: Path, column: str, not_utf8) -> Iterator[tuple[str, str]]:
@@ -164,6 +181,14 @@ def _expand(inputs: list[str]) -> list[Path]:
             raise SourceError(f"{pattern}: no such file, or no {'/'.join(FILE_TYPES)} files in it")
         files += matches
     return files
+
+
+def data_dir_for(name: str) -> Path:
+    """Where a corpus called `name` (a data preset, or a file's stem) is written by default."""
+    return Path("data") / re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+
+
+DEFAULT_DATA_DIR = data_dir_for(DEFAULT_CORPUS.stem)  # the tiny preset's data: prepared on first use
 
 
 def file_source(inputs: list[str], column: str, part: tuple[int, int] | None) -> Source:
@@ -204,7 +229,7 @@ def hub_source(dataset: str, config: str | None, split: str, column: str, part: 
             stream = load_dataset(dataset, config, split=split, streaming=True)
         except Exception as e:  # offline, unknown id, no such config/split: one message for all
             raise SourceError(
-                f"cannot open the Hugging Face dataset '{dataset}' ({_reason(e)}); without network, pass local "
+                f"cannot open the Hugging Face dataset '{dataset}' ({first_line(e)}); without network, pass local "
                 "files instead, e.g. python prepare_data.py path/to/*.parquet --text-column text"
             ) from None
         if stream.column_names is not None:  # known up front for most datasets: check, and decode only the text

@@ -27,3 +27,12 @@ def copy_atomically(source: Path, target: Path) -> None:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_files(folder: Path, files: dict[str, str | bytes | Path]) -> None:
+    """Each of `files` (name: text, bytes, or a file to copy) into `folder`, atomically."""
+    for name, content in files.items():
+        if isinstance(content, Path):
+            copy_atomically(content, Path(folder) / name)
+        else:
+            write_atomically(Path(folder) / name, content)

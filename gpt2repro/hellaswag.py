@@ -20,6 +20,7 @@ import shutil
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,20 +28,32 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
+from gpt2repro.errors import UserError
 from gpt2repro.validation import eval_module, token_logprobs
 
 HELLASWAG_VAL_ITEMS = 10_042  # the HellaSwag validation set (rowanz/hellaswag, Rowan/hellaswag)
-HELLASWAG_METRICS = (  # (key in summaries without the hellaswag_ prefix, label)
-    ("completion_acc", "HellaSwag acc, completion style"),
-    ("completion_acc_norm", "HellaSwag acc_norm, completion style"),
-    ("lm_eval_acc", "HellaSwag acc, lm-eval style"),
-    ("lm_eval_acc_norm", "HellaSwag acc_norm, lm-eval style"),
+
+
+class Metric(NamedTuple):
+    name: str  # as every summary, metrics.jsonl row, run report, card and published figure names it
+    convention: str  # "completion" or "lm_eval"
+    kind: str  # "acc" or "acc_norm"
+    label: str
+
+
+# What a HellaSwag score reports, by the names every part of the project uses as they are.
+HELLASWAG_ITEMS = "hellaswag_items"  # how many items the accuracies are over
+HELLASWAG_METRICS = (
+    Metric("hellaswag_completion_acc", "completion", "acc", "HellaSwag acc, completion style"),
+    Metric("hellaswag_completion_acc_norm", "completion", "acc_norm", "HellaSwag acc_norm, completion style"),
+    Metric("hellaswag_lm_eval_acc", "lm_eval", "acc", "HellaSwag acc, lm-eval style"),
+    Metric("hellaswag_lm_eval_acc_norm", "lm_eval", "acc_norm", "HellaSwag acc_norm, lm-eval style"),
 )
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 TEXT_FIELDS = ("activity_label", "ctx_a", "ctx_b", "ctx")
 
 
-class HellaSwagDataError(ValueError):
+class HellaSwagDataError(UserError, ValueError):
     """HellaSwag data that cannot be used: the message says where and what to do."""
 
 
@@ -259,13 +272,14 @@ def summarize(per_item: list[dict]) -> dict:
     def column(key):
         return np.array([it[key] for it in per_item], dtype=np.float64)
 
-    return {
-        "items": len(per_item),
-        "completion_acc": accuracy(column("completion_loglik")),
-        "completion_acc_norm": accuracy(column("completion_loglik") / column("completion_tokens")),
-        "lm_eval_acc": accuracy(column("lm_eval_loglik")),
-        "lm_eval_acc_norm": accuracy(column("lm_eval_loglik") / column("lm_eval_chars")),
-    }
+    # acc_norm divides by the ending's length: in tokens (completion style), in characters (lm-eval style)
+    lengths = {"completion": "completion_tokens", "lm_eval": "lm_eval_chars"}
+
+    def scores(metric):
+        logliks = column(f"{metric.convention}_loglik")
+        return logliks / column(lengths[metric.convention]) if metric.kind == "acc_norm" else logliks
+
+    return {HELLASWAG_ITEMS: len(per_item), **{m.name: accuracy(scores(m)) for m in HELLASWAG_METRICS}}
 
 
 def _score_items(model, tokenizer, items: list[dict], batch_size: int, progress: bool) -> list[dict]:
@@ -294,8 +308,8 @@ def score_hellaswag(model, tokenizer, items: list[dict], batch_size: int = 16, a
     """Both conventions on `items`, `batch_size` items per forward, sharded across the
     accelerator's processes and gathered.
 
-    Returns {"items", "completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm",
-    "per_item"} on every process. The model is used as given (dtype, autocast) and never modified."""
+    Returns summarize()'s {HELLASWAG_ITEMS and HELLASWAG_METRICS' names} and "per_item" on every process.
+    The model is used as given (dtype, autocast) and never modified."""
     model = eval_module(model, accelerator)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     positions = list(range(rank, len(items), world))  # strided: every rank gets both kinds of items

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from gpt2repro.errors import UserError, first_line
 from gpt2repro.fileio import copy_atomically, write_atomically
 from gpt2repro.token_shards import (
     HEADER_BYTES,
@@ -57,7 +58,7 @@ DOWNLOAD_WORKERS = 8
 PROGRESS_EVERY = 10.0  # seconds between progress lines
 
 
-class HubDataError(ValueError):
+class HubDataError(UserError, ValueError):
     """A download, check or upload that cannot go on: the message names the problem and what to do."""
 
 
@@ -85,8 +86,7 @@ def _hub_failure(error: Exception, repo_id: str, fallback: str) -> HubDataError:
     else:
         import httpx2
 
-        lines = str(error).strip().splitlines()
-        why = f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
+        why = first_line(error, with_type=True, limit=1000)
         if isinstance(error, httpx2.TransportError):
             why = f"cannot reach the Hub ({why})"
     return HubDataError(f"cannot download {repo_id}: {why}; {fallback}")
@@ -566,6 +566,6 @@ def push_tokens(data_dir: str | Path, repo_id: str, private: bool = False, commi
         from huggingface_hub.errors import OfflineModeIsEnabled
 
         why = "HF_HUB_OFFLINE is set (offline mode); unset it" if isinstance(e, OfflineModeIsEnabled) else \
-            f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+            first_line(e, with_type=True, limit=1000)
         raise HubDataError(f"cannot push {data_dir} to {repo_id}: {why}; rerun the same command to resume") from None
     return str(url)

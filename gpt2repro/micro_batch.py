@@ -12,10 +12,12 @@ from collections.abc import Callable
 
 from accelerate.utils import find_executable_batch_size
 
+from gpt2repro.errors import UserError
+
 AUTO_START = 64  # the 124M recipe's micro-batch of 1,024-token windows on an 80 GB GPU; larger models halve from it
 
 
-class MicroBatchError(ValueError):
+class MicroBatchError(UserError, ValueError):
     """Not even one sequence per micro-batch fits: the message says what to do."""
 
 

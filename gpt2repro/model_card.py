@@ -13,11 +13,11 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 
+from gpt2repro.checkpoints import RunDir
+from gpt2repro.errors import UserError, first_line
+from gpt2repro.hellaswag import HELLASWAG_ITEMS, HELLASWAG_METRICS
 from gpt2repro.report import (
-    CURVES,
     GPT2_124M_REFERENCE,
-    REPORT_JSON,
-    REPORT_MD,
     SAMPLE_PROMPT,
     hardware_lines,
     markdown_table,
@@ -26,22 +26,23 @@ from gpt2repro.report import (
     training_lines,
     val_loss_note,
 )
-from gpt2repro.fileio import copy_atomically, write_atomically
+from gpt2repro.fileio import write_files
 
 # What a checkpoint folder holds for its users: save_pretrained's weights, config and remote code, the
 # tokenizer, the card and the run's report. Top-level files only: training_state/ never matches.
 UPLOAD_PATTERNS = (
     "config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
     "model.safetensors.index.json", "*.py", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "vocab.json", "merges.txt", "README.md", CURVES, REPORT_MD, REPORT_JSON,
+    "vocab.json", "merges.txt", "README.md", RunDir.CURVES, RunDir.REPORT_MD, RunDir.REPORT_JSON,
 )
 TAGS = ["gpt2", "gpt2repro", "causal-lm", "pretrained-from-scratch"]
 HELLASWAG_HUB_ID = "Rowan/hellaswag"
+CONVENTION_STYLES = {"completion": "completion style (build-nanogpt, llm.c)", "lm_eval": "lm-evaluation-harness style"}
 # Markers around the section eval_hellaswag.py --push-results maintains, so a second push replaces it.
 EVAL_SECTION = ("<!-- gpt2repro:eval_hellaswag -->", "<!-- /gpt2repro:eval_hellaswag -->")
 
 
-class PublishError(RuntimeError):
+class PublishError(UserError, RuntimeError):
     """An upload or card download that failed: the message says what is intact and how to retry."""
 
 
@@ -50,21 +51,21 @@ class PublishError(RuntimeError):
 
 
 def eval_results(scores: dict, data: dict | None) -> list[EvalResult]:
-    """model-index entries from scores named as in a run report's final_eval (hellaswag_items,
-    hellaswag_completion_acc_norm, hellaswag_lm_eval_acc_norm, val_loss, val_bpb, val_tokens); `data` is
-    run_report.describe_data() of the validation data. Accuracies in percent, as the published figures."""
+    """model-index entries from scores named as in a run report's final_eval (HELLASWAG_ITEMS, the acc_norm of
+    HELLASWAG_METRICS, val_loss, val_bpb, val_tokens); `data` is report.describe_data() of the validation data.
+    Accuracies in percent, as the published figures."""
     results = []
-    items = scores.get("hellaswag_items")
+    items = scores.get(HELLASWAG_ITEMS)
     # a subset of HellaSwag is a different evaluation from the whole set: its own model-index entry
-    split = "validation" if items in (None, GPT2_124M_REFERENCE["hellaswag_items"]) else f"validation[:{items}]"
-    for config, style in (("completion", "completion style (build-nanogpt, llm.c)"),
-                          ("lm_eval", "lm-evaluation-harness style")):
-        value = scores.get(f"hellaswag_{config}_acc_norm")
-        if value is not None:
+    split = "validation" if items in (None, GPT2_124M_REFERENCE[HELLASWAG_ITEMS]) else f"validation[:{items}]"
+    for metric in HELLASWAG_METRICS:
+        value = scores.get(metric.name)
+        if metric.kind == "acc_norm" and value is not None:
             results.append(EvalResult(
                 task_type="text-generation", task_name="Text Generation", dataset_type=HELLASWAG_HUB_ID,
-                dataset_name="HellaSwag", dataset_split=split, metric_type="acc_norm",
-                metric_name=f"acc_norm, {style}", metric_config=config, metric_value=round(100 * value, 2),
+                dataset_name="HellaSwag", dataset_split=split, metric_type=metric.kind,
+                metric_name=f"{metric.kind}, {CONVENTION_STYLES[metric.convention]}", metric_config=metric.convention,
+                metric_value=round(100 * value, 2),
             ))
     if data and scores.get("val_loss") is not None:
         where = dict(
@@ -166,7 +167,8 @@ def card_body(report: dict, model_name: str) -> str:
         reproduce_command(report),
         "```",
         "",
-        f"The full run report is in [{REPORT_MD}]({REPORT_MD}) ([{REPORT_JSON}]({REPORT_JSON}) for machines).",
+        f"The full run report is in [{RunDir.REPORT_MD}]({RunDir.REPORT_MD}) ([{RunDir.REPORT_JSON}]"
+        f"({RunDir.REPORT_JSON}) for machines).",
         "",
         "## Limitations",
         "",
@@ -177,14 +179,19 @@ def card_body(report: dict, model_name: str) -> str:
     return "\n".join(lines)
 
 
+def card_files(report: dict, model_name: str, run_dir: Path | None = None) -> dict[str, str | Path]:
+    """What a checkpoint folder holds for its readers, by file name: README.md (the card, made from `report`), and
+    run_dir's curves, report.md and report.json (files to copy) where they exist."""
+    run_dir = RunDir(run_dir) if run_dir is not None else None
+    names = (RunDir.CURVES, RunDir.REPORT_MD, RunDir.REPORT_JSON)
+    files = {name: run_dir.path / name for name in names if run_dir is not None and (run_dir.path / name).is_file()}
+    report = dict(report, curves=RunDir.CURVES if RunDir.CURVES in files else None)
+    return {**files, "README.md": str(build_model_card(report, model_name))}
+
+
 def write_model_card(folder: Path, report: dict, model_name: str, run_dir: Path | None = None) -> None:
     """folder/README.md, with run_dir's curves.png, report.md and report.json copied beside it."""
-    folder = Path(folder)
-    for name in (CURVES, REPORT_MD, REPORT_JSON):
-        if run_dir is not None and (Path(run_dir) / name).is_file():
-            copy_atomically(Path(run_dir) / name, folder / name)
-    report = dict(report, curves=CURVES if (folder / CURVES).is_file() else None)
-    write_atomically(folder / "README.md", str(build_model_card(report, model_name)))
+    write_files(folder, card_files(report, model_name, run_dir))
 
 
 
@@ -193,12 +200,11 @@ def write_model_card(folder: Path, report: dict, model_name: str, run_dir: Path 
 
 
 def add_eval_results(card: ModelCard, summary: dict, model_name: str, data: dict | None = None) -> ModelCard:
-    """Merge an eval_hellaswag.py summary (items, completion_acc_norm, lm_eval_acc_norm, ... val_loss,
-    val_tokens) into the card's model-index, replacing what it measures again, and (re)write the card's
-    eval_hellaswag section. `data`: run_report.describe_data() of the --val-data directory."""
-    hellaswag = [k for k in summary if k == "items" or k.startswith(("completion_", "lm_eval_"))]
-    scores = {f"hellaswag_{k}": summary[k] for k in hellaswag}
-    scores.update({k: summary[k] for k in ("val_loss", "val_bpb", "val_tokens") if k in summary})
+    """Merge an eval_hellaswag.py summary (HellaSwag scores, val_loss, val_tokens, ...) into the card's
+    model-index, replacing what it measures again, and (re)write the card's eval_hellaswag section. `data`:
+    report.describe_data() of the --val-data directory."""
+    names = (HELLASWAG_ITEMS, *(metric.name for metric in HELLASWAG_METRICS), "val_loss", "val_bpb", "val_tokens")
+    scores = {name: summary[name] for name in names if name in summary}
     card.data.eval_results = merge_eval_results(card.data.eval_results, eval_results(scores, data))
     card.data.model_name = card.data.model_name or model_name
     section = "\n".join([
@@ -220,8 +226,8 @@ def load_card(repo_id: str) -> ModelCard:
     try:
         return ModelCard.load(repo_id)
     except Exception as e:  # offline, no such repo, no README, no permission
-        raise PublishError(f"could not read the model card of {repo_id} ({_reason(e)}); check the repo id, your "
-                           "network and `hf auth login`") from None
+        raise PublishError(f"could not read the model card of {repo_id} ({first_line(e, with_type=True)}); check "
+                           "the repo id, your network and `hf auth login`") from None
 
 
 def upload_card(card: ModelCard, repo_id: str) -> None:
@@ -232,8 +238,9 @@ def upload_card(card: ModelCard, repo_id: str) -> None:
             commit_message="Add eval_hellaswag.py results",
         )
     except Exception as e:
-        raise PublishError(f"could not update the model card of {repo_id} ({_reason(e)}); nothing on the Hub "
-                           "changed, and the scores above (and any --output file) are intact") from None
+        raise PublishError(f"could not update the model card of {repo_id} ({first_line(e, with_type=True)}); "
+                           "nothing on the Hub changed, and the scores above (and any --output file) are intact"
+                           ) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,11 +274,6 @@ def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
         raise
     except Exception as e:  # offline, no token, no permission: the local checkpoint stays as it is
         retry = f"hf upload {repo_id} {folder} . --exclude 'training_state/*'" + (" --private" if private else "")
-        raise PublishError(f"could not push {folder} to {repo_id} ({_reason(e)}); the checkpoint is intact: retry "
-                           f"with `{retry}` once online and logged in") from None
+        raise PublishError(f"could not push {folder} to {repo_id} ({first_line(e, with_type=True)}); the checkpoint "
+                           f"is intact: retry with `{retry}` once online and logged in") from None
     return str(url)
-
-
-def _reason(e: Exception) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__

@@ -9,6 +9,7 @@ This module owns the published GPT-2 figures (GPT2_124M_REFERENCE) and which of 
 """
 
 import importlib.metadata
+import io
 import json
 import os
 import platform
@@ -19,25 +20,26 @@ from pathlib import Path
 
 import yaml
 
+from gpt2repro.checkpoints import RunDir
+from gpt2repro.errors import UserError
 from gpt2repro.fileio import write_atomically
-from gpt2repro.hellaswag import HELLASWAG_METRICS, HELLASWAG_VAL_ITEMS
+from gpt2repro.hellaswag import HELLASWAG_ITEMS, HELLASWAG_METRICS, HELLASWAG_VAL_ITEMS
 from gpt2repro.hub_data import download_origin
-from gpt2repro.token_shards import ShardError, load_manifest
-from gpt2repro.validation import VAL_TOKENS
+from gpt2repro.token_shards import VAL_TOKENS, ShardError, load_manifest
 
 CODE_DIR = Path(__file__).resolve().parent
-REPORT_JSON, REPORT_MD, CURVES = "report.json", "report.md", "curves.png"
 LIBRARIES = ("torch", "transformers", "accelerate", "datasets", "huggingface_hub", "tokenizers")
 
 SAMPLE_PROMPT = "Hello, I'm a language model,"  # train.py's samples and the model card's example
-# Published figures of OpenAI's GPT-2 (124M); accuracies as fractions, like eval_hellaswag.py's summaries.
+# OpenAI's GPT-2 (124M) on all of HellaSwag validation, by (convention, accuracy): completion style as
+# build-nanogpt / llm.c score it, lm-eval style as lm-evaluation-harness does.
+_PUBLISHED_HELLASWAG = {("completion", "acc"): 0.2859, ("completion", "acc_norm"): 0.2955,
+                        ("lm_eval", "acc"): 0.2892, ("lm_eval", "acc_norm"): 0.3114}
+# Published figures of OpenAI's GPT-2 (124M), the one place they are written: everything else, prose included, reads
+# them from here. Accuracies as fractions, under the names of every HellaSwag summary.
 GPT2_124M_REFERENCE = {
-    # HellaSwag validation, all items, in the two conventions eval_hellaswag.py reports
-    "hellaswag_items": HELLASWAG_VAL_ITEMS,
-    "hellaswag_completion_acc": 0.2859,  # build-nanogpt / llm.c scoring
-    "hellaswag_completion_acc_norm": 0.2955,
-    "hellaswag_lm_eval_acc": 0.2892,  # lm-evaluation-harness scoring
-    "hellaswag_lm_eval_acc_norm": 0.3114,
+    HELLASWAG_ITEMS: HELLASWAG_VAL_ITEMS,
+    **{metric.name: _PUBLISHED_HELLASWAG[metric.convention, metric.kind] for metric in HELLASWAG_METRICS},
     "fineweb_edu_val_loss": 3.2924,  # OpenAI's gpt2 on FineWeb-Edu val, as measured by build-nanogpt
     # Not GPT-2's own figure: the FineWeb (not Edu) val target of llm.c's GPT-2 reproduction and the
     # modded-nanogpt speedrun (first 10,485,760 val tokens).
@@ -50,7 +52,7 @@ VAL_LOSS_REFERENCES = {
 }
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """A report that cannot be written or re-rendered: the message says which file and what to do."""
 
 
@@ -198,7 +200,7 @@ def build_report(run_dir: Path, facts: dict, eval_results: dict | None = None) -
         "cost": cost(training, hw, settings.get("gpu_hour_usd")),
         "final_eval": dict(facts.get("final_eval") or {}),
         "reference": {"val_loss": val_loss_reference(data), "gpt2_124m": GPT2_124M_REFERENCE},
-        "curves": CURVES if (Path(run_dir) / CURVES).is_file() else None,
+        "curves": RunDir.CURVES if RunDir(run_dir).curves.is_file() else None,
         "eval_results": eval_summaries(eval_results),
     }
 
@@ -211,9 +213,10 @@ def write_report(run_dir: Path, facts: dict, eval_results: dict | None = None) -
 
 
 def save_report(run_dir: Path, report: dict) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(run_dir / REPORT_JSON, json.dumps(report, indent=1) + "\n")
-    write_atomically(run_dir / REPORT_MD, render_markdown(report))
+    run_dir = RunDir(run_dir)
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    write_atomically(run_dir.report_json, json.dumps(report, indent=1) + "\n")
+    write_atomically(run_dir.report_md, render_markdown(report))
 
 
 def eval_summaries(eval_results: dict | None) -> dict | None:
@@ -230,6 +233,48 @@ def eval_summaries(eval_results: dict | None) -> dict | None:
             "val_data": describe_data(val_data) if val_data else None}
 
 
+
+
+# ----------------------------------------------------------------------------------------------
+# the curves
+
+
+def plot_curves(rows: list[dict], path: Path, val_reference: dict | None) -> None:
+    """Loss, bits-per-byte and HellaSwag curves of metrics rows, with the published figures they compare with."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def plot(ax, key, style, label, **kwargs):  # only what was logged: no empty legend entries
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            ax.plot(*zip(*points), style, label=label, **kwargs)
+        return bool(points)
+
+    fig, (ax_loss, ax_bpb, ax_hella) = plt.subplots(1, 3, figsize=(16, 4.5))
+    plot(ax_loss, "loss", "-", "train loss", alpha=0.6)
+    plot(ax_loss, "val_loss", "o-", "val loss")
+    if val_reference:
+        ax_loss.axhline(val_reference["value"], color="r", ls="--", label=val_reference["label"])
+    ax_loss.set(xlabel="step", ylabel="loss (nats/token)", title="loss")
+    plot(ax_bpb, "val_bpb", "o-", "val bits per byte")
+    ax_bpb.set(xlabel="step", ylabel="bits per byte", title="validation bits per byte")
+    completion, lm_eval = (m for m in HELLASWAG_METRICS if m.kind == "acc_norm")
+    hella = plot(ax_hella, completion.name, "o-", "HellaSwag acc_norm (completion)")
+    plot(ax_hella, lm_eval.name, "s-", "HellaSwag acc_norm (lm-eval)")
+    if hella:
+        reference = GPT2_124M_REFERENCE[completion.name]
+        ax_hella.axhline(reference, color="r", ls="--", label="OpenAI GPT-2 124M (completion)")
+    ax_hella.set(xlabel="step", ylabel="accuracy", title="HellaSwag" if hella else "HellaSwag (not evaluated)")
+    for ax in (ax_loss, ax_bpb, ax_hella):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=100)
+    plt.close(fig)
+    write_atomically(path, image.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,11 +320,11 @@ def results_rows(final_eval: dict, data: dict) -> list[tuple[str, str, str]]:
         (val_label, _num(final_eval.get("val_loss")), val_cell),
         ("validation bits per byte", _num(final_eval.get("val_bpb")), "n/a"),
     ]
-    items = final_eval.get("hellaswag_items")
-    subset = f" [{items:,} items]" if items is not None and items != ref["hellaswag_items"] else ""
-    for key, label in HELLASWAG_METRICS:
-        rows.append((label + subset, _num(final_eval.get(f"hellaswag_{key}"), ".2f", 100),
-                     f"{100 * ref['hellaswag_' + key]:.2f}"))
+    items = final_eval.get(HELLASWAG_ITEMS)
+    subset = f" [{items:,} items]" if items is not None and items != ref[HELLASWAG_ITEMS] else ""
+    for metric in HELLASWAG_METRICS:
+        rows.append((metric.label + subset, _num(final_eval.get(metric.name), ".2f", 100),
+                     f"{100 * ref[metric.name]:.2f}"))
     return rows
 
 
@@ -299,8 +344,9 @@ def val_loss_note(data: dict) -> str:
     if ref:
         return (f"The validation data is {data.get('family')} (by its {data.get('family_from')}): its loss compares "
                 f"with {ref['value']}, {ref['label']}.")
-    return ("No published GPT-2 validation loss exists for this data (FineWeb-Edu compares with 3.2924, FineWeb "
-            "with 3.28): compare validation losses only on the same data.")
+    known = ", ".join(f"{family} with {GPT2_124M_REFERENCE[key]}" for family, (key, _) in VAL_LOSS_REFERENCES.items())
+    return (f"No published GPT-2 validation loss exists for this data ({known}): compare validation losses only on "
+            "the same data.")
 
 
 def render_markdown(report: dict) -> str:
@@ -383,15 +429,16 @@ def hardware_lines(report: dict) -> list[str]:
 def eval_table(models: dict, val_data: dict | None = None) -> list[str]:
     """Every evaluated model beside the published GPT-2 figures, accuracies in percent."""
     with_val = any("val_loss" in s for s in models.values())
-    header = ["model", "items", *(label.removeprefix("HellaSwag ") for _, label in HELLASWAG_METRICS)]
+    header = ["model", "items", *(metric.label.removeprefix("HellaSwag ") for metric in HELLASWAG_METRICS)]
     header += ["val loss"] if with_val else []
     rows = []
     for name, s in models.items():
-        row = [f"`{name}`", _num(s.get("items"), ","), *(_num(s.get(k), ".2f", 100) for k, _ in HELLASWAG_METRICS)]
+        row = [f"`{name}`", _num(s.get(HELLASWAG_ITEMS), ","),
+               *(_num(s.get(metric.name), ".2f", 100) for metric in HELLASWAG_METRICS)]
         rows.append(row + ([_num(s.get("val_loss"))] if with_val else []))
     ref = GPT2_124M_REFERENCE
-    published = ["OpenAI GPT-2 124M (published)", f"{ref['hellaswag_items']:,}",
-                 *(f"{100 * ref['hellaswag_' + k]:.2f}" for k, _ in HELLASWAG_METRICS)]
+    published = ["OpenAI GPT-2 124M (published)", f"{ref[HELLASWAG_ITEMS]:,}",
+                 *(f"{100 * ref[metric.name]:.2f}" for metric in HELLASWAG_METRICS)]
     val_ref = val_loss_reference(val_data or {})
     rows.append(published + ([_num(val_ref["value"] if val_ref else None)] if with_val else []))
     lines = markdown_table(header, rows)

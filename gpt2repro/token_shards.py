@@ -6,7 +6,7 @@ as uint16. Shards written here train llm.c and modded-nanogpt, and theirs train 
 `prepare_data.py` writes a directory of shards plus `manifest.json`:
 
     {"format_version": 1, "name": ..., "source": {...}, "tokenizer": "gpt2-bpe-sha256:...",
-     "settings": {"val_tokens": ..., "shard_tokens": ...},
+     "settings": {"val_tokens": ..., "shard_tokens": ...},   # val_tokens: the val split's size in tokens
      "shards": [{"file": "x_val_000000.bin", "split": "val", "tokens": ..., "documents": ...,
                  "sha256": ..., "end": [document, token]}, ...],
      "splits": {"val": {"tokens": ..., "documents": ..., "shards": ...}, "train": {...}},
@@ -41,6 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt2repro.errors import UserError
+from gpt2repro.fileio import write_atomically
+
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
 HEADER_INTS = 256
@@ -49,9 +52,23 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 SPLITS = ("val", "train")
 ID_SAMPLE_BLOCKS, ID_SAMPLE_BLOCK = 8, 4096  # the startup sample of each shard's ids: 8 runs of 4,096 tokens
+# The validation budget of the GPT-2 (124M) recipe, under two names for its two meanings:
+# VAL_TOKENS next-token targets are scored (build-nanogpt's 20 steps x 64 sequences x 1024 tokens x 8 GPUs;
+# modded-nanogpt's FineWeb target is the loss on this many tokens), and the split that scores them holds
+# VAL_SPLIT_TOKENS tokens (the first is only an input): what prepare_data.py writes for Hub datasets, and what
+# a manifest's settings.val_tokens records (the split size, a name kept for the manifests already written).
+VAL_TOKENS = 10_485_760
 
 
-class ShardError(ValueError):
+def val_split_tokens(targets: int) -> int:
+    """Tokens a val split needs to score `targets` next-token targets: the first token is only an input."""
+    return targets + 1
+
+
+VAL_SPLIT_TOKENS = val_split_tokens(VAL_TOKENS)
+
+
+class ShardError(UserError, ValueError):
     """A shard that cannot be trusted: the message names the file and what to do."""
 
 
@@ -121,10 +138,7 @@ def read_shard(path: str | Path) -> np.ndarray:
 
 def write_manifest(data_dir: str | Path, manifest: dict) -> None:
     """Write manifest.json atomically: readers see the old or the new one, never half of one."""
-    path = Path(data_dir) / MANIFEST_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomically(Path(data_dir) / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
 
 
 def read_manifest_file(path: Path) -> dict:

@@ -1,8 +1,6 @@
 """Validation: next-token loss and bits-per-byte on the start of a prepared data directory's val split.
 
 The one owner of:
-- the validation budget of the GPT-2 (124M) recipe (`VAL_TOKENS`), which sizes the split that
-  prepare_data.py writes for Hub datasets;
 - what `--val-tokens N` means in every command: score the first N next-token targets of the val
   split (N + 1 tokens); by default all of them;
 - how many tokens one evaluation forward may hold (its full logits are the memory peak);
@@ -12,30 +10,23 @@ Bits per byte (nanochat's convention) is the loss in bits summed over the text t
 UTF-8 bytes those tokens decode to: it does not depend on the tokenizer, so runs with different
 vocabularies compare. <|endoftext|> stands for no text: it counts no bytes and its loss is left out.
 
-torch is imported inside the functions that use it: prepare_data.py (and its workers) import this
-module for the budget and start without torch.
+The recipe's budget (VAL_TOKENS targets, a split of VAL_SPLIT_TOKENS) belongs to the shards: token_shards.py.
 """
 
 import math
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from gpt2repro.token_shards import load_manifest, open_split
+from gpt2repro.errors import UserError
+from gpt2repro.token_shards import load_manifest, open_split, val_split_tokens
 from gpt2repro.tokenizer import token_bytes
 
-# build-nanogpt's validation budget (20 steps x 64 sequences x 1024 tokens x 8 GPUs); modded-nanogpt's
-# 3.28 target is the loss on this many tokens of FineWeb val.
-VAL_TOKENS = 10_485_760
 
-
-class ValidationError(ValueError):
+class ValidationError(UserError, ValueError):
     """A validation request the data cannot serve: the message says what to change."""
-
-
-def val_split_size(val_tokens: int = VAL_TOKENS) -> int:
-    """Tokens a val split needs to score `val_tokens` targets: the first token is only an input."""
-    return val_tokens + 1
 
 
 def resolve_val_tokens(data_dir: str | Path, val_tokens: int | None = None) -> int:
@@ -76,8 +67,6 @@ def eval_module(model, accelerator=None):
 
 def token_logprobs(logits, targets):
     """log softmax(logits)[target] at each position, in fp32 whatever the model's dtype."""
-    import torch.nn.functional as F
-
     flat = logits.reshape(-1, logits.shape[-1]).float()
     return -F.cross_entropy(flat, targets.reshape(-1), reduction="none").view(targets.shape)
 
@@ -101,13 +90,11 @@ def validation_loss(model, data_dir, val_tokens=None, seq_len=1024, batch_size=N
 
     Windows of `seq_len` inputs (the last one possibly shorter) in a fixed order, dealt to ranks
     round-robin; every rank returns the same {"val_loss", "val_bpb", "val_tokens", "val_bytes"}."""
-    import torch
-
     model = eval_module(model, accelerator)
     device = next(model.parameters()).device
     val_tokens = resolve_val_tokens(data_dir, val_tokens)
     batch_size = batch_size or windows_per_forward(device, seq_len)
-    tokens = torch.from_numpy(read_val_tokens(data_dir, val_split_size(val_tokens)))
+    tokens = torch.from_numpy(read_val_tokens(data_dir, val_split_tokens(val_tokens)))
     byte_table = torch.from_numpy(token_bytes().astype(np.int64))
     if int(tokens.max()) >= min(len(byte_table), model.config.vocab_size):
         raise ValidationError(f"{data_dir}: validation token id {int(tokens.max())} is not a GPT-2 token id; "
@@ -142,4 +129,4 @@ def validation_loss(model, data_dir, val_tokens=None, seq_len=1024, batch_size=N
     }
 
 
-__all__ = ["VAL_TOKENS", "ValidationError", "resolve_val_tokens", "validation_loss", "windows_per_forward"]
+__all__ = ["ValidationError", "resolve_val_tokens", "validation_loss", "windows_per_forward"]

@@ -28,11 +28,12 @@ sys.path.insert(0, str(ROOT))  # the project's modules live at the repository ro
 
 import torch  # noqa: E402
 
-import prepare_data  # noqa: E402
 import train  # noqa: E402
-from gpt2repro.checkpoints import CheckpointError, read_trainer_state  # noqa: E402
+from gpt2repro.checkpoints import CheckpointError, RunDir, read_trainer_state  # noqa: E402
+from gpt2repro.document_sources import DATA_PRESETS, DEFAULT_DATA_DIR, HUB_TOKENS, data_dir_for  # noqa: E402
+from gpt2repro.errors import UserError, cli  # noqa: E402
 from gpt2repro.hub_data import downloading  # noqa: E402
-from gpt2repro.token_shards import MANIFEST_NAME, ShardError, load_manifest  # noqa: E402
+from gpt2repro.token_shards import MANIFEST_NAME, load_manifest  # noqa: E402
 
 STEPS = 4
 ACCELERATE_CONFIGS = {0: "accelerate_configs/cpu.yaml", 1: "accelerate_configs/1gpu.yaml",
@@ -40,23 +41,29 @@ ACCELERATE_CONFIGS = {0: "accelerate_configs/cpu.yaml", 1: "accelerate_configs/1
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
-class ReproduceError(Exception):
+class ReproduceError(UserError, ValueError):
     """The reproduction cannot start or go on: the message says why and what to do."""
 
 
+class StepFailed(UserError, RuntimeError):
+    """A step's command failed: the message says how to continue; the exit status is the command's."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@cli
 def main(argv=None) -> None:
     args, extra = parse_args(argv)
-    try:
-        gpus = count_gpus(args.gpus, args.allow_cpu)
-        train_args, s = training_args(args, extra, gpus)
-        note(f"preset {args.preset} on {f'{gpus} GPU(s)' if gpus else 'the CPU'} | data {s.data_dir} | run {s.run_dir}")
-        steps = Steps(args.dry_run)
-        prepare_data_step(steps, s.data_dir, download=not args.tokenize)
-        train_step(steps, launcher(gpus) + ["train.py", *train_args], s.run_dir, s.max_steps)
-        evaluate_step(steps, s.run_dir, s.data_dir)
-        report_step(steps, s.run_dir)
-    except (ReproduceError, train.SettingsError, ShardError) as e:
-        sys.exit(f"error: {e}")
+    gpus = count_gpus(args.gpus, args.allow_cpu)
+    train_args, s = training_args(args, extra, gpus)
+    note(f"preset {args.preset} on {f'{gpus} GPU(s)' if gpus else 'the CPU'} | data {s.data_dir} | run {s.run_dir}")
+    steps = Steps(args.dry_run)
+    prepare_data_step(steps, s.data_dir, download=not args.tokenize)
+    train_step(steps, launcher(gpus) + ["train.py", *train_args], s.run_dir, s.max_steps)
+    evaluate_step(steps, s.run_dir, s.data_dir)
+    report_step(steps, s.run_dir)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -74,7 +81,7 @@ def prepare_data_step(steps, data_dir: str, download: bool = True) -> None:
         raise ReproduceError(f"{data_dir} is not prepared yet and {offline[0]} is set: preparing it streams from the "
                              f"Hub; unset {' and '.join(offline)}, or copy a prepared {data_dir} here")
     half_tokenized = (ROOT / data_dir / MANIFEST_NAME).is_file() and downloading(ROOT / data_dir) is None
-    repo = prepare_data.HUB_TOKENS.get(command[2]) if streams else None
+    repo = HUB_TOKENS.get(command[2]) if streams else None
     if not (download and repo and not half_tokenized):
         return steps.run("data", command)
     note(f"data: downloading the tokens of {command[2]} from the Hub dataset {repo} instead of tokenizing; "
@@ -86,7 +93,7 @@ def prepare_data_step(steps, data_dir: str, download: bool = True) -> None:
 
 
 def train_step(steps, command: list[str], run_dir: str, max_steps: int) -> None:
-    final = Path(run_dir) / "final"
+    final = RunDir(run_dir).final
     if (ROOT / final).is_dir():
         try:
             trained = read_trainer_state(ROOT / final)["step"]
@@ -102,7 +109,7 @@ def train_step(steps, command: list[str], run_dir: str, max_steps: int) -> None:
 
 
 def evaluate_step(steps, run_dir: str, data_dir: str) -> None:
-    final, results = Path(run_dir) / "final", Path(run_dir) / "eval_results.json"
+    final, results = RunDir(run_dir).final, RunDir(run_dir).eval_results
     if (ROOT / final).is_dir() and (ROOT / results).is_file() and \
             (ROOT / results).stat().st_mtime >= (ROOT / final).stat().st_mtime:
         return steps.skip("evaluate", f"{results} is newer than {final}")
@@ -112,7 +119,7 @@ def evaluate_step(steps, run_dir: str, data_dir: str) -> None:
 
 def report_step(steps, run_dir: str) -> None:
     steps.run("report", [sys.executable, "run_report.py", run_dir,
-                         "--eval-results", str(Path(run_dir) / "eval_results.json")])
+                         "--eval-results", str(RunDir(run_dir).eval_results)])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,9 +144,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
                         help="tokenize the data here even where its tokens can be downloaded from the Hub")
     args = parser.parse_args(ours)
     if args.preset not in train.PRESETS:
-        sys.exit(f"error: unknown preset {args.preset!r}; choose one of {', '.join(train.PRESETS)}")
+        raise ReproduceError(f"unknown preset {args.preset!r}; choose one of {', '.join(train.PRESETS)}")
     if args.gpus is not None and args.gpus < 0:
-        sys.exit(f"error: --gpus {args.gpus}: must be 0 or more")
+        raise ReproduceError(f"--gpus {args.gpus}: must be 0 or more")
     return args, extra
 
 
@@ -208,13 +215,13 @@ def data_state(data_dir: Path) -> str:
 def prepare_command(data_dir: str) -> tuple[list[str], bool]:
     """prepare_data.py for a data directory named after a data preset (or the tiny preset's corpus), and whether it
     streams from the Hub."""
-    recipes = {prepare_data.data_dir_for(name): [name] for name in prepare_data.PRESETS}
-    recipes[Path(train.Settings.data_dir)] = []  # the shipped tiny-Shakespeare
+    recipes = {data_dir_for(name): [name] for name in DATA_PRESETS}
+    recipes[DEFAULT_DATA_DIR] = []  # the shipped tiny-Shakespeare
     for default_dir, corpus in recipes.items():
         if Path(data_dir).name == default_dir.name:
             out = [] if Path(data_dir) == default_dir else ["--out", data_dir]
             return [sys.executable, "prepare_data.py", *corpus, *out], bool(corpus)
-    presets = ", ".join(prepare_data.PRESETS)
+    presets = ", ".join(DATA_PRESETS)
     raise ReproduceError(f"{data_dir}: not prepared, and not named after a data preset ({presets}); prepare it with "
                          f"python prepare_data.py CORPUS --out {data_dir}")
 
@@ -253,8 +260,8 @@ class Steps:
 
 
 def run_command(name: str, command: list[str], stop_on_failure: bool = True) -> bool:
-    """Run `command` in the repository root; if it fails, say how to continue and exit with its code (or, unless
-    `stop_on_failure`, return False).
+    """Run `command` in the repository root; if it fails, raise StepFailed saying how to continue, with its code
+    (or, unless `stop_on_failure`, return False).
 
     Ctrl-C reaches the child by itself (same process group) and SIGTERM is passed on to it; meanwhile this process
     waits instead of killing it, so train.py can finish its step and save a checkpoint to resume from."""
@@ -271,8 +278,7 @@ def run_command(name: str, command: list[str], stop_on_failure: bool = True) -> 
         return False
     if code:
         code = code if code > 0 else 128 - code  # killed by signal N: the shell's 128 + N
-        print(f"error: {name} failed (exit {code}); rerun the same command to continue", file=sys.stderr)
-        sys.exit(code)
+        raise StepFailed(f"{name} failed (exit {code}); rerun the same command to continue", code)
     return True
 
 

@@ -66,11 +66,11 @@ def download(*args):
 
 
 def one_line_error(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit) as exit_info:  # errors.cli: Python prints the message and exits 1
         prepare_data.main(list(map(str, args)))
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 1 and err[-1].startswith("error: "), err
-    return err[-1]
+    message = str(exit_info.value)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
 
 
 # ----------------------------------------------------------------------------------------------

@@ -184,9 +184,9 @@ def test_hub_path_streams_a_dataset_and_splits_it_by_files(tmp_path, monkeypatch
     for index in (0, 1):
         prepare(*part_args, "--shard-index", index)
     assert np.array_equal(stream(tmp_path / "parts"), expected_stream(texts))
-    with pytest.raises(SystemExit, match="1"):
+    with pytest.raises(SystemExit, match=r"^error: .*no column 'body' \(columns: text\)"):
         prepare("--dataset", tmp_path / "hub", "--text-column", "body", "--out", tmp_path / "bad")
-    assert "no column 'body' (columns: text)" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert not (tmp_path / "bad").exists()
 
 
 def test_parquet_files_including_binary_and_dictionary_text(tmp_path):

@@ -135,7 +135,8 @@ def test_a_card_of_local_data_names_no_hub_dataset_and_a_partial_run_says_so(tmp
 def test_added_eval_results_replace_what_they_measure_again_and_keep_the_rest(checkpoint, fineweb_edu):
     card = ModelCard.load(checkpoint / "README.md")
     before = len(card.data.eval_results)
-    summary = dict(items=10_042, completion_acc=0.3, completion_acc_norm=0.35, lm_eval_acc=0.3, lm_eval_acc_norm=0.36,
+    summary = dict(hellaswag_items=10_042, hellaswag_completion_acc=0.3, hellaswag_completion_acc_norm=0.35,
+                   hellaswag_lm_eval_acc=0.3, hellaswag_lm_eval_acc_norm=0.36,
                    device="cuda", dtype="float32")
     data = reporting.describe_data(fineweb_edu)
     for _ in range(2):  # a second push of the same results duplicates nothing
@@ -220,10 +221,10 @@ def test_eval_hellaswag_push_results_adds_to_the_hub_card_and_uploads_only_readm
               if r.dataset_type == "Rowan/hellaswag"}
     assert values == {
         ("validation", "completion"): 31.23, ("validation", "lm_eval"): 33.01,  # the training run's, kept
-        ("validation[:4]", "completion"): round(100 * summary["completion_acc_norm"], 2),
-        ("validation[:4]", "lm_eval"): round(100 * summary["lm_eval_acc_norm"], 2),
+        ("validation[:4]", "completion"): round(100 * summary["hellaswag_completion_acc_norm"], 2),
+        ("validation[:4]", "lm_eval"): round(100 * summary["hellaswag_lm_eval_acc_norm"], 2),
     }
-    row = f"| HellaSwag acc, completion style [4 items] | {100 * summary['completion_acc']:.2f} | 28.59 |"
+    row = f"| HellaSwag acc, completion style [4 items] | {100 * summary['hellaswag_completion_acc']:.2f} | 28.59 |"
     assert "## Evaluation (eval_hellaswag.py)" in card.text and row in card.text
 
 

@@ -171,7 +171,7 @@ def test_the_readme_real_run_works_end_to_end_offline(tmp_path):
     # (train.py scored 128-token windows here, the shrunk --seq-len; eval_hellaswag the model's 1,024)
     assert ours["val_loss"] == pytest.approx(theirs["val_loss"], abs=1e-4)  # the export is the same model
     assert ours["val_bpb"] == pytest.approx(theirs["val_bpb"], abs=1e-4)
-    assert ours["completion_acc_norm"] == theirs["completion_acc_norm"]
+    assert ours["hellaswag_completion_acc_norm"] == theirs["hellaswag_completion_acc_norm"]
     assert "val bpb" in evaluation.stdout
 
     # 6. the report of the run, with the side-by-side evaluation

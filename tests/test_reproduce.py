@@ -239,10 +239,10 @@ def test_options_and_the_args_after_the_double_dash_reach_train_py_shell_quoted(
 
 
 def test_a_failing_step_says_how_to_continue_and_exits_with_its_code(capsys):
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(reproduce.StepFailed) as failure:
         reproduce.run_command("train", [sys.executable, "-c", "raise SystemExit(3)"])
-    assert exit_info.value.code == 3
-    assert capsys.readouterr().err.strip() == "error: train failed (exit 3); rerun the same command to continue"
+    assert failure.value.exit_code == 3  # the command's exit status becomes ours (errors.cli)
+    assert str(failure.value) == "train failed (exit 3); rerun the same command to continue"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -118,11 +118,11 @@ def test_git_state_is_unknown_outside_git_and_tracks_commit_and_changes(tmp_path
 
 def test_cli_rerenders_the_report_with_every_evaluated_model_side_by_side(data_dir, tmp_path):
     reporting.write_report(tmp_path, facts(data_dir, tmp_path, device_type="cpu"))
-    summary = dict(items=10_042, completion_acc=0.3, completion_acc_norm=0.31, lm_eval_acc=0.302,
-                   lm_eval_acc_norm=0.325, val_loss=3.1)
+    summary = dict(hellaswag_items=10_042, hellaswag_completion_acc=0.3, hellaswag_completion_acc_norm=0.31,
+                   hellaswag_lm_eval_acc=0.302, hellaswag_lm_eval_acc_norm=0.325, val_loss=3.1)
     results = {"data": "hellaswag_val.jsonl", "val_data": str(data_dir), "models": {
         "runs/gpt2-124m/final": {"summary": summary, "items": [{"ind": 0}]},
-        "gpt2": {"summary": dict(summary, completion_acc_norm=0.2955, val_loss=3.3), "items": [{"ind": 0}]},
+        "gpt2": {"summary": dict(summary, hellaswag_completion_acc_norm=0.2955, val_loss=3.3), "items": [{"ind": 0}]},
     }}
     (tmp_path / "results.json").write_text(json.dumps(results))
     run_report.main([str(tmp_path), "--eval-results", str(tmp_path / "results.json")])

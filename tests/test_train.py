@@ -326,3 +326,12 @@ def test_a_malformed_hellaswag_file_named_by_the_user_stops_the_run(data_dir, tm
     result = run_cli("--data-dir", data_dir, "--run-dir", tmp_path / "r", "--max-steps", 1, "--micro-batch-size", 4,
                      "--total-batch-tokens", 4 * SEQ, "--hellaswag", bad)
     assert result.returncode != 0 and "malformed HellaSwag item" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_the_tiny_default_prepares_its_data_on_first_use_through_the_prepare_data_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # data/tinyshakespeare is relative to where train.py runs
+    accelerator = type("OneProcess", (), {"is_main_process": True, "wait_for_everyone": lambda self: None})()
+    train.prepare_default_data(train.Settings(), accelerator)
+    manifest = json.loads((tmp_path / train.Settings.data_dir / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["splits"]["val"]["tokens"] > 0

@@ -1,6 +1,7 @@
 """validation.py: exactly the targets asked for, exact bits per byte, one budget for every command."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import eval_hellaswag
 import prepare_data
 import train
 from gpt2repro import validation
-from gpt2repro.token_shards import ShardedTokenLoader, write_shard
+from gpt2repro.token_shards import VAL_SPLIT_TOKENS, VAL_TOKENS, ShardedTokenLoader, write_shard
 from gpt2repro.tokenizer import EOT_ID, get_encoding
 
 
@@ -87,7 +88,8 @@ def test_validation_reads_prepare_data_output_like_the_training_loader(tmp_path,
 def test_one_budget_the_hub_split_holds_what_every_preset_and_the_eval_score_by_default():
     # prepare_data writes VAL_TOKENS targets (+1 token) for Hub data; nothing else restates the budget:
     # every training preset and eval_hellaswag score the whole split unless told otherwise.
-    assert prepare_data.HUB_VAL_SPLIT_TOKENS == validation.VAL_TOKENS + 1 == 10_485_761
+    assert VAL_SPLIT_TOKENS == VAL_TOKENS + 1 == 10_485_761
+    assert prepare_data.default_val_split_tokens(SimpleNamespace(size_bytes=None)) == VAL_SPLIT_TOKENS
     assert train.Settings().val_tokens == 0 and all("val_tokens" not in p for p in train.PRESETS.values())
     assert eval_hellaswag.parse_args(["--model", "m"]).val_tokens == 0
 
