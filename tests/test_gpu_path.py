@@ -91,3 +91,84 @@ def test_eager_training_and_validation_call_attention_without_a_mask_and_name_th
     with torch.no_grad(), AttentionCalls() as generation:
         model(input_ids=window[:, :8], attention_mask=padded, use_cache=False)
     assert all(masked for masked, _ in generation.calls)
+
+
+# ---- host syncs: a training step reads nothing back from the device unless it logs ----
+
+READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
+
+
+@pytest.fixture
+def count_reads(monkeypatch):
+    """Every device-to-host read (or sync) attributed to the optimizer step during which it was made: each step of
+    train.py's loop starts with learning_rate(step, ...)."""
+    import train
+
+    reads, current = {}, [None]
+
+    def counted(name, original):
+        def read(self, *args, **kwargs):
+            if current[0] is not None:
+                reads.setdefault(current[0], []).append(name)
+            return original(self, *args, **kwargs)
+
+        return read
+
+    for name in READS:
+        monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
+    monkeypatch.setattr(torch.cuda, "synchronize", counted("synchronize", lambda *a: None))
+
+    def learning_rate(step, s):
+        current[0] = step
+        return original_learning_rate(step, s)
+
+    original_learning_rate = train.learning_rate
+    monkeypatch.setattr(train, "learning_rate", learning_rate)
+    return reads
+
+
+def test_training_reads_from_the_device_only_once_per_logging_step_and_logs_exact_values(
+    shakespeare_shards, tmp_path, count_reads
+):
+    from test_train import SEQ, logged, run_in_process
+
+    common = ["--data-dir", shakespeare_shards, "--max-steps", 8, "--micro-batch-size", 2, "--total-batch-tokens",
+              4 * SEQ]  # 2 micro-steps per optimizer step
+    run_in_process(*common, "--run-dir", tmp_path / "every3", "--log-every", 3)
+    reads = dict(count_reads)
+    count_reads.clear()
+    for step in range(7):  # the 8th is the last: evaluation and the final save follow it
+        logs = (step + 1) % 3 == 0
+        assert len(reads.get(step, [])) == (1 if logs else 0), (step, reads.get(step))
+    run_in_process(*common, "--run-dir", tmp_path / "every1", "--log-every", 1)
+    losses1, losses3 = logged(tmp_path / "every1", "loss"), logged(tmp_path / "every3", "loss")
+    assert losses3 == [losses1[2], losses1[5], losses1[7]]  # steps 3, 6, 8 exactly: nothing averaged or skipped
+    norms1, norms3 = logged(tmp_path / "every1", "grad_norm"), logged(tmp_path / "every3", "grad_norm")
+    assert norms3 == [norms1[2], norms1[5], norms1[7]]
+
+
+# ---- the loader: pinned memory, the next batch prepared ahead, the order unchanged ----
+
+
+def test_the_loader_copies_from_pinned_memory_and_prepares_the_next_batch_without_changing_the_order(
+    shakespeare_shards, monkeypatch
+):
+    from gpt2repro.token_shards import ShardedTokenLoader
+
+    def loader():
+        return ShardedTokenLoader(shakespeare_shards, "train", batch_size=4, seq_len=32, rank=1, world_size=2)
+
+    reference = loader()
+    expected = [reference.next_batch() for _ in range(6)]
+    pinned, copies = [], []
+    # No CUDA here: pinning and the copy are recorded and leave the batch on the CPU, where it can be compared.
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(self) or self)
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *args, **kwargs: copies.append((args, kwargs)) or self)
+    ahead = loader()
+    first = ahead.next_batch("cuda:0")
+    assert len(pinned) == 2 and copies == [(("cuda:0",), {"non_blocking": True})] * 2  # this batch and the next
+    got = [first] + [ahead.next_batch("cuda:0") for _ in range(2)]
+    resumed = loader()
+    resumed.load_state_dict(ahead.state_dict())  # the batch read ahead is not counted as consumed
+    got += [resumed.next_batch("cuda:0") for _ in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
