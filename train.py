@@ -235,8 +235,8 @@ def mixed_precision_for(setting: str) -> str:
     """bf16 where the hardware computes it natively (Ampere+ GPUs, CPUs with AVX512-BF16/AMX), else fp32."""
     if setting != "auto":
         return setting
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    if torch.cuda.is_available():  # by default torch also counts emulated bf16 (V100, T4): slower than fp32 there
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "no"
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

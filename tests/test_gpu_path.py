@@ -172,3 +172,33 @@ def test_the_loader_copies_from_pinned_memory_and_prepares_the_next_batch_withou
     resumed.load_state_dict(ahead.state_dict())  # the batch read ahead is not counted as consumed
     got += [resumed.next_batch("cuda:0") for _ in range(3)]
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+# ---- launch environment and precision choice ----
+
+
+@pytest.mark.parametrize("config", ["1gpu", "8gpu", "fsdp", "multinode"])
+def test_the_environment_accelerate_builds_from_a_gpu_config_keeps_the_users_visible_devices(config, monkeypatch):
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env, prepare_simple_launcher_cmd_env
+    from conftest import REPO
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # the user chose GPU 3, perhaps because 0 is busy
+    args = launch_command_parser().parse_args(["--config_file", str(REPO / f"accelerate_configs/{config}.yaml"), "x.py"])
+    args, _, _ = _validate_launch_command(args)
+    # accelerate launch's own choice of launcher: FSDP and multi-GPU runs go through the multi-GPU one
+    env = prepare_multi_gpu_env(args) if args.multi_gpu or args.use_fsdp else prepare_simple_launcher_cmd_env(args)[1]
+    assert env["CUDA_VISIBLE_DEVICES"] == "3"
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 0), "no"), ((7, 5), "no"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_precision_gives_bf16_only_to_gpus_that_compute_it_natively(capability, expected, monkeypatch):
+    import train
+
+    def is_bf16_supported(including_emulation=True):  # torch's answer: native from Ampere (8.0) on, else emulated
+        return capability >= (8, 0) or including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert train.mixed_precision_for("auto") == expected
+    assert train.mixed_precision_for("bf16") == "bf16"  # asked for explicitly, it is what the user gets
