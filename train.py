@@ -25,6 +25,8 @@ import torch
 import yaml
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, InitProcessGroupKwargs, set_seed
+from torch.distributed.fsdp import MixedPrecisionPolicy
+from torch.distributed.tensor import DTensor
 
 from gpt2repro.checkpoints import (
     CheckpointError,
@@ -256,6 +258,7 @@ def make_accelerator(s: Settings) -> Accelerator:
     )
     if multi_cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         keep_fsdp(accelerator)
+    set_fsdp_precision(accelerator)
     if accelerator.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: free speed for the fp32 parts
         torch.backends.cudnn.allow_tf32 = True
@@ -290,6 +293,15 @@ def keep_fsdp(accelerator) -> None:
     accelerator.state.fsdp_plugin = plugin
     for state in (PartialState(), accelerator.state):  # both, as Accelerate's own FSDP set-up does
         state.distributed_type = DistributedType.FSDP
+
+
+def set_fsdp_precision(accelerator) -> None:
+    """FSDP2 under bf16: bf16 parameters for compute, gradients reduced in fp32, outputs (the loss) not cast, as under
+    DDP. Accelerate's own bf16 policy reduces gradients in bf16 and casts the loss to bf16 (steps of 1/64 near 3.3)."""
+    if accelerator.distributed_type == DistributedType.FSDP and accelerator.mixed_precision == "bf16":
+        plugin = accelerator.state.fsdp_plugin
+        if plugin.fsdp_version == 2:
+            plugin.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
 
 
 def prepare_default_data(s: Settings, accelerator) -> None:
@@ -342,6 +354,8 @@ def train_step(accelerator, model, train_model, optimizer, loader, s: Settings, 
             accelerator.backward(loss / grad_accum_steps)  # mean over the whole step's tokens
         loss_sum += loss.detach()
     norm = accelerator.clip_grad_norm_(model.parameters(), s.grad_clip)
+    if isinstance(norm, DTensor):  # FSDP2 with one mesh: the norm over all shards
+        norm = norm.full_tensor()
     mean_loss = accelerator.reduce(loss_sum / grad_accum_steps, reduction="mean")
     skipped = ~(torch.isfinite(mean_loss) & torch.isfinite(norm))
     # One bad batch must not poison the weights: fused AdamW skips the whole update (moments and step count too)

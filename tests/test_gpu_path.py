@@ -202,3 +202,39 @@ def test_auto_precision_gives_bf16_only_to_gpus_that_compute_it_natively(capabil
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
     assert train.mixed_precision_for("auto") == expected
     assert train.mixed_precision_for("bf16") == "bf16"  # asked for explicitly, it is what the user gets
+
+
+# ---- FSDP2 precision ----
+
+
+def test_fsdp2_under_bf16_computes_in_bf16_but_reduces_gradients_and_returns_the_loss_in_fp32():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    import train
+
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
+    plugin.set_mixed_precision("bf16")  # Accelerate's own: parameters, reduction and outputs all bf16
+    accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP, mixed_precision="bf16",
+                                  state=SimpleNamespace(fsdp_plugin=plugin))
+    train.set_fsdp_precision(accelerator)
+    policy = plugin.mixed_precision_policy
+    assert (policy.param_dtype, policy.reduce_dtype, policy.output_dtype) == (torch.bfloat16, torch.float32, None)
+
+
+@pytest.mark.slow
+def test_fsdp2_with_bf16_logs_the_losses_of_ddp_with_bf16(shakespeare_shards, tmp_path):
+    from test_distributed import COMMON, launch
+    from test_train import logged
+
+    runs = {}
+    for config, port in (("cpu_2proc.yaml", 29560), ("cpu_fsdp_2proc.yaml", 29561)):
+        runs[config] = tmp_path / config
+        launch(config, port, "--data-dir", shakespeare_shards, "--run-dir", runs[config], *COMMON,
+               "--mixed-precision", "bf16")
+    ddp, fsdp = runs["cpu_2proc.yaml"], runs["cpu_fsdp_2proc.yaml"]
+    assert (fsdp / "final" / "training_state" / "pytorch_model_fsdp_0").is_dir()  # sharded: FSDP really ran
+    assert len(logged(fsdp, "loss")) >= 6
+    assert logged(fsdp, "loss") == pytest.approx(logged(ddp, "loss"), rel=1e-3)
+    assert logged(fsdp, "val_loss") == pytest.approx(logged(ddp, "val_loss"), rel=1e-3)
