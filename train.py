@@ -381,13 +381,11 @@ def read_back(accelerator, values: list, *flags: bool) -> tuple[list[float], lis
 def evaluate(accelerator, model, tokenizer, s: Settings, val_tokens: int, hellaswag_items) -> dict:
     """Validation loss and bits per byte, and HellaSwag in both conventions, on the uncompiled module."""
     model.eval()
-    # FSDP gathers weights in each forward, so every rank must run the same forwards, and the evaluations' split
-    # across ranks can give one rank a forward more: under FSDP every rank evaluates everything.
-    split = None if accelerator.distributed_type == DistributedType.FSDP else accelerator
+    # Ranks share the work; under FSDP, which gathers weights in each forward, they run as many forwards (padded).
     with torch.no_grad(), accelerator.autocast():
-        results = validation_loss(model, s.data_dir, val_tokens, seq_len=s.seq_len, accelerator=split)
+        results = validation_loss(model, s.data_dir, val_tokens, seq_len=s.seq_len, accelerator=accelerator)
         if hellaswag_items:
-            scores = score_hellaswag(model, tokenizer, hellaswag_items, batch_size=16, accelerator=split)
+            scores = score_hellaswag(model, tokenizer, hellaswag_items, batch_size=16, accelerator=accelerator)
             for key in ("items", "completion_acc", "completion_acc_norm", "lm_eval_acc", "lm_eval_acc_norm"):
                 results[f"hellaswag_{key}"] = scores[key]
     model.train()

@@ -238,3 +238,84 @@ def test_fsdp2_with_bf16_logs_the_losses_of_ddp_with_bf16(shakespeare_shards, tm
     assert len(logged(fsdp, "loss")) >= 6
     assert logged(fsdp, "loss") == pytest.approx(logged(ddp, "loss"), rel=1e-3)
     assert logged(fsdp, "val_loss") == pytest.approx(logged(ddp, "val_loss"), rel=1e-3)
+
+
+# ---- validation and HellaSwag: no per-window sync, bf16 logits, an even share per rank ----
+
+
+class DeviceReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Ops whose result size or value the host must read from the device: a sync each on a GPU."""
+
+    SYNCING = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::is_nonzero"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        boolean_index = func is torch.ops.aten.index.Tensor and any(
+            i is not None and i.dtype == torch.bool for i in args[1]
+        )  # the selected count sizes the result: a nonzero inside
+        self.count += func._schema.name in self.SYNCING or boolean_index
+        return func(*args, **(kwargs or {}))
+
+
+def test_validation_reads_from_the_device_a_fixed_number_of_times_whatever_the_number_of_windows(
+    tiny_config, shakespeare_shards
+):
+    from gpt2repro.validation import validation_loss
+
+    model = GPT2ReproForCausalLM(tiny_config).eval()
+    counts = []
+    for val_tokens in (128, 512, 1000):  # 2, 8 and 15 + a short window of 64 tokens
+        with DeviceReads() as reads:
+            validation_loss(model, shakespeare_shards, val_tokens, seq_len=64, batch_size=2)
+        counts.append(reads.count)
+    assert counts[0] == counts[1] == counts[2], counts
+
+
+def test_validation_and_hellaswag_logits_stay_bf16_under_bf16(tiny_config, shakespeare_shards, bf16_accelerator):
+    from conftest import REPO
+
+    from gpt2repro.hellaswag import load_hellaswag, score_hellaswag
+    from gpt2repro.tokenizer import load_tokenizer
+    from gpt2repro.validation import validation_loss
+
+    model = bf16_accelerator.prepare(GPT2ReproForCausalLM(tiny_config)).eval()
+    dtypes = []
+    model.register_forward_hook(lambda module, args, output: dtypes.append(output.logits.dtype))
+    items = load_hellaswag(REPO / "tests" / "fixtures" / "hellaswag_tiny.jsonl", limit=2)
+    with torch.no_grad(), bf16_accelerator.autocast():
+        validation_loss(model, shakespeare_shards, 128, seq_len=64, accelerator=bf16_accelerator)
+        score_hellaswag(model, load_tokenizer(), items, accelerator=bf16_accelerator)
+    assert dtypes and set(dtypes) == {torch.bfloat16}, dtypes
+    with torch.no_grad():  # the training path still gets Accelerate's wrapper back
+        assert model(input_ids=torch.zeros(1, 4, dtype=torch.long)).logits.dtype == torch.float32
+
+
+@pytest.mark.parametrize("windows, world", [(7, 2), (8, 2), (1, 4), (10, 3)])
+def test_every_rank_gets_an_even_share_of_the_validation_windows_and_each_window_counts_once(windows, world):
+    from gpt2repro.validation import rank_windows
+
+    shares = [rank_windows(list(range(windows)), rank, world) for rank in range(world)]
+    assert len({len(starts) for starts, _ in shares}) == 1  # as many forwards on every rank
+    counted = sorted(start for starts, weights in shares for start, weight in zip(starts, weights) if weight)
+    assert counted == list(range(windows))
+
+
+@pytest.mark.slow
+def test_fsdp_ranks_share_validation_and_hellaswag_and_get_one_processs_results(shakespeare_shards, tmp_path):
+    from conftest import REPO
+    from test_distributed import launch
+    from test_train import logged, run_cli
+
+    # lr 0: the weights stay the seeded initial ones, so both runs evaluate the same model; 520 targets are 16
+    # windows and a short one, 3 HellaSwag items: the ranks' shares differ and get padded
+    flags = ["--data-dir", shakespeare_shards, "--max-steps", 1, "--micro-batch-size", 2, "--total-batch-tokens", 128,
+             "--lr", 0, "--val-tokens", 520, "--hellaswag", REPO / "tests/fixtures/hellaswag_tiny.jsonl",
+             "--hellaswag-limit", 3]
+    launch("cpu_fsdp_2proc.yaml", 29562, *flags, "--run-dir", tmp_path / "fsdp", "--collective-timeout-minutes", 1)
+    assert run_cli(*flags, "--run-dir", tmp_path / "one", "--total-batch-tokens", 64).returncode == 0
+    for key in ("val_loss", "val_bpb", "hellaswag_completion_acc_norm", "hellaswag_lm_eval_acc_norm"):
+        assert logged(tmp_path / "fsdp", key) == pytest.approx(logged(tmp_path / "one", key), rel=1e-6), key
+    assert logged(tmp_path / "fsdp", "hellaswag_items") == [3]
