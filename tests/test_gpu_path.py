@@ -303,19 +303,49 @@ def test_every_rank_gets_an_even_share_of_the_validation_windows_and_each_window
     assert counted == list(range(windows))
 
 
-@pytest.mark.slow
-def test_fsdp_ranks_share_validation_and_hellaswag_and_get_one_processs_results(shakespeare_shards, tmp_path):
-    from conftest import REPO
-    from test_distributed import launch
-    from test_train import logged, run_cli
+EVALUATE = """
+import json, sys
+sys.path.insert(0, {repo!r})
+import train
+from modeling_gpt2repro import GPT2ReproModel
+from gpt2repro.hellaswag import load_hellaswag
+from gpt2repro.tokenizer import load_tokenizer
 
-    # lr 0: the weights stay the seeded initial ones, so both runs evaluate the same model; 520 targets are 16
-    # windows and a short one, 3 HellaSwag items: the ranks' shares differ and get padded
-    flags = ["--data-dir", shakespeare_shards, "--max-steps", 1, "--micro-batch-size", 2, "--total-batch-tokens", 128,
-             "--lr", 0, "--val-tokens", 520, "--hellaswag", REPO / "tests/fixtures/hellaswag_tiny.jsonl",
-             "--hellaswag-limit", 3]
-    launch("cpu_fsdp_2proc.yaml", 29562, *flags, "--run-dir", tmp_path / "fsdp", "--collective-timeout-minutes", 1)
-    assert run_cli(*flags, "--run-dir", tmp_path / "one", "--total-batch-tokens", 64).returncode == 0
-    for key in ("val_loss", "val_bpb", "hellaswag_completion_acc_norm", "hellaswag_lm_eval_acc_norm"):
-        assert logged(tmp_path / "fsdp", key) == pytest.approx(logged(tmp_path / "one", key), rel=1e-6), key
-    assert logged(tmp_path / "fsdp", "hellaswag_items") == [3]
+s = train.Settings(data_dir={data!r}, seq_len=32, mixed_precision="no", log_with="none", run_dir={out!r})
+accelerator = train.make_accelerator(s)  # FSDP2 over gloo when launched with the FSDP config
+model = train.GPT2ReproForCausalLM(train.check_settings(s, accelerator.num_processes)[0])
+model, _ = accelerator.prepare(model, train.make_optimizer(model, s, accelerator.device))
+forwards, forward = [0], GPT2ReproModel.forward
+def counted(self, *args, **kwargs):
+    forwards[0] += 1
+    return forward(self, *args, **kwargs)
+GPT2ReproModel.forward = counted
+items = load_hellaswag({fixture!r}, limit=3)
+results = train.evaluate(accelerator, accelerator.unwrap_model(model), load_tokenizer(), s, 520, items)
+with open({out!r} + f"/rank{{accelerator.process_index}}-of-{{accelerator.num_processes}}.json", "w") as f:
+    json.dump(dict(results, forwards=forwards[0]), f)
+"""
+
+
+@pytest.mark.slow
+def test_fsdp_ranks_share_validation_and_hellaswag_evenly_and_get_one_processs_results(shakespeare_shards, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from test_distributed import launcher
+
+    # 520 targets are 16 windows of 32 and a short one, 3 HellaSwag items: the ranks' shares differ, and are padded
+    script = tmp_path / "evaluate.py"
+    script.write_text(EVALUATE.format(repo=str(REPO), data=str(shakespeare_shards), out=str(tmp_path),
+                                      fixture=str(REPO / "tests/fixtures/hellaswag_tiny.jsonl")))
+    for command in (launcher("cpu_fsdp_2proc.yaml", 29562), [sys.executable]):
+        result = subprocess.run([*command, str(script)], capture_output=True, text=True, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+    one, *ranks = (json.loads((tmp_path / name).read_text()) for name in
+                   ("rank0-of-1.json", "rank0-of-2.json", "rank1-of-2.json"))
+    assert ranks[0]["forwards"] == ranks[1]["forwards"] < one["forwards"]  # an even share each, not everything
+    for results in ranks:
+        assert results.pop("forwards") and results["hellaswag_items"] == 3
+        assert results == pytest.approx({k: v for k, v in one.items() if k != "forwards"}, rel=1e-6)
