@@ -251,6 +251,9 @@ def make_accelerator(s: Settings) -> Accelerator:
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     # A lost rank leaves the others waiting in a collective: end them after this long, not the default 30 minutes.
     timeout = datetime.timedelta(minutes=s.collective_timeout_minutes)
+    # NCCL's default (1) has its watchdog kill a process whose collective failed or timed out, before Python sees it;
+    # 2 aborts the communicator and raises in Python, so that run() prints its one line as over gloo.
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
     start_restarted_group(timeout)
     accelerator = Accelerator(
         mixed_precision=mixed_precision_for(s.mixed_precision), log_with=None if s.log_with == "none" else s.log_with,

@@ -349,3 +349,24 @@ def test_fsdp_ranks_share_validation_and_hellaswag_evenly_and_get_one_processs_r
     for results in ranks:
         assert results.pop("forwards") and results["hellaswag_items"] == 3
         assert results == pytest.approx({k: v for k, v in one.items() if k != "forwards"}, rel=1e-6)
+
+
+# ---- NCCL: a lost rank raises in Python (the one-line message), not a watchdog abort ----
+
+
+@pytest.mark.parametrize("users, expected", [(None, "2"), ("1", "1")])
+def test_nccl_errors_raise_in_python_unless_the_user_chose_otherwise(users, expected, monkeypatch, tmp_path):
+    from accelerate.state import AcceleratorState
+
+    import train
+
+    if users is None:
+        monkeypatch.delenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", raising=False)
+    else:
+        monkeypatch.setenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", users)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train.make_accelerator(train.Settings(run_dir=str(tmp_path), log_with="none"))  # before any process group
+    AcceleratorState._reset_state(reset_partial_state=True)
+    import os
+
+    assert os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == expected
