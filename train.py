@@ -28,6 +28,7 @@ from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, In
 from torch.distributed.fsdp import MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor
 
+from gpt2repro.attention import ATTENTION_CHOICES, choose_attention
 from gpt2repro.checkpoints import (
     CheckpointError,
     checkpoint_path,
@@ -88,6 +89,7 @@ class Settings:
     seed: int = 1337
     mixed_precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | no (fp32)
     compile: bool | None = None  # None: on with CUDA
+    attention: str = "auto"  # auto (FlashAttention-3 on Hopper with `pip install kernels`, else sdpa) | sdpa | eager
     log_with: str = "tensorboard"  # Accelerate tracker: tensorboard | wandb | trackio | none
     max_bad_steps: int = 5  # abort after this many non-finite steps in a row (counted at the steps that log)
     log_every: int = 0  # steps between progress lines, the only steps that read from the device; 0 = 1 on CPU, 10 on GPU
@@ -112,7 +114,8 @@ PRESETS = {
 
 # Settings with a fixed set of values (fp16 is not offered: bf16 needs no loss scaling, and GPUs without bf16
 # train in fp32).
-CHOICES = {"mixed_precision": ("auto", "bf16", "no"), "log_with": ("tensorboard", "wandb", "trackio", "none")}
+CHOICES = {"mixed_precision": ("auto", "bf16", "no"), "log_with": ("tensorboard", "wandb", "trackio", "none"),
+           "attention": ATTENTION_CHOICES}
 
 
 class SettingsError(ValueError):
@@ -650,6 +653,10 @@ def main(argv=None):
     checkpoints = resume_candidates(s)
 
     model = GPT2ReproForCausalLM(model_config)
+    attention, notice = choose_attention(s.attention, device)
+    model.set_attn_implementation(attention)
+    if notice and accelerator.is_main_process:
+        print(notice, flush=True)
     optimizer = make_optimizer(model, s, device)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)  # uncompiled: evaluation, sampling, saving

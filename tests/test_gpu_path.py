@@ -370,3 +370,53 @@ def test_nccl_errors_raise_in_python_unless_the_user_chose_otherwise(users, expe
     import os
 
     assert os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == expected
+
+
+# ---- FlashAttention-3 through `kernels`: optional, with a clean fallback ----
+
+
+@pytest.mark.parametrize("capability, has_notice", [((8, 0), False), ((9, 0), True)])
+def test_attention_auto_falls_back_to_sdpa_without_hopper_or_without_kernels(capability, has_notice, monkeypatch):
+    import importlib.util
+
+    from gpt2repro.attention import choose_attention
+
+    assert importlib.util.find_spec("kernels") is None  # this venv has no `kernels`: the fallback is the real one
+    assert choose_attention("auto", "cpu") == ("sdpa", None)
+    assert choose_attention("eager", "cpu") == ("eager", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    attention, notice = choose_attention("auto", "cuda:0")
+    assert attention == "sdpa" and bool(notice) == has_notice
+    if notice:  # a Hopper GPU without `kernels`: the user learns why, in one line
+        assert "FlashAttention-3 unavailable" in notice and "kernels" in notice and "\n" not in notice
+
+
+def test_a_hopper_gpu_with_a_loadable_kernel_gets_flash_attention_3(monkeypatch):
+    import transformers.integrations.hub_kernels as hub_kernels
+
+    from gpt2repro.attention import FLASH_ATTENTION_3, choose_attention
+
+    loaded = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(hub_kernels, "load_and_register_attn_kernel", loaded.append)
+    assert choose_attention("auto", "cuda:0") == (FLASH_ATTENTION_3, None) and loaded == [FLASH_ATTENTION_3]
+
+
+def test_the_model_takes_an_attention_implementation_through_transformers_attention_interface(tiny_config):
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    calls = []
+
+    def recording_attention(module, query, key, value, attention_mask, **kwargs):
+        calls.append(module.layer_idx)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register("gpt2repro-recording", recording_attention)  # as `kernels` registers FA3
+    model = GPT2ReproForCausalLM(tiny_config).eval()
+    input_ids = torch.randint(0, 1000, (2, 12))
+    with torch.no_grad():
+        expected = model(input_ids=input_ids).logits
+        model.set_attn_implementation("gpt2repro-recording")
+        got = model(input_ids=input_ids).logits
+    assert calls == list(range(tiny_config.n_layer)) and torch.equal(got, expected)
