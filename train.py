@@ -375,7 +375,8 @@ def train_step(accelerator, model, train_model, optimizer, loader, s: Settings, 
 def read_back(accelerator, values: list, *flags: bool) -> tuple[list[float], list[bool]]:
     """`values` (device scalars, the same on every rank) and each flag, true when it is true on any rank, in one read
     from the device: the only one of a training step, made on the steps that log."""
-    flags = accelerator.reduce(torch.tensor(flags, dtype=torch.float32, device=accelerator.device), reduction="max")
+    flags = torch.tensor(flags, dtype=torch.float32).to(accelerator.device, non_blocking=True)  # no sync: a copy
+    flags = accelerator.reduce(flags, reduction="max")
     read = torch.cat([torch.stack(values).float(), flags]).tolist()
     return read[: len(values)], [flag > 0 for flag in read[len(values) :]]
 
