@@ -92,7 +92,7 @@ class Settings:
     attention: str = "auto"  # auto (FlashAttention-3 on Hopper with `pip install kernels`, else sdpa) | sdpa | eager
     log_with: str = "tensorboard"  # Accelerate tracker: tensorboard | wandb | trackio | none
     max_bad_steps: int = 5  # abort after this many non-finite steps in a row (counted at the steps that log)
-    log_every: int = 0  # steps between progress lines, the only steps that read from the device; 0 = 1 on CPU, 10 on GPU
+    log_every: int = 0  # steps between progress lines (the only steps that read the device); 0: 1 on CPU, 10 on GPU
     collective_timeout_minutes: float = 10.0  # a rank that stops answering ends the others after this long
     gpu_hour_usd: float = 3.0  # the report's cost estimate (nanochat's 8xH100 node at $24/h)
 

@@ -286,7 +286,8 @@ def section_attention(args, profile, context):
     """The kernels of a training step, eager and as train.py compiles it; then FlashAttention-3 against sdpa."""
     device = torch.device(args.device)
     modes = ["off"] + ([args.compile] if args.compile != "off" else [])
-    return [attention_row(args, profile, device, mode) for mode in modes] + flash_attention_3_rows(args, profile, device)
+    rows = [attention_row(args, profile, device, mode) for mode in modes]
+    return rows + flash_attention_3_rows(args, profile, device)
 
 
 def attention_step(args, profile, device, mode: str, attention: str = "sdpa"):

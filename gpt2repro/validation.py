@@ -171,5 +171,5 @@ def validation_loss(model, data_dir, val_tokens=None, seq_len=1024, batch_size=N
     }
 
 
-__all__ = ["VAL_TOKENS", "ValidationError", "logits_as_computed", "rank_windows", "resolve_val_tokens", "validation_loss",
-           "windows_per_forward"]
+__all__ = ["VAL_TOKENS", "ValidationError", "logits_as_computed", "rank_windows", "resolve_val_tokens",
+           "validation_loss", "windows_per_forward"]

@@ -1,6 +1,11 @@
-"""Decisions only a GPU would reveal, observed on the CPU: the attention form that torch.compile captures (flash needs
-no mask and is_causal=True), ...
+"""Decisions only a GPU would reveal, observed on the CPU: the attention form that torch.compile captures (CUDA's
+flash kernel takes only is_causal=True without a mask), the device reads of a training step and of validation, the
+loader's pinned read-ahead, the launch environment of the GPU configs, bf16 by compute capability, FSDP2's
+precision and evaluation share, NCCL's error handling, and the FlashAttention-3 fallback. benchmarks/gpu_check.py
+measures the same things on a GPU.
 """
+
+import os
 
 import pytest
 import torch
@@ -184,7 +189,8 @@ def test_the_environment_accelerate_builds_from_a_gpu_config_keeps_the_users_vis
     from conftest import REPO
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # the user chose GPU 3, perhaps because 0 is busy
-    args = launch_command_parser().parse_args(["--config_file", str(REPO / f"accelerate_configs/{config}.yaml"), "x.py"])
+    config_file = REPO / "accelerate_configs" / f"{config}.yaml"
+    args = launch_command_parser().parse_args(["--config_file", str(config_file), "x.py"])
     args, _, _ = _validate_launch_command(args)
     # accelerate launch's own choice of launcher: FSDP and multi-GPU runs go through the multi-GPU one
     env = prepare_multi_gpu_env(args) if args.multi_gpu or args.use_fsdp else prepare_simple_launcher_cmd_env(args)[1]
@@ -367,8 +373,6 @@ def test_nccl_errors_raise_in_python_unless_the_user_chose_otherwise(users, expe
     AcceleratorState._reset_state(reset_partial_state=True)
     train.make_accelerator(train.Settings(run_dir=str(tmp_path), log_with="none"))  # before any process group
     AcceleratorState._reset_state(reset_partial_state=True)
-    import os
-
     assert os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == expected
 
 
