@@ -6,6 +6,9 @@
     python prepare_data.py --dataset HuggingFaceFW/fineweb-edu --name sample-10BT
     python prepare_data.py corpus/ more/*.jsonl --text-column content --out data/mine
     python prepare_data.py fineweb-edu-100b --num-shards 8 --shard-index 3   # machine 3 of 8
+    python prepare_data.py fineweb-edu-10b --from-hub                # download its GPT-2 tokens instead (minutes)
+    python prepare_data.py fineweb-edu-10b --verify-hub-tokens 1000  # compare them with tokenizing here
+    python prepare_data.py corpus/ --out data/mine --push-to-hub you/mine-gpt2   # publish a prepared directory
 
 A .txt file is one document; a .jsonl/.json/.parquet row is one document (document_sources.py).
 Empty ones are skipped; each other document becomes <|endoftext|> + its tokens, and the stream is
@@ -16,6 +19,9 @@ the shards are the same bytes whatever --num-proc is. After every shard, manifes
 where the stream stands: a rerun after a crash or Ctrl-C continues from the last complete shard,
 with the same result. With --num-shards K, machine i writes OUT/part-i-of-K from the i-th slice
 of the input files (validation from part 0 only); OUT then reads as one dataset.
+
+--from-hub downloads a data preset's GPT-2 tokens (HUB_TOKENS: modded-nanogpt's llm.c shards) or any
+pre-tokenized dataset repo (--from-hub REPO) instead of tokenizing: gpt2repro/hub_data.py.
 """
 
 import argparse
@@ -23,6 +29,7 @@ import collections
 import multiprocessing
 import os
 import re
+import shlex
 import signal
 import sys
 import time
@@ -35,6 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gpt2repro.document_sources import FILE_TYPES, Source, SourceError, file_source, hub_source
+from gpt2repro.hub_data import HubDataError, download_tokens, push_tokens, verify_tokens
 from gpt2repro.token_shards import (
     MANIFEST_NAME,
     MANIFEST_VERSION,
@@ -54,6 +62,13 @@ PRESETS = {
     "fineweb-edu-10b": ("HuggingFaceFW/fineweb-edu", "sample-10BT"),
     "fineweb-edu-100b": ("HuggingFaceFW/fineweb-edu", "sample-100BT"),
     "fineweb-10b": ("HuggingFaceFW/fineweb", "sample-10BT"),  # llm.c's and modded-nanogpt's FineWeb val target
+    "fineweb-100b": ("HuggingFaceFW/fineweb", "sample-100BT"),
+}
+# ... and the Hub dataset repos holding their GPT-2 tokens (modded-nanogpt's, in llm.c shards), for --from-hub
+HUB_TOKENS = {
+    "fineweb-edu-10b": "kjj0/finewebedu10B-gpt2",
+    "fineweb-10b": "kjj0/fineweb10B-gpt2",
+    "fineweb-100b": "kjj0/fineweb100B-gpt2",
 }
 DEFAULT_CORPUS = Path(__file__).resolve().parent / "gpt2repro" / "assets" / "tinyshakespeare.txt"
 HUB_VAL_SPLIT_TOKENS = val_split_size(VAL_TOKENS)  # what the 124M recipe's validation scores, exactly
@@ -239,8 +254,10 @@ def start_manifest(out_dir: Path, identity: dict, overwrite: bool) -> dict:
     return dict(identity, shards=[], splits={}, skipped_documents=0, empty_documents=0, complete=False)
 
 
-def prepare(source: Source, out_dir: Path, val_tokens: int, shard_tokens: int, num_proc: int, overwrite=False) -> dict:
-    """Tokenize `source` into shards in `out_dir`; returns the final manifest."""
+def prepare(source: Source, out_dir: Path, val_tokens: int, shard_tokens: int, num_proc: int, overwrite=False,
+            made_by: dict | None = None) -> dict:
+    """Tokenize `source` into shards in `out_dir`; returns the final manifest. `made_by`: the command and commit,
+    recorded in the manifest."""
     identity = {
         "format_version": MANIFEST_VERSION,
         "name": source.name,
@@ -253,6 +270,8 @@ def prepare(source: Source, out_dir: Path, val_tokens: int, shard_tokens: int, n
     if manifest["complete"]:
         print(f"{out_dir} is already complete; pass --overwrite to prepare it again")
         return manifest
+    if made_by:
+        manifest["made_by"] = made_by
     writer = ShardWriter(out_dir, manifest)
     if writer.accepted:
         print(f"resuming after {len(manifest['shards'])} shards ({writer.accepted:,} tokens)", file=sys.stderr)
@@ -327,7 +346,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--val-split-tokens",
         type=int,
         help=f"validation split size in tokens (default: {HUB_VAL_SPLIT_TOKENS:,} for Hub datasets: the "
-        "--val-tokens that train.py and eval_hellaswag.py score, + 1; ~10%% of a local corpus)",
+        "--val-tokens that train.py and eval_hellaswag.py score, + 1; ~10%% of a local corpus); with --from-hub, "
+        "the first N tokens of the downloaded val shard",
     )
     parser.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard")
     parser.add_argument("--num-proc", type=int, default=_cpu_count(), help="tokenizer processes (default: all cores)")
@@ -337,6 +357,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     parser.add_argument("--strict", action="store_true", help="fail on non-UTF-8 input instead of skipping it")
+    hub = parser.add_argument_group("pre-tokenized data on the Hub")
+    hub.add_argument(
+        "--from-hub",
+        nargs="?",
+        const="",
+        metavar="REPO",
+        help="download the tokens instead of tokenizing: the data preset's repo "
+        f"({', '.join(f'{k}: {v}' for k, v in HUB_TOKENS.items())}), or a dataset REPO of llm.c shards or of a "
+        "--push-to-hub upload",
+    )
+    hub.add_argument("--revision", help="with --from-hub: the repo's branch, tag or commit (default: main)")
+    hub.add_argument("--max-train-shards", type=int, help="with --from-hub: only the first N train shards")
+    hub.add_argument(
+        "--verify-hub-tokens",
+        type=int,
+        metavar="N",
+        help="tokenize the first N documents of the source here and compare them with the start of --out's "
+        "val split (downloaded with --from-hub); exits 1 when they differ",
+    )
+    hub.add_argument("--push-to-hub", metavar="REPO", help="upload --out (once prepared) as the Hub dataset REPO")
+    hub.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     args = parser.parse_args(argv)
     preset = args.inputs[0].lower() if len(args.inputs) == 1 and args.inputs[0].lower() in PRESETS else None
     if args.dataset and args.inputs or preset and args.dataset:
@@ -345,10 +386,53 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--shard-index must be in 0..{args.num_shards - 1}")
     if args.shard_tokens < 1 or args.num_proc < 1 or (args.val_split_tokens or 0) < 0:
         parser.error("--shard-tokens and --num-proc must be positive, --val-split-tokens not negative")
+    if (args.max_train_shards or 1) < 1 or (args.verify_hub_tokens or 1) < 1:
+        parser.error("--max-train-shards and --verify-hub-tokens must be positive")
+    if args.from_hub == "" and preset not in HUB_TOKENS:
+        known = ", ".join(HUB_TOKENS)
+        parser.error(f"--from-hub without a REPO needs a data preset that has one ({known}); or pass --from-hub REPO")
+    if args.from_hub is not None and args.num_shards > 1:
+        parser.error("--from-hub downloads the whole dataset: drop --num-shards/--shard-index")
+    if args.verify_hub_tokens and not (preset or args.dataset or args.inputs):
+        parser.error("--verify-hub-tokens compares with the source text: name a data preset, --dataset or the files")
+    if args.from_hub is None and (args.max_train_shards or args.revision):
+        parser.error("--max-train-shards and --revision go with --from-hub")
     if preset:
         args.dataset, args.name, args.inputs = *PRESETS[preset], []
     args.preset = preset
     return args
+
+
+def made_by(argv) -> dict:
+    """The command and code that prepared a directory, for its manifest (and the dataset card of a push)."""
+    from gpt2repro.report import git_state  # imports torch: only here, never in the tokenizer workers' path
+
+    words, command = list(sys.argv[1:] if argv is None else argv), ["python", "prepare_data.py"]
+    while words:  # what publishing or checking asked for is not how the tokens were made
+        word = words.pop(0)
+        if word in ("--push-to-hub", "--verify-hub-tokens"):
+            words = words[1:]
+        elif not word.startswith(("--push-to-hub=", "--verify-hub-tokens=", "--private")):
+            command.append(word)
+    return {"command": shlex.join(command), "commit": git_state()["commit"]}
+
+
+def from_hub(args, out: Path) -> None:
+    """Download the tokens of --from-hub into `out`."""
+    repo = args.from_hub or HUB_TOKENS[args.preset]
+    tokenize = shlex.join(["python", "prepare_data.py", args.preset or "CORPUS", *(["--out", str(out)] if args.out
+                                                                                 else [])])
+    download_tokens(
+        repo,
+        out,
+        revision=args.revision,
+        max_train_shards=args.max_train_shards,
+        val_tokens=HUB_VAL_SPLIT_TOKENS if args.val_split_tokens is None else args.val_split_tokens,
+        name=out.name,
+        text_source={"dataset": args.dataset, "name": args.name} if args.dataset else None,
+        overwrite=args.overwrite,
+        fallback=f"or tokenize instead: {tokenize}",
+    )
 
 
 def main(argv=None) -> None:
@@ -361,13 +445,26 @@ def main(argv=None) -> None:
             source = file_source(args.inputs or [str(DEFAULT_CORPUS)], args.text_column, part)
         source.name = data_dir_for(args.preset or source.name).name  # also the shards' file prefix
         out = args.out or data_dir_for(source.name)
+        if args.from_hub:  # a repo of one's own: named after the repo unless --out says otherwise
+            out = args.out or data_dir_for(args.preset or args.from_hub.rstrip("/").split("/")[-1])
         source.strict = args.strict
         val_tokens = default_val_split_tokens(source) if args.val_split_tokens is None else args.val_split_tokens
         if part:
             out = out / f"part-{part[0]:05d}-of-{part[1]:05d}"
             val_tokens = val_tokens if part[0] == 0 else 0  # the validation split comes from part 0 only
-        prepare(source, out, val_tokens, args.shard_tokens, args.num_proc, args.overwrite)
-    except (SourceError, PrepareError, ShardError) as e:
+        if args.from_hub is not None:
+            from_hub(args, out)
+        elif args.verify_hub_tokens is None or args.push_to_hub:  # --verify-hub-tokens alone checks, prepares nothing
+            prepare(source, out, val_tokens, args.shard_tokens, args.num_proc, args.overwrite, made_by(argv))
+        if args.verify_hub_tokens:
+            match, line = verify_tokens(out, source.documents(), args.verify_hub_tokens, encode_documents, source.label)
+            print(line)
+            if not match:
+                sys.exit(1)
+        if args.push_to_hub:
+            url = push_tokens(out, args.push_to_hub, private=args.private, commit=made_by(argv)["commit"])
+            print(f"pushed {out} to {url}")
+    except (SourceError, PrepareError, ShardError, HubDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -21,6 +21,7 @@ import yaml
 
 from gpt2repro.fileio import write_atomically
 from gpt2repro.hellaswag import HELLASWAG_METRICS, HELLASWAG_VAL_ITEMS
+from gpt2repro.hub_data import download_origin
 from gpt2repro.token_shards import ShardError, load_manifest
 from gpt2repro.validation import VAL_TOKENS
 
@@ -118,7 +119,7 @@ def describe_data(data_dir: str | Path) -> dict:
     except ShardError:  # not a data directory (any more): the report still gets written
         manifest = None
     source = (manifest or {}).get("source") or {}
-    hub_id = source.get("dataset") if source.get("type") == "hub" else None
+    hub_id = source.get("dataset") if source.get("type") in ("hub", "hub tokens") else None
     info = {
         "dir": str(data_dir),
         "name": (manifest or {}).get("name") or data_dir.name,
@@ -130,7 +131,18 @@ def describe_data(data_dir: str | Path) -> dict:
     }
     if manifest:
         info.update({f"{split}_tokens": manifest["splits"][split]["tokens"] for split in ("train", "val")})
+    origin = download_origin(data_dir)
+    info["tokens_from"] = {"repo_id": origin["repo_id"], "revision": origin.get("revision")} if origin else None
     return info
+
+
+def tokens_line(data: dict) -> str:
+    """Where the training tokens came from: downloaded from a Hub dataset repo, or tokenized here."""
+    origin = data.get("tokens_from")
+    if origin:
+        return (f"- data: {data.get('name')}, tokens downloaded from the Hub dataset {origin['repo_id']} "
+                f"(revision {(origin.get('revision') or 'unknown')[:12]}), not tokenized here")
+    return f"- data: {data.get('name', 'n/a')}, tokenized here ({data.get('source_type', 'unknown')} source)"
 
 
 def val_loss_reference(data: dict) -> dict | None:
@@ -341,6 +353,7 @@ def render_markdown(report: dict) -> str:
 def training_lines(report: dict) -> list[str]:
     tr, settings = report.get("training") or {}, report.get("settings") or {}
     return [
+        *([tokens_line(report["data"])] if report.get("data") else []),
         f"- steps: {_num(tr.get('steps'), ',')} of {_num(tr.get('max_steps'), ',')}; "
         f"tokens: {_num(tr.get('tokens'), ',')}"
         f" in batches of {_num(settings.get('total_batch_tokens'), ',')} tokens (sequences of "

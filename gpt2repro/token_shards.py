@@ -13,12 +13,14 @@ as uint16. Shards written here train llm.c and modded-nanogpt, and theirs train 
      "skipped_documents": ..., "empty_documents": ..., "complete": true}
 
 `end` is where the stream stands after the shard (the next document and how many of its tokens
-are already written): it is what lets prepare_data resume. A directory made of `part-*-of-*`
+are already written): it is what lets prepare_data resume. An entry may also carry `file_tokens`
+when only the first `tokens` of a longer file belong to the split (a downloaded 100M-token val
+shard cut to the validation budget: gpt2repro/hub_data.py). A directory made of `part-*-of-*`
 subdirectories (prepare_data --num-shards) reads as one dataset.
 
 A directory of llm.c / modded-nanogpt shards without a manifest (`fineweb_val_000000.bin`,
 `edu_fineweb_train_000001.bin`, `tiny_shakespeare_val.bin`, ...) also reads as a dataset:
-`load_manifest` makes up its manifest from the file names and shard headers (see `_llmc_manifest`).
+`load_manifest` makes up its manifest from the file names and shard headers (see `llmc_manifest`).
 
 `ShardedTokenLoader` reads (batch_size, seq_len + 1) windows for one rank of a data-parallel run.
 """
@@ -109,7 +111,7 @@ def write_manifest(data_dir: str | Path, manifest: dict) -> None:
     os.replace(tmp, path)
 
 
-def _read_manifest_file(path: Path) -> dict:
+def read_manifest_file(path: Path) -> dict:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -127,7 +129,7 @@ def _read_manifest_file(path: Path) -> dict:
 
 def _merge_parts(data_dir: Path, part_dirs: list[Path]) -> dict:
     """One manifest for the `part-i-of-K` directories that K machines prepared separately."""
-    parts = [_read_manifest_file(d / MANIFEST_NAME) for d in part_dirs]
+    parts = [read_manifest_file(d / MANIFEST_NAME) for d in part_dirs]
     counts = {int(re.fullmatch(r"part-\d+-of-(\d+)", d.name)[1]) for d in part_dirs}
     if len(counts) != 1 or len(parts) != counts.pop():
         found = ", ".join(d.name for d in part_dirs)
@@ -155,7 +157,7 @@ def _merge_parts(data_dir: Path, part_dirs: list[Path]) -> dict:
 LLMC_SHARD_NAME = re.compile(r"(?P<dataset>.+?)_(?P<split>val|train)(?:_\d+)?\.bin")
 
 
-def _llmc_manifest(data_dir: Path, paths: list[Path]) -> dict:
+def llmc_manifest(data_dir: Path, paths: list[Path]) -> dict:
     """The manifest of a directory of llm.c / modded-nanogpt shards, which come without one.
 
     The split is in each file name, the order is by name, the token counts come from the (validated)
@@ -216,13 +218,13 @@ def load_manifest(data_dir: str | Path) -> dict:
     if not data_dir.is_dir():
         raise ShardError(f"{data_dir}: no such data directory; create it with prepare_data.py")
     if (data_dir / MANIFEST_NAME).is_file():
-        return _read_manifest_file(data_dir / MANIFEST_NAME)
+        return read_manifest_file(data_dir / MANIFEST_NAME)
     part_dirs = sorted(d for d in data_dir.glob("part-*-of-*") if (d / MANIFEST_NAME).is_file())
     if part_dirs:
         return _merge_parts(data_dir, part_dirs)
     shard_paths = sorted(data_dir.glob("*.bin"))
     if shard_paths:
-        return _llmc_manifest(data_dir, shard_paths)
+        return llmc_manifest(data_dir, shard_paths)
     raise ShardError(f"{data_dir}: no {MANIFEST_NAME} and no .bin shards; create the shards with prepare_data.py")
 
 
@@ -254,12 +256,13 @@ def open_split(data_dir: str | Path, split: str) -> tuple[list[dict], list[np.nd
     shards = []
     for entry in entries:
         tokens = read_shard(data_dir / entry["file"])
-        if len(tokens) != entry["tokens"]:
+        expected = entry.get("file_tokens", entry["tokens"])
+        if len(tokens) != expected or entry["tokens"] > expected:
             raise ShardError(
-                f"{data_dir / entry['file']}: holds {len(tokens)} tokens, the manifest says {entry['tokens']}; "
+                f"{data_dir / entry['file']}: holds {len(tokens)} tokens, the manifest says {expected}; "
                 "rerun prepare_data.py"
             )
-        shards.append(tokens)
+        shards.append(tokens[: entry["tokens"]])
     return entries, shards
 
 

@@ -4,7 +4,9 @@
     python scripts/reproduce_gpt2.py --dry-run                        # print the commands, run nothing
     python scripts/reproduce_gpt2.py --preset gpt2-124m-fineweb -- --max-steps 100   # after --: train.py flags
 
-  1. data      prepare_data.py for the preset's data directory: skipped when complete, resumed when half done
+  1. data      prepare_data.py for the preset's data directory: skipped when complete, resumed when half done;
+               its GPT-2 tokens downloaded from the Hub (--from-hub) where the data preset has them, tokenized
+               here if that download fails (or with --tokenize)
   2. train     accelerate launch ... train.py --resume auto, for the GPUs found: skipped when RUN/final exists
   3. evaluate  eval_hellaswag.py: RUN/final next to OpenAI's gpt2 (HellaSwag both ways, val loss and bpb)
   4. report    run_report.py: RUN/report.md and report.json with the evaluation in them
@@ -29,6 +31,7 @@ import torch  # noqa: E402
 import prepare_data  # noqa: E402
 import train  # noqa: E402
 from gpt2repro.checkpoints import CheckpointError, read_trainer_state  # noqa: E402
+from gpt2repro.hub_data import downloading  # noqa: E402
 from gpt2repro.token_shards import MANIFEST_NAME, ShardError, load_manifest  # noqa: E402
 
 STEPS = 4
@@ -48,7 +51,7 @@ def main(argv=None) -> None:
         train_args, s = training_args(args, extra, gpus)
         note(f"preset {args.preset} on {f'{gpus} GPU(s)' if gpus else 'the CPU'} | data {s.data_dir} | run {s.run_dir}")
         steps = Steps(args.dry_run)
-        prepare_data_step(steps, s.data_dir)
+        prepare_data_step(steps, s.data_dir, download=not args.tokenize)
         train_step(steps, launcher(gpus) + ["train.py", *train_args], s.run_dir, s.max_steps)
         evaluate_step(steps, s.run_dir, s.data_dir)
         report_step(steps, s.run_dir)
@@ -60,7 +63,9 @@ def main(argv=None) -> None:
 # the four steps
 
 
-def prepare_data_step(steps, data_dir: str) -> None:
+def prepare_data_step(steps, data_dir: str, download: bool = True) -> None:
+    """Download the data preset's tokens from the Hub where it has them (minutes), else tokenize (an hour for
+    FineWeb-Edu 10B); a failed download falls back to tokenizing. A half-tokenized directory resumes tokenizing."""
     if data_state(ROOT / data_dir) == "complete":
         return steps.skip("data", f"{data_dir} is complete")
     command, streams = prepare_command(data_dir)
@@ -68,7 +73,16 @@ def prepare_data_step(steps, data_dir: str) -> None:
     if offline and streams:
         raise ReproduceError(f"{data_dir} is not prepared yet and {offline[0]} is set: preparing it streams from the "
                              f"Hub; unset {' and '.join(offline)}, or copy a prepared {data_dir} here")
-    steps.run("data", command)
+    half_tokenized = (ROOT / data_dir / MANIFEST_NAME).is_file() and downloading(ROOT / data_dir) is None
+    repo = prepare_data.HUB_TOKENS.get(command[2]) if streams else None
+    if not (download and repo and not half_tokenized):
+        return steps.run("data", command)
+    note(f"data: downloading the tokens of {command[2]} from the Hub dataset {repo} instead of tokenizing; "
+         "if that fails, tokenizing them here")
+    if steps.run("data", command + ["--from-hub"], stop_on_failure=False):
+        return
+    note(f"data: the download failed, so tokenizing {data_dir} here instead")
+    steps.run("data", command + ["--overwrite"], again=True)  # --overwrite: the download's leftovers go
 
 
 def train_step(steps, command: list[str], run_dir: str, max_steps: int) -> None:
@@ -119,6 +133,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--gpus", type=int, help="use this many GPUs (default: all that torch sees)")
     parser.add_argument("--allow-cpu", action="store_true", help="go on without a GPU (rehearsals, tests)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands (stdout, one per line), run none")
+    parser.add_argument("--tokenize", action="store_true",
+                        help="tokenize the data here even where its tokens can be downloaded from the Hub")
     args = parser.parse_args(ours)
     if args.preset not in train.PRESETS:
         sys.exit(f"error: unknown preset {args.preset!r}; choose one of {', '.join(train.PRESETS)}")
@@ -227,16 +243,18 @@ class Steps:
         self.number += 1
         note(f"== step {self.number}/{STEPS}: {name} == skipped: {why}")
 
-    def run(self, name: str, command: list[str]) -> None:
-        self.number += 1
-        note(f"== step {self.number}/{STEPS}: {name} ==")
+    def run(self, name: str, command: list[str], stop_on_failure=True, again=False) -> bool:
+        """Run `command` as the next step (`again`: as another try of the same step); whether it succeeded.
+        A failure exits with the command's code, unless not `stop_on_failure`."""
+        self.number += not again
+        note(f"== step {self.number}/{STEPS}: {name}{' (again)' if again else ''} ==")
         print(shlex.join(command), flush=True)
-        if not self.dry_run:
-            run_command(name, command)
+        return self.dry_run or run_command(name, command, stop_on_failure)
 
 
-def run_command(name: str, command: list[str]) -> None:
-    """Run `command` in the repository root; if it fails, say how to continue and exit with its code.
+def run_command(name: str, command: list[str], stop_on_failure: bool = True) -> bool:
+    """Run `command` in the repository root; if it fails, say how to continue and exit with its code (or, unless
+    `stop_on_failure`, return False).
 
     Ctrl-C reaches the child by itself (same process group) and SIGTERM is passed on to it; meanwhile this process
     waits instead of killing it, so train.py can finish its step and save a checkpoint to resume from."""
@@ -248,10 +266,14 @@ def run_command(name: str, command: list[str]) -> None:
     finally:
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
+    interrupted = code in (-signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM)
+    if code and not stop_on_failure and not interrupted:  # Ctrl-C stops the whole run, not just this try
+        return False
     if code:
         code = code if code > 0 else 128 - code  # killed by signal N: the shell's 128 + N
         print(f"error: {name} failed (exit {code}); rerun the same command to continue", file=sys.stderr)
         sys.exit(code)
+    return True
 
 
 if __name__ == "__main__":

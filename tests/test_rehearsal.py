@@ -3,7 +3,11 @@
 The commands are read from the README's real-run block, so the README and this test cannot drift apart. The
 Hub dataset is a FineWeb-Edu-shaped folder in the Hub layout (parquet with the real columns, a README whose
 `configs:` names sample-10BT) that `datasets.load_dataset(..., streaming=True)` resolves from the working
-directory, as it would resolve the Hub: no code path is bypassed. The model is the 124M one itself.
+directory, as it would resolve the Hub: no code path is bypassed. Its GPT-2 tokens, as modded-nanogpt publishes
+them (kjj0/finewebedu10B-gpt2: llm.c shards, a val shard longer than the validation budget), are made by the
+block's alternative command (tokenizing here) and served by the stand-in Hub of tests/stand_in_hub.py, which the
+commands' processes install at start (only huggingface_hub's network edge is replaced). The model is the 124M one
+itself.
 """
 
 import json
@@ -41,6 +45,27 @@ def readme_real_run() -> list[str]:
     return [line.split("  #")[0].strip() for line in re.findall(r"^(?:python|accelerate) .*$", block, re.M)]
 
 
+def readme_alternatives() -> list[str]:
+    """The commands the real-run block offers in its comments instead (`...: python prepare_data.py ...`)."""
+    readme = (REPO / "README.md").read_text()
+    block = readme[readme.index(BEGIN) : readme.index(END)]
+    return re.findall(r"#.*?: (python \S+\.py [^#\n]*?)\s*$", block, re.M)
+
+
+def kjj0_stand_in(hub_root, tokenized):
+    """kjj0/finewebedu10B-gpt2 as modded-nanogpt lays it out, from shards tokenized here: finewebedu_val_000000.bin,
+    finewebedu_train_000001.bin, ..., no manifest."""
+    folder = hub_root / "kjj0" / "finewebedu10B-gpt2"
+    folder.mkdir(parents=True)
+    manifest = json.loads((tokenized / "manifest.json").read_text())
+    assert [s["split"] for s in manifest["shards"]][:2] == ["val", "train"]
+    train = 0
+    for shard in manifest["shards"]:
+        train += shard["split"] == "train"
+        name = "finewebedu_val_000000.bin" if shard["split"] == "val" else f"finewebedu_train_{train:06d}.bin"
+        shutil.copyfile(tokenized / shard["file"], folder / name)
+
+
 def fineweb_edu_stand_in(root):
     """HuggingFaceFW/fineweb-edu as the Hub lays it out: sample/10BT/*.parquet and a README with configs."""
     text = (REPO / "gpt2repro" / "assets" / "tinyshakespeare.txt").read_text()
@@ -76,12 +101,14 @@ def as_rehearsal(command: str, exported: str) -> list[str]:
 
 
 def test_the_readme_real_run_works_end_to_end_offline(tmp_path):
-    commands = readme_real_run()
+    commands, alternatives = readme_real_run(), readme_alternatives()
     scripts = [next(w for w in shlex.split(c) if w.endswith(".py")) for c in commands]
-    assert scripts == ["prepare_data.py", "train.py", "train.py", "convert_gpt2.py", "eval_hellaswag.py",
-                       "run_report.py"], commands
-    assert commands[0] == "python prepare_data.py fineweb-edu-10b" and "--preset gpt2-124m" in commands[1]
-    assert commands[2] == commands[1] + " --resume auto"
+    assert scripts == ["prepare_data.py", "prepare_data.py", "train.py", "train.py", "convert_gpt2.py",
+                       "eval_hellaswag.py", "run_report.py"], commands
+    assert commands[0] == "python prepare_data.py fineweb-edu-10b --from-hub"
+    assert commands[1].startswith("python prepare_data.py fineweb-edu-10b --verify-hub-tokens ")
+    assert alternatives == ["python prepare_data.py fineweb-edu-10b"]  # tokenizing here, in the first comment
+    assert "--preset gpt2-124m" in commands[2] and commands[3] == commands[2] + " --resume auto"
 
     fineweb_edu_stand_in(tmp_path)
     (tmp_path / "cache").mkdir()  # HellaSwag as if downloaded once: `auto` and eval's default read it from there
@@ -90,24 +117,36 @@ def test_the_readme_real_run_works_end_to_end_offline(tmp_path):
            "HF_HOME": str(tmp_path / "hf"), "PYTHONUNBUFFERED": "1"}
     import os
 
-    env = {**os.environ, **env}
+    site = str(REPO / "tests" / "stand_in_hub_site")  # installs the stand-in Hub in each command's processes
+    pythonpath = os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, **env, "PYTHONPATH": pythonpath, "GPT2REPRO_STAND_IN_HUB": str(tmp_path / "hub")}
     run_dir, data_dir = tmp_path / "runs" / "gpt2-124m", tmp_path / "data" / "fineweb-edu-10b"
     exported = "exported/gpt2-124m"
 
-    def run(i):
-        result = subprocess.run(as_rehearsal(commands[i], exported), cwd=tmp_path, env=env, capture_output=True,
-                                text=True, timeout=900)
-        assert result.returncode == 0, (commands[i], result.stdout[-2000:], result.stderr[-3000:])
+    def run(command, *extra):
+        result = subprocess.run([*as_rehearsal(command, exported), *extra], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, (command, result.stdout[-2000:], result.stderr[-3000:])
         return result
 
-    # 1. tokenize the (stand-in) Hub dataset through load_dataset(..., streaming=True)
-    run(0)
+    # 0. the alternative, tokenizing the (stand-in) Hub dataset through load_dataset(..., streaming=True), makes the
+    # tokens the stand-in kjj0/finewebedu10B-gpt2 serves: its val shard (2,000 tokens) outruns the 513-token budget
+    run(alternatives[0], "--out", "tokenized", "--val-split-tokens", "2000")
+    kjj0_stand_in(tmp_path / "hub", tmp_path / "tokenized")
+
+    # 1. download them instead, through huggingface_hub's snapshot_download
+    downloaded = run(commands[0])
+    assert "kjj0/finewebedu10B-gpt2" in downloaded.stdout and "ETA" in downloaded.stderr
     manifest = json.loads((data_dir / "manifest.json").read_text())
     assert manifest["complete"] and manifest["source"]["dataset"] == "HuggingFaceFW/fineweb-edu"
     assert manifest["source"]["name"] == "sample-10BT" and manifest["splits"]["val"]["tokens"] == 513
+    assert manifest["source"]["repo"] == "kjj0/finewebedu10B-gpt2"
+
+    # 1b. the downloaded tokens are the ones tokenizing the source here makes
+    assert run(commands[1]).stdout.startswith("match: ")
 
     # 2. train the 124M model; then lose the final checkpoint, as an interrupted run would not have it
-    first = run(1)
+    first = run(commands[2])
     assert "model gpt2-124m: 124.5M parameters" in first.stdout and "step     2/2" in first.stdout
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     final_eval = [r for r in rows if "val_loss" in r][-1]
@@ -116,16 +155,16 @@ def test_the_readme_real_run_works_end_to_end_offline(tmp_path):
     shutil.rmtree(run_dir / "final")
 
     # 3. the same command with --resume auto continues from the newest checkpoint, to the same weights
-    resumed = run(2)
+    resumed = run(commands[3])
     assert f"resumed from {run_dir.relative_to(tmp_path) / 'checkpoint-000001'} at step 1" in resumed.stdout
     again = load_file(run_dir / "final" / "model.safetensors")
     for name, tensor in uninterrupted.items():
         assert torch.equal(tensor, again[name]), name
 
     # 4. export to a plain GPT2LMHeadModel, 5. evaluate both side by side with eval_hellaswag's defaults
-    run(3)
+    run(commands[4])
     assert json.loads((tmp_path / exported / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
-    evaluation = run(4)
+    evaluation = run(commands[5])
     results = json.loads((run_dir / "eval_results.json").read_text())["models"]
     ours, theirs = results["runs/gpt2-124m/final"]["summary"], results[exported]["summary"]
     assert ours["val_tokens"] == theirs["val_tokens"] == 512  # the whole split, by default
@@ -136,8 +175,9 @@ def test_the_readme_real_run_works_end_to_end_offline(tmp_path):
     assert "val bpb" in evaluation.stdout
 
     # 6. the report of the run, with the side-by-side evaluation
-    run(5)
+    run(commands[6])
     report = json.loads((run_dir / "report.json").read_text())
     assert report["final_eval"]["val_bpb"] == pytest.approx(final_eval["val_bpb"])
     markdown = (run_dir / "report.md").read_text()
     assert "bits per byte" in markdown.lower() and exported in markdown and "3.2924" in markdown
+    assert "tokens downloaded from the Hub dataset kjj0/finewebedu10B-gpt2" in markdown

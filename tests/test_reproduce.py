@@ -122,9 +122,39 @@ def test_absent_data_is_prepared_first_by_its_data_preset(capsys, monkeypatch, t
         monkeypatch.delenv(name, raising=False)
     data = tmp_path / "fineweb-edu-10b"
     commands = plan(capsys, "--gpus", "8", "--run-dir", str(run_dir), "--", "--data-dir", str(data))
-    assert commands[0] == [sys.executable, "prepare_data.py", "fineweb-edu-10b", "--out", str(data)]
+    assert commands[0] == [sys.executable, "prepare_data.py", "fineweb-edu-10b", "--out", str(data), "--from-hub"]
     assert "train.py" in commands[1] and [c[1] for c in commands[2:]] == ["eval_hellaswag.py", "run_report.py"]
     assert not data.exists() and not run_dir.exists()  # a dry run writes nothing
+
+
+def test_the_dry_run_shows_the_download_and_says_it_falls_back_to_tokenizing(capsys, monkeypatch, tmp_path, run_dir):
+    for name in reproduce.OFFLINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    data = tmp_path / "fineweb-edu-10b"
+    reproduce.main(["--dry-run", "--gpus", "8", "--run-dir", str(run_dir), "--", "--data-dir", str(data)])
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].endswith(f"prepare_data.py fineweb-edu-10b --out {data} --from-hub")
+    assert "kjj0/finewebedu10B-gpt2" in err and "if that fails, tokenizing" in err
+    commands = plan(capsys, "--tokenize", "--gpus", "8", "--run-dir", str(run_dir), "--", "--data-dir", str(data))
+    assert commands[0] == [sys.executable, "prepare_data.py", "fineweb-edu-10b", "--out", str(data)]
+
+
+def test_a_failed_download_falls_back_to_tokenizing_and_says_so(capsys, monkeypatch, tmp_path):
+    for name in reproduce.OFFLINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    ran = []
+
+    def run_command(name, command, stop_on_failure=True):  # the download fails, tokenizing works
+        ran.append(command[2:])
+        return "--from-hub" not in command
+
+    monkeypatch.setattr(reproduce, "run_command", run_command)
+    data = tmp_path / "fineweb-edu-10b"
+    reproduce.prepare_data_step(reproduce.Steps(dry_run=False), str(data))
+    assert ran == [["fineweb-edu-10b", "--out", str(data), "--from-hub"],
+                   ["fineweb-edu-10b", "--out", str(data), "--overwrite"]]
+    err = capsys.readouterr().err
+    assert "the download failed, so tokenizing" in err and "== step 1/4: data (again) ==" in err
 
 
 def test_half_prepared_data_is_handed_back_to_prepare_data_which_resumes_it(capsys, monkeypatch, tmp_path, run_dir):
@@ -141,7 +171,7 @@ def test_the_training_preset_chooses_the_data_preset(capsys, monkeypatch, run_di
     if (REPO / "data" / "fineweb-10b").exists():
         pytest.skip("data/fineweb-10b is prepared in this checkout")
     commands = plan(capsys, "--preset", "gpt2-124m-fineweb", "--gpus", "8", "--run-dir", str(run_dir))
-    assert commands[0] == [sys.executable, "prepare_data.py", "fineweb-10b"]  # into its default data/fineweb-10b
+    assert commands[0] == [sys.executable, "prepare_data.py", "fineweb-10b", "--from-hub"]  # into data/fineweb-10b
     assert flag(commands[2], "--val-data") == os.path.join("data", "fineweb-10b")
 
 

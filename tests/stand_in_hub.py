@@ -1,0 +1,148 @@
+"""A stand-in for the Hugging Face Hub's dataset repos: local folders (ROOT/owner/name/...) reached through
+huggingface_hub's own calls, with only the network edge replaced.
+
+Replaced: HfApi.dataset_info / list_repo_tree (the metadata calls), file_download.get_hf_file_metadata (the
+per-file HEAD) and file_download.http_get (the transfer), HfApi.create_repo / upload_folder / create_commit (the
+uploads). Everything between them (snapshot_download's planning, filtering and threads, hf_hub_download's temp
+files, renames and local_dir metadata) is huggingface_hub's real code. A repo's revision is a hash of its
+content, so an upload makes a new one.
+
+In a subprocess, put tests/stand_in_hub_site on PYTHONPATH and set GPT2REPRO_STAND_IN_HUB=ROOT: its
+sitecustomize installs the stand-in before the command runs.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import unquote
+
+import httpx2
+from huggingface_hub import HfApi, constants, file_download
+from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.file_download import HfFileMetadata
+from huggingface_hub.hf_api import DatasetInfo, RepoFile, RepoUrl
+from huggingface_hub.utils import filter_repo_objects
+
+SETTINGS = ".stand_in.json"  # per repo: private flag (hidden files are not part of the repo)
+
+
+def _missing(kind, repo_id: str):
+    url = f"{constants.ENDPOINT}/api/datasets/{repo_id}"
+    return kind(f"{repo_id}: not found", response=httpx2.Response(404, request=httpx2.Request("GET", url)))
+
+
+class StandInHub:
+    def __init__(self, root):
+        self.root = Path(root)
+        self.served = {}  # file name -> bytes sent, over all downloads
+        self.fail_after = {}  # file name -> bytes after which its transfer drops (ConnectError)
+
+    # -- the repos ------------------------------------------------------------------------------
+
+    def repo(self, repo_id: str) -> Path:
+        return self.root / repo_id
+
+    def files(self, repo_id: str) -> dict[str, Path]:
+        folder = self.repo(repo_id)
+        if not folder.is_dir():
+            raise _missing(RepositoryNotFoundError, repo_id)
+        return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*"))
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
+
+    def revision(self, repo_id: str) -> str:
+        digest = hashlib.sha1()
+        for name, path in self.files(repo_id).items():
+            digest.update(f"{name}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\0".encode())
+        return digest.hexdigest()
+
+    def settings(self, repo_id: str) -> dict:
+        path = self.repo(repo_id) / SETTINGS
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def _resolve(self, repo_id: str, revision: str | None) -> str:
+        sha = self.revision(repo_id)
+        if revision not in (None, "main", sha):
+            raise _missing(RevisionNotFoundError, repo_id)
+        return sha
+
+    # -- the network edge -----------------------------------------------------------------------
+
+    def dataset_info(self, api, repo_id, *, revision=None, timeout=None, files_metadata=False, **_):
+        sha = self._resolve(repo_id, revision)
+        siblings = [{"rfilename": name, "size": path.stat().st_size if files_metadata else None}
+                    for name, path in self.files(repo_id).items()]
+        return DatasetInfo(id=repo_id, sha=sha, siblings=siblings, private=self.settings(repo_id).get("private"))
+
+    def list_repo_tree(self, api, repo_id, path_in_repo=None, *, recursive=False, revision=None, **_):
+        self._resolve(repo_id, revision)
+        for name, path in self.files(repo_id).items():
+            yield RepoFile(path=name, size=path.stat().st_size, oid=hashlib.sha1(path.read_bytes()).hexdigest())
+
+    def _file(self, url: str) -> tuple[str, str, Path]:
+        # {endpoint}/datasets/{owner}/{name}/resolve/{revision}/{file}
+        tail = unquote(url.split("/datasets/", 1)[1])
+        repo_id, rest = tail.split("/resolve/", 1)
+        revision, name = rest.split("/", 1)
+        return repo_id, name, self.files(repo_id)[name]
+
+    def get_hf_file_metadata(self, url, *args, **kwargs):
+        repo_id, name, path = self._file(url)
+        return HfFileMetadata(commit_hash=self.revision(repo_id), etag=hashlib.sha256(path.read_bytes()).hexdigest(),
+                              location=url, size=path.stat().st_size, xet_file_data=None)
+
+    def http_get(self, url, temp_file, *, resume_size=0, expected_size=None, tqdm_class=None, _tqdm_bar=None, **_):
+        _, name, path = self._file(url)
+        data = path.read_bytes()
+        bar = tqdm_class(total=len(data), initial=resume_size) if tqdm_class is not None else None
+        for start in range(resume_size, len(data), 4096):
+            chunk = data[start : start + 4096]
+            limit = self.fail_after.get(name)
+            if limit is not None and start + len(chunk) > limit:
+                raise httpx2.ConnectError(f"connection reset while downloading {name} (stand-in)")
+            temp_file.write(chunk)
+            self.served[name] = self.served.get(name, 0) + len(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+
+    def create_repo(self, api, repo_id, *, private=None, repo_type=None, exist_ok=False, **_):
+        folder = self.repo(repo_id)
+        if folder.exists() and not exist_ok:
+            raise FileExistsError(repo_id)
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            (folder / SETTINGS).write_text(json.dumps({"private": bool(private), "repo_type": repo_type}))
+        return RepoUrl(f"{constants.ENDPOINT}/datasets/{repo_id}")
+
+    def upload_folder(self, api, *, repo_id, folder_path, allow_patterns=None, ignore_patterns=None, **_):
+        self.files(repo_id)  # the repo must exist
+        folder = Path(folder_path)
+        names = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+        for name in filter_repo_objects(names, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns):
+            target = self.repo(repo_id) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / name, target)
+
+    def create_commit(self, api, repo_id, operations, **_):
+        self.files(repo_id)
+        for op in operations:
+            target = self.repo(repo_id) / op.path_in_repo
+            target.parent.mkdir(parents=True, exist_ok=True)
+            content = op.path_or_fileobj
+            target.write_bytes(content if isinstance(content, bytes) else Path(content).read_bytes())
+
+    def install(self, setattr_=setattr) -> "StandInHub":
+        """Route huggingface_hub's network edge here (`setattr_`: e.g. pytest's monkeypatch.setattr)."""
+        for name in ("dataset_info", "list_repo_tree", "create_repo", "upload_folder", "create_commit"):
+            method = getattr(self, name)
+            setattr_(HfApi, name, lambda api, *args, _m=method, **kwargs: _m(api, *args, **kwargs))
+        setattr_(file_download, "get_hf_file_metadata", self.get_hf_file_metadata)
+        setattr_(file_download, "http_get", self.http_get)
+        return self
+
+
+def install_from_environment() -> None:
+    root = os.environ.get("GPT2REPRO_STAND_IN_HUB")
+    if root:
+        StandInHub(root).install()
