@@ -320,6 +320,7 @@ class ShardedTokenLoader:
         self.position = 0  # windows of the global order consumed so far, by all ranks together
         self._layout_cache = (None, None)  # (epoch, layout): batches walk one epoch at a time
         self._permutation_cache = (None, None)  # ((epoch, slot), permutation)
+        self._ahead = (None, None)  # ((position, device), batch): the batch next_batch(device) prepared
 
     def _epoch_layout(self, epoch: int):
         """Shard order of an epoch, where each shard starts in the epoch's token stream, and the
@@ -357,15 +358,28 @@ class ShardedTokenLoader:
             slot, offset = slot + 1, 0
         return np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
 
-    def next_batch(self):
-        """The next (batch_size, seq_len + 1) LongTensor of this rank: inputs b[:, :-1], targets b[:, 1:]."""
+    def next_batch(self, device=None):
+        """The next (batch_size, seq_len + 1) LongTensor of this rank: inputs b[:, :-1], targets b[:, 1:].
+
+        Given a device, the batch is on it, and the one after it is read at once and its copy started (from pinned
+        memory off the CPU, so that it overlaps the step the device is running, as nanoGPT does). The position, and
+        so the order and a resume, count only the batches handed out."""
+        key, batch = self._ahead
+        if key != (self.position, str(device)):
+            batch = self._read(self.position, device)
+        self.position += self.batch_size * self.world_size
+        self._ahead = ((self.position, str(device)), self._read(self.position, device)) if device else (None, None)
+        return batch
+
+    def _read(self, position: int, device=None):
         # Imported here so prepare_data (and its worker processes) start without torch.
         import torch
 
-        first = self.position + self.rank * self.batch_size
-        batch = np.array([self._window(first + i) for i in range(self.batch_size)], dtype=np.int64)
-        self.position += self.batch_size * self.world_size
-        return torch.from_numpy(batch)
+        first = position + self.rank * self.batch_size
+        batch = torch.from_numpy(np.array([self._window(first + i) for i in range(self.batch_size)], dtype=np.int64))
+        if device is None or torch.device(device).type == "cpu":
+            return batch
+        return batch.pin_memory().to(device, non_blocking=True)  # non_blocking copies only from pinned memory
 
     def reset(self) -> None:
         """Back to the first window."""
