@@ -27,7 +27,10 @@ import torch
 import yaml
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, InitProcessGroupKwargs, set_seed
+from torch.distributed.fsdp import MixedPrecisionPolicy
+from torch.distributed.tensor import DTensor
 
+from gpt2repro.attention import ATTENTION_CHOICES, choose_attention
 from gpt2repro.checkpoints import (
     CheckpointError,
     DiskSpaceError,
@@ -94,8 +97,10 @@ class Settings:
     seed: int = 1337
     mixed_precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | no (fp32)
     compile: bool | None = None  # None: on with CUDA
+    attention: str = "auto"  # auto (FlashAttention-3 on Hopper with `pip install kernels`, else sdpa) | sdpa | eager
     log_with: str = "tensorboard"  # Accelerate tracker: tensorboard | wandb | trackio | none
-    max_bad_steps: int = 5  # abort after this many non-finite steps in a row
+    max_bad_steps: int = 5  # abort after this many non-finite steps in a row (counted at the steps that log)
+    log_every: int = 0  # steps between progress lines (the only steps that read the device); 0: 1 on CPU, 10 on GPU
     collective_timeout_minutes: float = 10.0  # a rank that stops answering ends the others after this long
     gpu_hour_usd: float = 3.0  # the report's cost estimate (nanochat's 8xH100 node at $24/h)
 
@@ -117,7 +122,8 @@ PRESETS = {
 
 # Settings with a fixed set of values (fp16 is not offered: bf16 needs no loss scaling, and GPUs without bf16
 # train in fp32).
-CHOICES = {"mixed_precision": ("auto", "bf16", "no"), "log_with": ("tensorboard", "wandb", "trackio", "none")}
+CHOICES = {"mixed_precision": ("auto", "bf16", "no"), "log_with": ("tensorboard", "wandb", "trackio", "none"),
+           "attention": ATTENTION_CHOICES}
 
 
 # Settings with a range: (test, what the value must be). Checked before anything is built.
@@ -157,11 +163,10 @@ class RunState:
     bad_steps: int = 0  # non-finite steps in a row
     micro_batch_size: int = 0  # the size the run settled on: what --micro-batch-size auto continues with
 
-    def advance(self, tokens: int, seconds: float, applied: bool) -> None:
+    def advance(self, tokens: int, seconds: float) -> None:
         self.step += 1
         self.tokens_seen += tokens
         self.train_seconds += seconds
-        self.bad_steps = 0 if applied else self.bad_steps + 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,8 +278,8 @@ def mixed_precision_for(setting: str) -> str:
     """bf16 where the hardware computes it natively (Ampere+ GPUs, CPUs with AVX512-BF16/AMX), else fp32."""
     if setting != "auto":
         return setting
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    if torch.cuda.is_available():  # by default torch also counts emulated bf16 (V100, T4): slower than fp32 there
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "no"
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -287,6 +292,9 @@ def make_accelerator(s: Settings) -> Accelerator:
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     # A lost rank leaves the others waiting in a collective: end them after this long, not the default 30 minutes.
     timeout = datetime.timedelta(minutes=s.collective_timeout_minutes)
+    # NCCL's default (1) has its watchdog kill a process whose collective failed or timed out, before Python sees it;
+    # 2 aborts the communicator and raises in Python, so that run() prints its one line as over gloo.
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
     start_restarted_group(timeout)
     accelerator = Accelerator(
         mixed_precision=mixed_precision_for(s.mixed_precision), log_with=None if s.log_with == "none" else s.log_with,
@@ -294,6 +302,7 @@ def make_accelerator(s: Settings) -> Accelerator:
     )
     if multi_cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         keep_fsdp(accelerator)
+    set_fsdp_precision(accelerator)
     if accelerator.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: free speed for the fp32 parts
         torch.backends.cudnn.allow_tf32 = True
@@ -342,6 +351,15 @@ def check_disk_space(s: Settings, model, accelerator) -> None:
         print(f"warning: {problem} (--require-disk refuses to start then)", flush=True)
 
 
+def set_fsdp_precision(accelerator) -> None:
+    """FSDP2 under bf16: bf16 parameters for compute, gradients reduced in fp32, outputs (the loss) not cast, as under
+    DDP. Accelerate's own bf16 policy reduces gradients in bf16 and casts the loss to bf16 (steps of 1/64 near 3.3)."""
+    if accelerator.distributed_type == DistributedType.FSDP and accelerator.mixed_precision == "bf16":
+        plugin = accelerator.state.fsdp_plugin
+        if plugin.fsdp_version == 2:
+            plugin.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+
+
 def prepare_default_data(s: Settings, accelerator) -> None:
     """The tiny default trains out of the box: tokenize the shipped corpus on first use."""
     if s.data_dir == Settings.data_dir and not Path(s.data_dir).exists():
@@ -373,33 +391,44 @@ def make_optimizer(model, s: Settings, device: torch.device) -> torch.optim.Adam
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": s.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(
-        groups, lr=s.lr, betas=(s.beta1, s.beta2), eps=1e-8, fused=device.type == "cuda"
-    )
+    # fused on every device: its `found_inf` lets train_step skip a non-finite update without reading the device
+    return torch.optim.AdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2), eps=1e-8, fused=True)
 
 
 def train_step(accelerator, model, train_model, optimizer, loader, s: Settings, lr: float, grad_accum_steps: int):
-    """One optimizer step over total_batch_tokens: (mean loss, grad norm, whether the update was applied)."""
+    """One optimizer step over total_batch_tokens: (mean loss, grad norm, whether the update was skipped), as tensors
+    on the device. Nothing is read back here: a read stops the host until the GPU has caught up (see read_back)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     loss_sum = torch.zeros((), device=accelerator.device)
     for micro_step in range(grad_accum_steps):
-        window = loader.next_batch().to(accelerator.device, non_blocking=True)  # (B, T+1)
+        window = loader.next_batch(accelerator.device)  # (B, T+1); the next one is read and copied meanwhile
         # DDP all-reduces gradients only on the last micro-step
         sync = micro_step == grad_accum_steps - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(model):
             loss = train_model(input_ids=window[:, :-1], shift_labels=window[:, 1:]).loss
             accelerator.backward(loss / grad_accum_steps)  # mean over the whole step's tokens
         loss_sum += loss.detach()
-    norm = accelerator.clip_grad_norm_(model.parameters(), s.grad_clip).item()
-    mean_loss = accelerator.reduce(loss_sum / grad_accum_steps, reduction="mean").item()
-    finite = math.isfinite(mean_loss) and math.isfinite(norm)
-    if finite:  # else skip the update: one bad batch must not poison the weights
-        optimizer.step()
+    norm = accelerator.clip_grad_norm_(model.parameters(), s.grad_clip)
+    if isinstance(norm, DTensor):  # FSDP2 with one mesh: the norm over all shards
+        norm = norm.full_tensor()
+    mean_loss = accelerator.reduce(loss_sum / grad_accum_steps, reduction="mean")
+    skipped = ~(torch.isfinite(mean_loss) & torch.isfinite(norm))
+    # One bad batch must not poison the weights: fused AdamW skips the whole update (moments and step count too)
+    # on the device where found_inf is 1, the hook GradScaler uses.
+    optimizer.optimizer.found_inf = skipped.float()
+    optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    if accelerator.device.type == "cuda":
-        torch.cuda.synchronize()
-    return mean_loss, norm, finite
+    return mean_loss, norm, skipped
+
+
+def read_back(accelerator, values: list, *flags: bool) -> tuple[list[float], list[bool]]:
+    """`values` (device scalars, the same on every rank) and each flag, true when it is true on any rank, in one read
+    from the device: the only one of a training step, made on the steps that log."""
+    flags = torch.tensor(flags, dtype=torch.float32).to(accelerator.device, non_blocking=True)  # no sync: a copy
+    flags = accelerator.reduce(flags, reduction="max")
+    read = torch.cat([torch.stack(values).float(), flags]).tolist()
+    return read[: len(values)], [flag > 0 for flag in read[len(values) :]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -409,13 +438,11 @@ def train_step(accelerator, model, train_model, optimizer, loader, s: Settings, 
 def evaluate(accelerator, model, tokenizer, s: Settings, val_tokens: int, hellaswag_items) -> dict:
     """Validation loss and bits per byte, and HellaSwag in both conventions, on the uncompiled module."""
     model.eval()
-    # FSDP gathers weights in each forward, so every rank must run the same forwards, and the evaluations' split
-    # across ranks can give one rank a forward more: under FSDP every rank evaluates everything.
-    split = None if accelerator.distributed_type == DistributedType.FSDP else accelerator
+    # Ranks share the work; under FSDP, which gathers weights in each forward, they run as many forwards (padded).
     with torch.no_grad(), accelerator.autocast():
-        results = validation_loss(model, s.data_dir, val_tokens, seq_len=s.seq_len, accelerator=split)
+        results = validation_loss(model, s.data_dir, val_tokens, seq_len=s.seq_len, accelerator=accelerator)
         if hellaswag_items:
-            scores = score_hellaswag(model, tokenizer, hellaswag_items, batch_size=16, accelerator=split)
+            scores = score_hellaswag(model, tokenizer, hellaswag_items, batch_size=16, accelerator=accelerator)
             scores.pop("per_item")
             results.update(scores)
     model.train()
@@ -637,6 +664,10 @@ def main(argv=None):
 
     model = GPT2ReproForCausalLM(model_config)
     check_disk_space(s, model, accelerator)
+    attention, notice = choose_attention(s.attention, device)
+    model.set_attn_implementation(attention)
+    if notice and accelerator.is_main_process:
+        print(notice, flush=True)
     optimizer = make_optimizer(model, s, device)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)  # uncompiled: evaluation, sampling, saving
@@ -654,24 +685,36 @@ def main(argv=None):
 
     # =========================================== the loop ===========================================
     train_model.train()
+    log_every = s.log_every or (1 if device.type == "cpu" else 10)
+    bad_run = torch.zeros((), device=device)  # non-finite steps in a row, counted on the device
+    last_log = (state.step, state.train_seconds)
     with StopRequest() as stop:
         while state.step < s.max_steps:
             t0 = time.perf_counter()
             lr = learning_rate(state.step, s)
             one_step = functools.partial(train_step, accelerator, model, train_model, optimizer, loader, s, lr)
-            loss, norm, applied = batch.step(one_step, loader, optimizer, log.print)  # auto: on out-of-memory, halved
+            loss, norm, skipped = batch.step(one_step, loader, optimizer, log.print)  # auto: halved on out-of-memory
             if state.micro_batch_size != batch.size:  # settled: recorded in settings.yaml, the report, checkpoints
                 state.micro_batch_size = s.micro_batch_size = batch.size
                 log.write_settings()
-            dt = time.perf_counter() - t0
-            state.advance(s.total_batch_tokens, dt, applied)
-            log.step(state, loss, lr, norm, dt)
-            if state.bad_steps >= s.max_bad_steps:
-                raise DivergedError(f"{state.bad_steps} non-finite steps in a row at step {state.step}: training "
-                                    "diverged; lower --lr or resume from an earlier checkpoint")
-
-            done = state.step == s.max_steps
-            stop_now, save_now = any_rank(accelerator, stop.requested and not done, saves.due(state.step))
+            bad_run = (bad_run + 1) * skipped
+            done = state.step + 1 == s.max_steps
+            logs = done or (state.step + 1) % log_every == 0
+            if logs:  # it waits for the device, so inside the step's time: dt and tok/s cover the steps since the last
+                (loss, norm, bad), (stop_now, save_now) = read_back(
+                    accelerator, [loss, norm, bad_run], stop.requested and not done, saves.due(state.step + 1)
+                )
+            state.advance(s.total_batch_tokens, time.perf_counter() - t0)
+            if logs:
+                state.bad_steps = int(bad)
+                dt = (state.train_seconds - last_log[1]) / (state.step - last_log[0])
+                last_log = (state.step, state.train_seconds)
+                log.step(state, loss, lr, norm, dt)
+                if state.bad_steps >= s.max_bad_steps:
+                    raise DivergedError(f"{state.bad_steps} non-finite steps in a row at step {state.step}: training "
+                                        "diverged; lower --lr or resume from an earlier checkpoint")
+            else:  # stops and time-based saves wait for the next step that logs, as ranks must agree on them
+                stop_now, save_now = False, bool(s.save_every and state.step % s.save_every == 0)
             if not stop_now and (done or (s.eval_every and state.step % s.eval_every == 0)):  # a stop saves first
                 state.last_eval = evaluate(accelerator, raw_model, tokenizer, s, val_tokens, hellaswag_items)
                 samples = generate_samples(accelerator, raw_model, tokenizer, s, state.step)

@@ -44,7 +44,8 @@ class MicroBatch:
     def resume_at(self, saved: int, loader) -> None:
         """With auto, continue at the size a saved run settled on (its first step already found the limit)."""
         if self.auto and saved and self.per_process % saved == 0:
-            self.size = loader.batch_size = saved
+            self.size = saved
+            loader.rewind(loader.position, saved)
 
     def step(self, train_step: Callable[[int], tuple], loader, optimizer, say: Callable[[str], None]) -> tuple:
         """train_step(accumulation), at the current size; the first one with auto halves the micro-batch on an
@@ -63,7 +64,7 @@ class MicroBatch:
 
         @find_executable_batch_size(starting_batch_size=self.size, reduce_batch_size_fn=halve)
         def attempt(size: int) -> tuple:
-            loader.position, loader.batch_size = position, size  # the failed try's windows, again
+            loader.rewind(position, size)  # the failed try's windows, again
             optimizer.zero_grad(set_to_none=True)  # and none of its partial gradients
             return train_step(self.per_process // size)
 

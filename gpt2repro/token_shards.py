@@ -426,6 +426,7 @@ class ShardedTokenLoader:
         self.position = 0  # windows of the global order consumed so far, by all ranks together
         self._layout_cache = (None, None)  # (epoch, layout): batches walk one epoch at a time
         self._permutation_cache = (None, None)  # ((epoch, slot), permutation)
+        self._ahead = (None, None)  # ((position, device), batch): the batch next_batch(device) prepared
 
     def _epoch_layout(self, epoch: int):
         """Shard order of an epoch, where each shard starts in the epoch's token stream, and the
@@ -477,8 +478,9 @@ class ShardedTokenLoader:
             reached.update(int(i) for i in order[slot_lo : max(slot_hi, slot_end) + 1])
         return reached
 
-    def _check_reached(self) -> None:
-        for shard in sorted(self._shards_reached(self.position, self.position + self.batch_size * self.world_size - 1)
+    def _check_reached(self, position: int) -> None:
+        """Check in full each shard the global batch at `position` reaches for the first time."""
+        for shard in sorted(self._shards_reached(position, position + self.batch_size * self.world_size - 1)
                             - self.checked):
             entry = self.entries[shard]
             problem = shard_problem(self.data_dir / entry["file"], entry, self.vocab_size, full=True)
@@ -486,16 +488,34 @@ class ShardedTokenLoader:
                 raise damaged_shard(self.data_dir, load_manifest(self.data_dir), entry["file"], problem)
             self.checked.add(shard)
 
-    def next_batch(self):
-        """The next (batch_size, seq_len + 1) LongTensor of this rank: inputs b[:, :-1], targets b[:, 1:]."""
+    def next_batch(self, device=None):
+        """The next (batch_size, seq_len + 1) LongTensor of this rank: inputs b[:, :-1], targets b[:, 1:].
+
+        Given a device, the batch is on it, and the one after it is read at once and its copy started (from pinned
+        memory off the CPU, so that it overlaps the step the device is running, as nanoGPT does). The position, and
+        so the order and a resume, count only the batches handed out."""
+        key, batch = self._ahead
+        if key != (self.position, str(device)):
+            batch = self._read(self.position, device)
+        self.position += self.batch_size * self.world_size
+        self._ahead = ((self.position, str(device)), self._read(self.position, device)) if device else (None, None)
+        return batch
+
+    def rewind(self, position: int, batch_size: int) -> None:
+        """Go back to `position` (global windows) with micro-batches of `batch_size`, dropping the read-ahead: a step
+        that ran out of memory is taken again in smaller micro-batches (micro_batch.py)."""
+        self.position, self.batch_size, self._ahead = position, batch_size, (None, None)
+
+    def _read(self, position: int, device=None):
         # Imported here so prepare_data (and its worker processes) start without torch.
         import torch
 
-        self._check_reached()
-        first = self.position + self.rank * self.batch_size
-        batch = np.array([self._window(first + i) for i in range(self.batch_size)], dtype=np.int64)
-        self.position += self.batch_size * self.world_size
-        return torch.from_numpy(batch)
+        self._check_reached(position)
+        first = position + self.rank * self.batch_size
+        batch = torch.from_numpy(np.array([self._window(first + i) for i in range(self.batch_size)], dtype=np.int64))
+        if device is None or torch.device(device).type == "cpu":
+            return batch
+        return batch.pin_memory().to(device, non_blocking=True)  # non_blocking copies only from pinned memory
 
     def reset(self) -> None:
         """Back to the first window."""
