@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -32,10 +33,13 @@ from torch.distributed.tensor import DTensor
 from gpt2repro.attention import ATTENTION_CHOICES, choose_attention
 from gpt2repro.checkpoints import (
     CheckpointError,
+    DiskSpaceError,
     RunDir,
     SaveSchedule,
     complete_checkpoints,
+    continue_command,
     discard_after,
+    disk_space_problem,
     find_resume_checkpoint,
     load_checkpoint,
     prune_checkpoints,
@@ -45,12 +49,13 @@ from configuration_gpt2repro import GPT2ReproConfig
 from gpt2repro.document_sources import DEFAULT_DATA_DIR, data_dir_for
 from gpt2repro.errors import UserError, cli, first_line
 from gpt2repro.hellaswag import HellaSwagDataError, load_hellaswag, score_hellaswag
+from gpt2repro.micro_batch import MicroBatch, MicroBatchError
 from gpt2repro.model_card import card_files, push_to_hub
 from modeling_gpt2repro import GPT2ReproForCausalLM
 from gpt2repro.fileio import write_atomically
 from gpt2repro.report import SAMPLE_PROMPT, describe_data, plot_curves, val_loss_reference, write_report
 from gpt2repro.throughput import device_peak_flops, flops_per_token, keep_freed_memory_for_reuse, mfu
-from gpt2repro.token_shards import ShardedTokenLoader, check_tokenizer
+from gpt2repro.token_shards import ShardedTokenLoader, check_shards, check_tokenizer
 from gpt2repro.tokenizer import load_tokenizer
 from gpt2repro.validation import resolve_val_tokens, validation_loss
 
@@ -64,7 +69,7 @@ class Settings:
     run_dir: str = ""  # "": runs/<preset>
     # token layout of each optimizer step: total = micro-batch x seq-len x processes x accumulation
     total_batch_tokens: int = 4_096
-    micro_batch_size: int = 16
+    micro_batch_size: int | str = 16  # sequences; auto: the largest that fits, halved on out-of-memory (micro_batch.py)
     seq_len: int = 256
     # optimization: AdamW, linear warmup then cosine to min_lr_ratio x lr
     max_steps: int = 150  # two epochs of tiny-Shakespeare
@@ -84,6 +89,7 @@ class Settings:
     save_every: int = 0  # steps; 0 = only the final checkpoint
     save_every_minutes: float = 0.0  # also save once this much time passed since the last save: bounds lost work
     keep_checkpoints: int = 2
+    require_disk: bool = False  # refuse to start when the run directory's disk cannot hold the checkpoints
     resume: str = ""  # "" | auto | a checkpoint directory (a torch-elastic restart resumes as auto by itself)
     push_to_hub: str = ""  # a Hub repo id for the final checkpoint
     hub_private: bool = False  # create that repo private
@@ -120,6 +126,23 @@ CHOICES = {"mixed_precision": ("auto", "bf16", "no"), "log_with": ("tensorboard"
            "attention": ATTENTION_CHOICES}
 
 
+# Settings with a range: (test, what the value must be). Checked before anything is built.
+POSITIVE, NOT_NEGATIVE = (lambda v: v > 0, "positive"), (lambda v: v >= 0, "0 or more (0 turns it off)")
+BETA = (lambda v: 0 <= v < 1, "in [0, 1)")
+RANGES = {
+    **dict.fromkeys(("max_steps", "seq_len", "total_batch_tokens", "lr", "grad_clip", "max_bad_steps",
+                     "collective_timeout_minutes"), POSITIVE),
+    "micro_batch_size": (lambda v: v == "auto" or v > 0, "positive, or auto"),
+    **dict.fromkeys(("warmup_steps", "weight_decay", "eval_every", "save_every", "save_every_minutes",
+                     "keep_checkpoints", "val_tokens", "hellaswag_limit", "sample_tokens", "gpu_hour_usd"),
+                    NOT_NEGATIVE),
+    "min_lr_ratio": (lambda v: 0 <= v <= 1, "between 0 and 1"),
+    "beta1": BETA,
+    "beta2": BETA,
+    "seed": (lambda v: 0 <= v < 2**32, "in [0, 2^32)"),
+}
+
+
 class SettingsError(UserError, ValueError):
     """A setting that cannot work: the message says which and what to do instead."""
 
@@ -138,6 +161,7 @@ class RunState:
     total_seconds: float = 0.0  # wall time, evaluation and saving included, over every start and resume
     last_eval: dict = field(default_factory=dict)
     bad_steps: int = 0  # non-finite steps in a row
+    micro_batch_size: int = 0  # the size the run settled on: what --micro-batch-size auto continues with
 
     def advance(self, tokens: int, seconds: float) -> None:
         self.step += 1
@@ -159,7 +183,7 @@ def parse_settings(argv=None) -> tuple[str, Settings]:
         if f.type in (bool, bool | None):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         else:
-            kind = f.type if f.type in (int, float) else str
+            kind = {int: int, float: float, int | str: int_or_auto}.get(f.type, str)
             parser.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name))
     args = parser.parse_args(argv)
 
@@ -168,10 +192,27 @@ def parse_settings(argv=None) -> tuple[str, Settings]:
         values.update(read_config(Path(args.config)))
     values.update({k: v for k, v in vars(args).items() if k not in ("preset", "config") and v is not None})
     values["run_dir"] = values.get("run_dir") or f"runs/{args.preset}"
-    return args.preset, Settings(**values)
+    settings = Settings(**values)
+    check_ranges(settings)
+    return args.preset, settings
+
+
+def check_ranges(s: Settings) -> None:
+    """Refuse, in one line, a number out of its setting's range (a negative learning rate, a beta of 1, ...)."""
+    for name, (within, what) in RANGES.items():
+        value = getattr(s, name)
+        finite = not isinstance(value, float) or math.isfinite(value)
+        if not (finite and within(value)):
+            raise SettingsError(f"--{name.replace('_', '-')} {value}: must be {what}")
+
+
+def int_or_auto(value: str) -> int | str:
+    return "auto" if value == "auto" else int(value)
 
 
 def _as_field_type(kind, value):
+    if kind == int | str:
+        return value if value == "auto" else _as_field_type(int, value)
     if kind in (bool, bool | None):
         if isinstance(value, bool) or value is None:
             return value
@@ -205,15 +246,9 @@ def read_config(path: Path) -> dict:
     return values
 
 
-def check_settings(s: Settings, world_size: int) -> tuple[GPT2ReproConfig, int, int]:
-    """Refuse settings that cannot work, up front; return the model config, the gradient accumulation steps
+def check_settings(s: Settings, world_size: int) -> tuple[GPT2ReproConfig, MicroBatch, int]:
+    """Refuse settings that cannot work, up front; return the model config, the micro-batch and accumulation,
     and the number of validation targets."""
-    for name in ("max_steps", "micro_batch_size", "seq_len", "total_batch_tokens", "collective_timeout_minutes"):
-        if getattr(s, name) <= 0:
-            raise SettingsError(f"--{name.replace('_', '-')} must be positive")
-    for name in ("eval_every", "save_every", "save_every_minutes", "keep_checkpoints", "val_tokens"):
-        if getattr(s, name) < 0:
-            raise SettingsError(f"--{name.replace('_', '-')} must not be negative (0 turns it off)")
     try:
         model_config = GPT2ReproConfig.from_preset(s.model)
     except ValueError as e:
@@ -222,19 +257,21 @@ def check_settings(s: Settings, world_size: int) -> tuple[GPT2ReproConfig, int, 
         raise SettingsError(
             f"--seq-len {s.seq_len} exceeds the model's context ({model_config.n_positions}); lower --seq-len"
         )
-    tokens_per_micro_step = s.micro_batch_size * s.seq_len * world_size
+    micro = 1 if s.micro_batch_size == "auto" else s.micro_batch_size
+    tokens_per_micro_step = micro * s.seq_len * world_size
     if s.total_batch_tokens % tokens_per_micro_step:
         raise SettingsError(
             f"--total-batch-tokens {s.total_batch_tokens} is not a multiple of micro-batch x seq-len x processes "
-            f"= {s.micro_batch_size} x {s.seq_len} x {world_size} = {tokens_per_micro_step}; use a multiple of it"
+            f"= {micro} x {s.seq_len} x {world_size} = {tokens_per_micro_step}; use a multiple of it"
         )
     if not Path(s.data_dir).is_dir():
         raise SettingsError(f"--data-dir {s.data_dir}: no such directory; create it with python prepare_data.py")
     check_tokenizer(s.data_dir)  # shards from another tokenizer would train on the wrong ids
+    check_shards(s.data_dir)  # damaged since preparation, or ids outside the vocabulary: named before a step
     val_tokens = resolve_val_tokens(s.data_dir, s.val_tokens)
     if s.hellaswag not in ("off", "auto") and not Path(s.hellaswag).is_file():
         raise SettingsError(f"--hellaswag {s.hellaswag}: no such file; pass a hellaswag jsonl, 'auto' or 'off'")
-    return model_config, s.total_batch_tokens // tokens_per_micro_step, val_tokens
+    return model_config, MicroBatch(s.micro_batch_size, s.total_batch_tokens // (s.seq_len * world_size)), val_tokens
 
 
 def mixed_precision_for(setting: str) -> str:
@@ -300,6 +337,18 @@ def keep_fsdp(accelerator) -> None:
     accelerator.state.fsdp_plugin = plugin
     for state in (PartialState(), accelerator.state):  # both, as Accelerate's own FSDP set-up does
         state.distributed_type = DistributedType.FSDP
+
+
+def check_disk_space(s: Settings, model, accelerator) -> None:
+    """Warn (refuse, with --require-disk) when the run directory's filesystem cannot hold the run's checkpoints."""
+    saves = (s.max_steps - 1) // s.save_every if s.save_every else int(s.save_every_minutes > 0)  # none at the end
+    periodic = min(s.keep_checkpoints, saves) if s.keep_checkpoints else saves  # --keep-checkpoints 0 keeps all
+    n_params = sum(p.numel() for p in model.parameters())
+    problem = disk_space_problem(Path(s.run_dir), n_params, periodic)
+    if problem and s.require_disk:
+        raise DiskSpaceError(problem)
+    if problem and accelerator.is_main_process:
+        print(f"warning: {problem} (--require-disk refuses to start then)", flush=True)
 
 
 def set_fsdp_precision(accelerator) -> None:
@@ -480,7 +529,8 @@ def save(accelerator, model, tokenizer, path: Path, state: RunState, loader, log
     if accelerator.is_main_process:
         report = write_report(log.run_dir.path, log.facts(state))
         files = card_files(report, log.settings.push_to_hub or str(path), log.run_dir.path)
-    save_checkpoint(accelerator, model, path, trainer_state, tokenizer, files)
+    resume_with = continue_command(log.command, accelerator.num_processes)
+    save_checkpoint(accelerator, model, path, trainer_state, tokenizer, files, resume_with)
 
 
 def any_rank(accelerator, *flags: bool) -> list[bool]:
@@ -513,13 +563,16 @@ class RunLog:
     def __init__(self, accelerator, s: Settings, preset: str, argv=None):
         self.accelerator, self.settings, self.preset, self.run_dir = accelerator, s, preset, RunDir(s.run_dir)
         self.command = ["train.py", *(sys.argv[1:] if argv is None else argv)]
-        if accelerator.is_main_process:
-            self.run_dir.path.mkdir(parents=True, exist_ok=True)
-            settings = yaml.safe_dump({"preset": preset, **dataclasses.asdict(s)}, sort_keys=False)
-            write_atomically(self.run_dir.settings, settings)
+        self.write_settings()
         accelerator.init_trackers("gpt2repro", config={k: v for k, v in dataclasses.asdict(s).items() if v is not None})
 
-    def start(self, state: RunState, model, model_config, accumulation: int, compiled: bool) -> None:
+    def write_settings(self) -> None:
+        if self.accelerator.is_main_process:
+            self.run_dir.path.mkdir(parents=True, exist_ok=True)
+            settings = yaml.safe_dump({"preset": self.preset, **dataclasses.asdict(self.settings)}, sort_keys=False)
+            write_atomically(self.run_dir.settings, settings)
+
+    def start(self, state: RunState, model, model_config, batch: MicroBatch, compiled: bool) -> None:
         """Note what the run is (for the banner, MFU and the report), print the banner, start the clocks (elapsed
         time carries on from the saved state, the ETA counts from here), and forget the metrics of steps after the
         state: they belong to a branch a resume abandoned, or to an abandoned start."""
@@ -532,8 +585,9 @@ class RunLog:
         self.print(
             f"model {s.model}: {self.n_params / 1e6:.1f}M parameters | {world} process(es) on {device.type} | "
             f"precision {self.precision} | compile {compiled}\n"
-            f"batch: {s.total_batch_tokens:,} tokens/step = {s.micro_batch_size} x {s.seq_len} x {world} processes "
-            f"x {accumulation} accumulation | {s.max_steps} steps | peak FLOP/s: {self.peak_source}"
+            f"batch: {s.total_batch_tokens:,} tokens/step = {batch.size}{' (auto)' * batch.auto} x {s.seq_len} x "
+            f"{world} processes x {batch.accumulation} accumulation | {s.max_steps} steps | peak FLOP/s: "
+            f"{self.peak_source}"
         )
         if self.accelerator.is_main_process and self.run_dir.metrics.exists():
             kept = [row for row in read_metrics(self.run_dir.metrics) if row["step"] <= state.step]
@@ -605,10 +659,11 @@ def main(argv=None):
     accelerator = make_accelerator(s)
     device, world = accelerator.device, accelerator.num_processes
     prepare_default_data(s, accelerator)
-    model_config, accumulation, val_tokens = check_settings(s, world)
+    model_config, batch, val_tokens = check_settings(s, world)
     checkpoints = resume_candidates(s)
 
     model = GPT2ReproForCausalLM(model_config)
+    check_disk_space(s, model, accelerator)
     attention, notice = choose_attention(s.attention, device)
     model.set_attn_implementation(attention)
     if notice and accelerator.is_main_process:
@@ -618,13 +673,14 @@ def main(argv=None):
     raw_model = accelerator.unwrap_model(model)  # uncompiled: evaluation, sampling, saving
     compile_model = s.compile if s.compile is not None else device.type == "cuda"
     train_model = torch.compile(model) if compile_model else model
-    loader = ShardedTokenLoader(s.data_dir, "train", s.micro_batch_size, s.seq_len, accelerator.process_index, world,
+    loader = ShardedTokenLoader(s.data_dir, "train", batch.size, s.seq_len, accelerator.process_index, world,
                                 seed=s.seed)
     tokenizer = load_tokenizer()
     log = RunLog(accelerator, s, preset, argv)
     state = resume(accelerator, model, optimizer, checkpoints, loader, log.run_dir.path, log.print)
+    batch.resume_at(state.micro_batch_size, loader)
     hellaswag_items = load_hellaswag_items(s, accelerator, log.print)
-    log.start(state, raw_model, model_config, accumulation, compile_model)
+    log.start(state, raw_model, model_config, batch, compile_model)
     saves = SaveSchedule(s.save_every, s.save_every_minutes)  # --save-every-minutes counts from here
 
     # =========================================== the loop ===========================================
@@ -636,7 +692,11 @@ def main(argv=None):
         while state.step < s.max_steps:
             t0 = time.perf_counter()
             lr = learning_rate(state.step, s)
-            loss, norm, skipped = train_step(accelerator, model, train_model, optimizer, loader, s, lr, accumulation)
+            one_step = functools.partial(train_step, accelerator, model, train_model, optimizer, loader, s, lr)
+            loss, norm, skipped = batch.step(one_step, loader, optimizer, log.print)  # auto: halved on out-of-memory
+            if state.micro_batch_size != batch.size:  # settled: recorded in settings.yaml, the report, checkpoints
+                state.micro_batch_size = s.micro_batch_size = batch.size
+                log.write_settings()
             bad_run = (bad_run + 1) * skipped
             done = state.step + 1 == s.max_steps
             logs = done or (state.step + 1) % log_every == 0
