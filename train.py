@@ -49,7 +49,7 @@ from configuration_gpt2repro import GPT2ReproConfig
 from gpt2repro.document_sources import DEFAULT_DATA_DIR, data_dir_for
 from gpt2repro.errors import UserError, cli, first_line
 from gpt2repro.hellaswag import HellaSwagDataError, load_hellaswag, score_hellaswag
-from gpt2repro.micro_batch import MicroBatch, MicroBatchError
+from gpt2repro.micro_batch import MicroBatch
 from gpt2repro.model_card import card_files, push_to_hub
 from modeling_gpt2repro import GPT2ReproForCausalLM
 from gpt2repro.fileio import write_atomically

@@ -11,7 +11,6 @@ This module owns the published GPT-2 figures (GPT2_124M_REFERENCE) and which of 
 import importlib.metadata
 import io
 import json
-import os
 import platform
 import shlex
 import subprocess

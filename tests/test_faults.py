@@ -10,7 +10,6 @@ import pytest
 import torch
 import yaml
 from conftest import SEQ, TINY, assert_same_weights, launcher, logged, run_cli, run_in_process
-from test_hub_data import corpus, hub, prepared  # noqa: F401 (fixtures: a stand-in Hub, data prepared for it)
 
 import prepare_data
 import train
@@ -242,7 +241,7 @@ def test_a_full_disk_under_a_two_process_launch_ends_in_one_line(data_dir, tmp_p
 def test_a_damaged_downloaded_shard_is_fetched_again_by_the_command_its_line_gives(hub, prepared, tmp_path):
     from pathlib import Path
 
-    from test_hub_data import download, llmc_repo
+    from stand_in_hub import download, llmc_repo
 
     from gpt2repro.token_shards import ShardError, check_shards
 
