@@ -173,6 +173,7 @@ class GPT2ReproModel(GPT2ReproPreTrainedModel):
             cache = DynamicCache(config=self.config)
 
         past_length = cache.get_seq_length() if cache is not None else 0
+        given_positions = position_ids  # given positions may mark packed sequences, which need a full mask
         if position_ids is None:
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device).unsqueeze(0) + past_length
         if past_length + inputs_embeds.shape[1] > self.config.n_positions:
@@ -181,13 +182,12 @@ class GPT2ReproModel(GPT2ReproPreTrainedModel):
                 f"(n_positions={self.config.n_positions}); truncate the input"
             )
 
-        # None when a plain causal mask suffices: sdpa then takes its fast is_causal path (flash on GPU).
+        # None when a plain causal mask suffices: sdpa then takes its fast is_causal path (flash on GPU). Positions we
+        # made up are not passed: under torch.compile the packed-sequence check on them cannot be decided, and a full
+        # mask would be built, which sends CUDA's sdpa to a slower kernel.
         mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            cache=cache,
-            position_ids=position_ids,
+            config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache,
+            position_ids=given_positions,
         )
         hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
         for block in self.h:

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import functools
 import inspect
 import json
 import math
@@ -27,13 +28,19 @@ import torch
 import yaml
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, InitProcessGroupKwargs, set_seed
+from torch.distributed.fsdp import MixedPrecisionPolicy
+from torch.distributed.tensor import DTensor
 
+from gpt2repro.attention import ATTENTION_CHOICES, choose_attention
 from gpt2repro.checkpoints import (
     CheckpointError,
+    DiskSpaceError,
     RunDir,
     SaveSchedule,
     complete_checkpoints,
+    continue_command,
     discard_after,
+    disk_space_problem,
     find_resume_checkpoint,
     load_checkpoint,
     prune_checkpoints,
@@ -44,12 +51,13 @@ from configuration_gpt2repro import GPT2ReproConfig
 from gpt2repro.document_sources import DEFAULT_DATA_DIR, data_dir_for
 from gpt2repro.errors import UserError, cli, first_line
 from gpt2repro.hellaswag import HellaSwagDataError, load_hellaswag, score_hellaswag
+from gpt2repro.micro_batch import MicroBatch
 from gpt2repro.model_card import PublishError, card_files, check_push_access, push_to_hub
 from modeling_gpt2repro import GPT2ReproForCausalLM
 from gpt2repro.fileio import write_atomically
 from gpt2repro.report import SAMPLE_PROMPT, describe_data, plot_curves, val_loss_reference, write_report
 from gpt2repro.throughput import device_peak_flops, flops_per_token, keep_freed_memory_for_reuse, mfu
-from gpt2repro.token_shards import ShardedTokenLoader, check_tokenizer
+from gpt2repro.token_shards import ShardedTokenLoader, check_shards, check_tokenizer
 from gpt2repro.tokenizer import load_tokenizer
 from gpt2repro.validation import resolve_val_tokens, validation_loss
 
@@ -63,7 +71,7 @@ class Settings:
     run_dir: str = ""  # checkpoints, metrics, curves and the report; "": runs/<preset>
     # token layout of each optimizer step: total = micro-batch x seq-len x processes x accumulation
     total_batch_tokens: int = 4_096  # tokens per optimizer step, over all processes and accumulation steps
-    micro_batch_size: int = 16  # sequences per forward on each process: lower it if memory runs out
+    micro_batch_size: int | str = 16  # sequences; auto: the largest that fits, halved on out-of-memory (micro_batch.py)
     seq_len: int = 256  # tokens per sequence, at most the model's context length
     # optimization: AdamW, linear warmup then cosine to min_lr_ratio x lr
     max_steps: int = 150  # optimizer steps to train (tiny: two epochs of tiny-Shakespeare)
@@ -83,6 +91,7 @@ class Settings:
     save_every: int = 0  # steps between checkpoints; 0 = only the final checkpoint
     save_every_minutes: float = 0.0  # also save once this much time passed since the last save: bounds lost work
     keep_checkpoints: int = 2  # periodic checkpoints kept (final/ is always kept); 0 = keep all
+    require_disk: bool = False  # refuse to start when the run directory's disk cannot hold the checkpoints
     resume: str = ""  # auto (newest complete checkpoint of --run-dir) | a checkpoint dir; torch elastic restarts: auto
     push_to_hub: str = ""  # a Hub repo id for the final checkpoint
     hub_private: bool = False  # create that repo private
@@ -90,8 +99,10 @@ class Settings:
     seed: int = 1337  # initial weights, data order and samples
     mixed_precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | no (fp32)
     compile: bool | None = None  # torch.compile the model; unset: on with CUDA, off on CPU
+    attention: str = "auto"  # auto (FlashAttention-3 on Hopper with `pip install kernels`, else sdpa) | sdpa | eager
     log_with: str = "tensorboard"  # Accelerate tracker: tensorboard | wandb | trackio | none
-    max_bad_steps: int = 5  # abort after this many non-finite steps in a row
+    max_bad_steps: int = 5  # abort after this many non-finite steps in a row (counted at the steps that log)
+    log_every: int = 0  # steps between progress lines (the only steps that read the device); 0: 1 on CPU, 10 on GPU
     collective_timeout_minutes: float = 10.0  # a rank that stops answering ends the others after this long
     gpu_hour_usd: float = 3.0  # USD per GPU-hour, for the report's cost estimate (nanochat's 8xH100 node at $24/h)
 
@@ -113,7 +124,25 @@ PRESETS = {
 
 # Settings with a fixed set of values (fp16 is not offered: bf16 needs no loss scaling, and GPUs without bf16
 # train in fp32).
-CHOICES = {"mixed_precision": ("auto", "bf16", "no"), "log_with": ("tensorboard", "wandb", "trackio", "none")}
+CHOICES = {"mixed_precision": ("auto", "bf16", "no"), "log_with": ("tensorboard", "wandb", "trackio", "none"),
+           "attention": ATTENTION_CHOICES}
+
+
+# Settings with a range: (test, what the value must be). Checked before anything is built.
+POSITIVE, NOT_NEGATIVE = (lambda v: v > 0, "positive"), (lambda v: v >= 0, "0 or more (0 turns it off)")
+BETA = (lambda v: 0 <= v < 1, "in [0, 1)")
+RANGES = {
+    **dict.fromkeys(("max_steps", "seq_len", "total_batch_tokens", "lr", "grad_clip", "max_bad_steps",
+                     "collective_timeout_minutes"), POSITIVE),
+    "micro_batch_size": (lambda v: v == "auto" or v > 0, "positive, or auto"),
+    **dict.fromkeys(("warmup_steps", "weight_decay", "eval_every", "save_every", "save_every_minutes",
+                     "keep_checkpoints", "val_tokens", "hellaswag_limit", "sample_tokens", "gpu_hour_usd"),
+                    NOT_NEGATIVE),
+    "min_lr_ratio": (lambda v: 0 <= v <= 1, "between 0 and 1"),
+    "beta1": BETA,
+    "beta2": BETA,
+    "seed": (lambda v: 0 <= v < 2**32, "in [0, 2^32)"),
+}
 
 
 class SettingsError(UserError, ValueError):
@@ -134,12 +163,12 @@ class RunState:
     total_seconds: float = 0.0  # wall time, evaluation and saving included, over every start and resume
     last_eval: dict = field(default_factory=dict)
     bad_steps: int = 0  # non-finite steps in a row
+    micro_batch_size: int = 0  # the size the run settled on: what --micro-batch-size auto continues with
 
-    def advance(self, tokens: int, seconds: float, applied: bool) -> None:
+    def advance(self, tokens: int, seconds: float) -> None:
         self.step += 1
         self.tokens_seen += tokens
         self.train_seconds += seconds
-        self.bad_steps = 0 if applied else self.bad_steps + 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,8 +217,8 @@ def parse_settings(argv=None) -> tuple[str, Settings]:
         if f.type in (bool, bool | None):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            kind = f.type if f.type in (int, float) else str
-            metavar = METAVARS.get(f.name) or {int: "N", float: "NUM"}.get(kind)
+            kind = {int: int, float: float, int | str: int_or_auto}.get(f.type, str)
+            metavar = METAVARS.get(f.name) or {int: "N", float: "NUM", int_or_auto: "N|auto"}.get(kind)
             group.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name),
                                metavar=None if f.name in CHOICES else metavar, help=text)
     args = parser.parse_args(argv)
@@ -199,10 +228,27 @@ def parse_settings(argv=None) -> tuple[str, Settings]:
         values.update(read_config(Path(args.config)))
     values.update({k: v for k, v in vars(args).items() if k not in ("preset", "config") and v is not None})
     values["run_dir"] = values.get("run_dir") or f"runs/{args.preset}"
-    return args.preset, Settings(**values)
+    settings = Settings(**values)
+    check_ranges(settings)
+    return args.preset, settings
+
+
+def check_ranges(s: Settings) -> None:
+    """Refuse, in one line, a number out of its setting's range (a negative learning rate, a beta of 1, ...)."""
+    for name, (within, what) in RANGES.items():
+        value = getattr(s, name)
+        finite = not isinstance(value, float) or math.isfinite(value)
+        if not (finite and within(value)):
+            raise SettingsError(f"--{name.replace('_', '-')} {value}: must be {what}")
+
+
+def int_or_auto(value: str) -> int | str:
+    return "auto" if value == "auto" else int(value)
 
 
 def _as_field_type(kind, value):
+    if kind == int | str:
+        return value if value == "auto" else _as_field_type(int, value)
     if kind in (bool, bool | None):
         if isinstance(value, bool) or value is None:
             return value
@@ -236,15 +282,9 @@ def read_config(path: Path) -> dict:
     return values
 
 
-def check_settings(s: Settings, world_size: int) -> tuple[GPT2ReproConfig, int, int]:
-    """Refuse settings that cannot work, up front; return the model config, the gradient accumulation steps
+def check_settings(s: Settings, world_size: int) -> tuple[GPT2ReproConfig, MicroBatch, int]:
+    """Refuse settings that cannot work, up front; return the model config, the micro-batch and accumulation,
     and the number of validation targets."""
-    for name in ("max_steps", "micro_batch_size", "seq_len", "total_batch_tokens", "collective_timeout_minutes"):
-        if getattr(s, name) <= 0:
-            raise SettingsError(f"--{name.replace('_', '-')} must be positive")
-    for name in ("eval_every", "save_every", "save_every_minutes", "keep_checkpoints", "val_tokens", "sample_tokens"):
-        if getattr(s, name) < 0:
-            raise SettingsError(f"--{name.replace('_', '-')} must not be negative (0 turns it off)")
     try:
         model_config = GPT2ReproConfig.from_preset(s.model)
     except ValueError as e:
@@ -253,27 +293,29 @@ def check_settings(s: Settings, world_size: int) -> tuple[GPT2ReproConfig, int, 
         raise SettingsError(
             f"--seq-len {s.seq_len} exceeds the model's context ({model_config.n_positions}); lower --seq-len"
         )
-    tokens_per_micro_step = s.micro_batch_size * s.seq_len * world_size
+    micro = 1 if s.micro_batch_size == "auto" else s.micro_batch_size
+    tokens_per_micro_step = micro * s.seq_len * world_size
     if s.total_batch_tokens % tokens_per_micro_step:
         raise SettingsError(
             f"--total-batch-tokens {s.total_batch_tokens} is not a multiple of micro-batch x seq-len x processes "
-            f"= {s.micro_batch_size} x {s.seq_len} x {world_size} = {tokens_per_micro_step}; use a multiple of it"
+            f"= {micro} x {s.seq_len} x {world_size} = {tokens_per_micro_step}; use a multiple of it"
         )
     if not Path(s.data_dir).is_dir():
         raise SettingsError(f"--data-dir {s.data_dir}: no such directory; create it with python prepare_data.py")
     check_tokenizer(s.data_dir)  # shards from another tokenizer would train on the wrong ids
+    check_shards(s.data_dir)  # damaged since preparation, or ids outside the vocabulary: named before a step
     val_tokens = resolve_val_tokens(s.data_dir, s.val_tokens)
     if s.hellaswag not in ("off", "auto") and not Path(s.hellaswag).is_file():
         raise SettingsError(f"--hellaswag {s.hellaswag}: no such file; pass a hellaswag jsonl, 'auto' or 'off'")
-    return model_config, s.total_batch_tokens // tokens_per_micro_step, val_tokens
+    return model_config, MicroBatch(s.micro_batch_size, s.total_batch_tokens // (s.seq_len * world_size)), val_tokens
 
 
 def mixed_precision_for(setting: str) -> str:
     """bf16 where the hardware computes it natively (Ampere+ GPUs, CPUs with AVX512-BF16/AMX), else fp32."""
     if setting != "auto":
         return setting
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    if torch.cuda.is_available():  # by default torch also counts emulated bf16 (V100, T4): slower than fp32 there
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "no"
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -286,6 +328,9 @@ def make_accelerator(s: Settings) -> Accelerator:
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     # A lost rank leaves the others waiting in a collective: end them after this long, not the default 30 minutes.
     timeout = datetime.timedelta(minutes=s.collective_timeout_minutes)
+    # NCCL's default (1) has its watchdog kill a process whose collective failed or timed out, before Python sees it;
+    # 2 aborts the communicator and raises in Python, so that run() prints its one line as over gloo.
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
     start_restarted_group(timeout)
     accelerator = Accelerator(
         mixed_precision=mixed_precision_for(s.mixed_precision), log_with=None if s.log_with == "none" else s.log_with,
@@ -293,6 +338,7 @@ def make_accelerator(s: Settings) -> Accelerator:
     )
     if multi_cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         keep_fsdp(accelerator)
+    set_fsdp_precision(accelerator)
     if accelerator.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: free speed for the fp32 parts
         torch.backends.cudnn.allow_tf32 = True
@@ -329,6 +375,27 @@ def keep_fsdp(accelerator) -> None:
         state.distributed_type = DistributedType.FSDP
 
 
+def check_disk_space(s: Settings, model, accelerator) -> None:
+    """Warn (refuse, with --require-disk) when the run directory's filesystem cannot hold the run's checkpoints."""
+    saves = (s.max_steps - 1) // s.save_every if s.save_every else int(s.save_every_minutes > 0)  # none at the end
+    periodic = min(s.keep_checkpoints, saves) if s.keep_checkpoints else saves  # --keep-checkpoints 0 keeps all
+    n_params = sum(p.numel() for p in model.parameters())
+    problem = disk_space_problem(Path(s.run_dir), n_params, periodic)
+    if problem and s.require_disk:
+        raise DiskSpaceError(problem)
+    if problem and accelerator.is_main_process:
+        print(f"warning: {problem} (--require-disk refuses to start then)", flush=True)
+
+
+def set_fsdp_precision(accelerator) -> None:
+    """FSDP2 under bf16: bf16 parameters for compute, gradients reduced in fp32, outputs (the loss) not cast, as under
+    DDP. Accelerate's own bf16 policy reduces gradients in bf16 and casts the loss to bf16 (steps of 1/64 near 3.3)."""
+    if accelerator.distributed_type == DistributedType.FSDP and accelerator.mixed_precision == "bf16":
+        plugin = accelerator.state.fsdp_plugin
+        if plugin.fsdp_version == 2:
+            plugin.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+
+
 def prepare_default_data(s: Settings, accelerator) -> None:
     """The tiny default trains out of the box: tokenize the shipped corpus on first use."""
     if s.data_dir == Settings.data_dir and not Path(s.data_dir).exists():
@@ -360,33 +427,44 @@ def make_optimizer(model, s: Settings, device: torch.device) -> torch.optim.Adam
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": s.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(
-        groups, lr=s.lr, betas=(s.beta1, s.beta2), eps=1e-8, fused=device.type == "cuda"
-    )
+    # fused on every device: its `found_inf` lets train_step skip a non-finite update without reading the device
+    return torch.optim.AdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2), eps=1e-8, fused=True)
 
 
 def train_step(accelerator, model, train_model, optimizer, loader, s: Settings, lr: float, grad_accum_steps: int):
-    """One optimizer step over total_batch_tokens: (mean loss, grad norm, whether the update was applied)."""
+    """One optimizer step over total_batch_tokens: (mean loss, grad norm, whether the update was skipped), as tensors
+    on the device. Nothing is read back here: a read stops the host until the GPU has caught up (see read_back)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     loss_sum = torch.zeros((), device=accelerator.device)
     for micro_step in range(grad_accum_steps):
-        window = loader.next_batch().to(accelerator.device, non_blocking=True)  # (B, T+1)
+        window = loader.next_batch(accelerator.device)  # (B, T+1); the next one is read and copied meanwhile
         # DDP all-reduces gradients only on the last micro-step
         sync = micro_step == grad_accum_steps - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(model):
             loss = train_model(input_ids=window[:, :-1], shift_labels=window[:, 1:]).loss
             accelerator.backward(loss / grad_accum_steps)  # mean over the whole step's tokens
         loss_sum += loss.detach()
-    norm = accelerator.clip_grad_norm_(model.parameters(), s.grad_clip).item()
-    mean_loss = accelerator.reduce(loss_sum / grad_accum_steps, reduction="mean").item()
-    finite = math.isfinite(mean_loss) and math.isfinite(norm)
-    if finite:  # else skip the update: one bad batch must not poison the weights
-        optimizer.step()
+    norm = accelerator.clip_grad_norm_(model.parameters(), s.grad_clip)
+    if isinstance(norm, DTensor):  # FSDP2 with one mesh: the norm over all shards
+        norm = norm.full_tensor()
+    mean_loss = accelerator.reduce(loss_sum / grad_accum_steps, reduction="mean")
+    skipped = ~(torch.isfinite(mean_loss) & torch.isfinite(norm))
+    # One bad batch must not poison the weights: fused AdamW skips the whole update (moments and step count too)
+    # on the device where found_inf is 1, the hook GradScaler uses.
+    optimizer.optimizer.found_inf = skipped.float()
+    optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    if accelerator.device.type == "cuda":
-        torch.cuda.synchronize()
-    return mean_loss, norm, finite
+    return mean_loss, norm, skipped
+
+
+def read_back(accelerator, values: list, *flags: bool) -> tuple[list[float], list[bool]]:
+    """`values` (device scalars, the same on every rank) and each flag, true when it is true on any rank, in one read
+    from the device: the only one of a training step, made on the steps that log."""
+    flags = torch.tensor(flags, dtype=torch.float32).to(accelerator.device, non_blocking=True)  # no sync: a copy
+    flags = accelerator.reduce(flags, reduction="max")
+    read = torch.cat([torch.stack(values).float(), flags]).tolist()
+    return read[: len(values)], [flag > 0 for flag in read[len(values) :]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -396,13 +474,11 @@ def train_step(accelerator, model, train_model, optimizer, loader, s: Settings, 
 def evaluate(accelerator, model, tokenizer, s: Settings, val_tokens: int, hellaswag_items) -> dict:
     """Validation loss and bits per byte, and HellaSwag in both conventions, on the uncompiled module."""
     model.eval()
-    # FSDP gathers weights in each forward, so every rank must run the same forwards, and the evaluations' split
-    # across ranks can give one rank a forward more: under FSDP every rank evaluates everything.
-    split = None if accelerator.distributed_type == DistributedType.FSDP else accelerator
+    # Ranks share the work; under FSDP, which gathers weights in each forward, they run as many forwards (padded).
     with torch.no_grad(), accelerator.autocast():
-        results = validation_loss(model, s.data_dir, val_tokens, seq_len=s.seq_len, accelerator=split)
+        results = validation_loss(model, s.data_dir, val_tokens, seq_len=s.seq_len, accelerator=accelerator)
         if hellaswag_items:
-            scores = score_hellaswag(model, tokenizer, hellaswag_items, batch_size=16, accelerator=split)
+            scores = score_hellaswag(model, tokenizer, hellaswag_items, batch_size=16, accelerator=accelerator)
             scores.pop("per_item")
             results.update(scores)
     model.train()
@@ -519,7 +595,8 @@ def save(accelerator, model, tokenizer, path: Path, state: RunState, loader, log
         report = write_report(log.run_dir.path, log.facts(state))
         context = accelerator.unwrap_model(model).config.n_positions  # the card states it
         files = card_files(dict(report, context_length=context), log.settings.push_to_hub or None, log.run_dir.path)
-    save_checkpoint(accelerator, model, path, trainer_state, tokenizer, files)
+    resume_with = continue_command(log.command, accelerator.num_processes)
+    save_checkpoint(accelerator, model, path, trainer_state, tokenizer, files, resume_with)
 
 
 def any_rank(accelerator, *flags: bool) -> list[bool]:
@@ -552,13 +629,16 @@ class RunLog:
     def __init__(self, accelerator, s: Settings, preset: str, argv=None):
         self.accelerator, self.settings, self.preset, self.run_dir = accelerator, s, preset, RunDir(s.run_dir)
         self.command = ["train.py", *(sys.argv[1:] if argv is None else argv)]
-        if accelerator.is_main_process:
-            self.run_dir.path.mkdir(parents=True, exist_ok=True)
-            settings = yaml.safe_dump({"preset": preset, **dataclasses.asdict(s)}, sort_keys=False)
-            write_atomically(self.run_dir.settings, settings)
+        self.write_settings()
         accelerator.init_trackers("gpt2repro", config={k: v for k, v in dataclasses.asdict(s).items() if v is not None})
 
-    def start(self, state: RunState, model, model_config, accumulation: int, compiled: bool) -> None:
+    def write_settings(self) -> None:
+        if self.accelerator.is_main_process:
+            self.run_dir.path.mkdir(parents=True, exist_ok=True)
+            settings = yaml.safe_dump({"preset": self.preset, **dataclasses.asdict(self.settings)}, sort_keys=False)
+            write_atomically(self.run_dir.settings, settings)
+
+    def start(self, state: RunState, model, model_config, batch: MicroBatch, compiled: bool) -> None:
         """Note what the run is (for the banner, MFU and the report), print the banner, start the clocks (elapsed
         time carries on from the saved state, the ETA counts from here), and forget the metrics of steps after the
         state: they belong to a branch a resume abandoned, or to an abandoned start."""
@@ -571,8 +651,9 @@ class RunLog:
         self.print(
             f"model {s.model}: {self.n_params / 1e6:.1f}M parameters | {world} process(es) on {device.type} | "
             f"precision {self.precision} | compile {compiled}\n"
-            f"batch: {s.total_batch_tokens:,} tokens/step = {s.micro_batch_size} x {s.seq_len} x {world} processes "
-            f"x {accumulation} accumulation | {s.max_steps} steps | peak FLOP/s: {self.peak_source}"
+            f"batch: {s.total_batch_tokens:,} tokens/step = {batch.size}{' (auto)' * batch.auto} x {s.seq_len} x "
+            f"{world} processes x {batch.accumulation} accumulation | {s.max_steps} steps | peak FLOP/s: "
+            f"{self.peak_source}"
         )
         if self.accelerator.is_main_process and self.run_dir.metrics.exists():
             kept = [row for row in read_metrics(self.run_dir.metrics) if row["step"] <= state.step]
@@ -645,44 +726,66 @@ def main(argv=None):
     accelerator = make_accelerator(s)
     device, world = accelerator.device, accelerator.num_processes
     prepare_default_data(s, accelerator)
-    model_config, accumulation, val_tokens = check_settings(s, world)
+    model_config, batch, val_tokens = check_settings(s, world)
     checkpoints = resume_candidates(s)
     if finished := finished_run(s, checkpoints):
         return accelerator.print(finished)  # a rerun of a finished run (make demo twice) changes nothing
     check_push(s, accelerator, accelerator.print)  # seconds now, not after hours of training
 
     model = GPT2ReproForCausalLM(model_config)
+    check_disk_space(s, model, accelerator)
+    attention, notice = choose_attention(s.attention, device)
+    model.set_attn_implementation(attention)
+    if notice and accelerator.is_main_process:
+        print(notice, flush=True)
     optimizer = make_optimizer(model, s, device)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)  # uncompiled: evaluation, sampling, saving
     compile_model = s.compile if s.compile is not None else device.type == "cuda"
     train_model = torch.compile(model) if compile_model else model
-    loader = ShardedTokenLoader(s.data_dir, "train", s.micro_batch_size, s.seq_len, accelerator.process_index, world,
+    loader = ShardedTokenLoader(s.data_dir, "train", batch.size, s.seq_len, accelerator.process_index, world,
                                 seed=s.seed)
     tokenizer = load_tokenizer()
     tokenizer.model_max_length = model_config.n_positions  # what the saved tokenizer tells its users
     log = RunLog(accelerator, s, preset, argv)
     state = resume(accelerator, model, optimizer, checkpoints, loader, log.run_dir.path, log.print)
+    batch.resume_at(state.micro_batch_size, loader)
     hellaswag_items = load_hellaswag_items(s, accelerator, log.print)
-    log.start(state, raw_model, model_config, accumulation, compile_model)
+    log.start(state, raw_model, model_config, batch, compile_model)
     saves = SaveSchedule(s.save_every, s.save_every_minutes)  # --save-every-minutes counts from here
 
     # =========================================== the loop ===========================================
     train_model.train()
+    log_every = s.log_every or (1 if device.type == "cpu" else 10)
+    bad_run = torch.zeros((), device=device)  # non-finite steps in a row, counted on the device
+    last_log = (state.step, state.train_seconds)
     with StopRequest() as stop:
         while state.step < s.max_steps:
             t0 = time.perf_counter()
             lr = learning_rate(state.step, s)
-            loss, norm, applied = train_step(accelerator, model, train_model, optimizer, loader, s, lr, accumulation)
-            dt = time.perf_counter() - t0
-            state.advance(s.total_batch_tokens, dt, applied)
-            log.step(state, loss, lr, norm, dt)
-            if state.bad_steps >= s.max_bad_steps:
-                raise DivergedError(f"{state.bad_steps} non-finite steps in a row at step {state.step}: training "
-                                    "diverged; lower --lr or resume from an earlier checkpoint")
-
-            done = state.step == s.max_steps
-            stop_now, save_now = any_rank(accelerator, stop.requested and not done, saves.due(state.step))
+            one_step = functools.partial(train_step, accelerator, model, train_model, optimizer, loader, s, lr)
+            loss, norm, skipped = batch.step(one_step, loader, optimizer, log.print)  # auto: halved on out-of-memory
+            if state.micro_batch_size != batch.size:  # settled: recorded in settings.yaml, the report, checkpoints
+                state.micro_batch_size = s.micro_batch_size = batch.size
+                log.write_settings()
+            bad_run = (bad_run + 1) * skipped
+            done = state.step + 1 == s.max_steps
+            logs = done or (state.step + 1) % log_every == 0
+            if logs:  # it waits for the device, so inside the step's time: dt and tok/s cover the steps since the last
+                (loss, norm, bad), (stop_now, save_now) = read_back(
+                    accelerator, [loss, norm, bad_run], stop.requested and not done, saves.due(state.step + 1)
+                )
+            state.advance(s.total_batch_tokens, time.perf_counter() - t0)
+            if logs:
+                state.bad_steps = int(bad)
+                dt = (state.train_seconds - last_log[1]) / (state.step - last_log[0])
+                last_log = (state.step, state.train_seconds)
+                log.step(state, loss, lr, norm, dt)
+                if state.bad_steps >= s.max_bad_steps:
+                    raise DivergedError(f"{state.bad_steps} non-finite steps in a row at step {state.step}: training "
+                                        "diverged; lower --lr or resume from an earlier checkpoint")
+            else:  # stops and time-based saves wait for the next step that logs, as ranks must agree on them
+                stop_now, save_now = False, bool(s.save_every and state.step % s.save_every == 0)
             if not stop_now and (done or (s.eval_every and state.step % s.eval_every == 0)):  # a stop saves first
                 state.last_eval = evaluate(accelerator, raw_model, tokenizer, s, val_tokens, hellaswag_items)
                 samples = generate_samples(accelerator, raw_model, tokenizer, s, state.step)

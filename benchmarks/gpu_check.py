@@ -8,12 +8,15 @@ HellaSwag speed and a short real training run, printed as one markdown table and
 Sections, each checking that its two sides agree before timing them; a section that fails reports it in its
 row and the others still run (on a GPU each runs in its own process, with a time limit):
   parity       our model vs transformers' GPT2LMHeadModel from the same weights; fused vs plain loss
-  attention    the kernels a training step runs: flash attention, not the math fallback
+  attention    the kernels a training step runs, eager and compiled: flash attention, not the math fallback;
+               FlashAttention-3 (kernels-community, through `kernels`) against sdpa where a Hopper GPU has it
   train        training step at T=1024: tok/s, MFU, peak memory, compile graphs; vs GPT2LMHeadModel and
                build-nanogpt's GPT, same weights, optimizer, precision and compile setting
   data         ShardedTokenLoader's time per 124M optimizer step (64 x 1024 x 8) against the GPU step time
   eval         HellaSwag items/s against one item per forward (bench_eval.py's baseline)
   shakespeare  `train.py --max-steps 200` on tiny-Shakespeare: wall time and final validation loss
+  syncs        train.py's steps under torch.cuda.set_sync_debug_mode("warn"): syncs per step, logging or not
+  fsdp         FSDP2 vs DDP with bf16 through train.py on every GPU here (2 or more): the same losses
 """
 
 import argparse
@@ -51,9 +54,9 @@ from gpt2repro.throughput import device_peak_flops, flops_per_token, keep_freed_
 from gpt2repro.tokenizer import VOCAB_SIZE  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
-SECTION_NAMES = ("parity", "attention", "train", "data", "eval", "shakespeare")
+SECTION_NAMES = ("parity", "attention", "train", "data", "eval", "shakespeare", "syncs", "fsdp")
 # Upper bounds for one section in its own process (GPU runs); most of "train" is torch.compile.
-SECTION_TIMEOUTS = dict(parity=180, attention=240, train=540, data=180, eval=240, shakespeare=420)
+SECTION_TIMEOUTS = dict(parity=180, attention=360, train=540, data=180, eval=240, shakespeare=420, syncs=300, fsdp=420)
 
 # Goals for one H100 at the 124M shape (issue 12); elsewhere the figures are printed without a verdict.
 GOAL_MFU = 0.50
@@ -281,23 +284,36 @@ def short_kernel_name(name: str) -> str:
 
 
 def section_attention(args, profile, context):
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile as torch_profile
-
+    """The kernels of a training step, eager and as train.py compiles it; then FlashAttention-3 against sdpa."""
     device = torch.device(args.device)
-    model = GPT2ReproForCausalLM(model_config(profile)).to(device).train()
-    forward = compiled(model, args.compile)
-    input_ids = random_tokens(profile.small_batch, profile.seq, device)
+    modes = ["off"] + ([args.compile] if args.compile != "off" else [])
+    rows = [attention_row(args, profile, device, mode) for mode in modes]
+    return rows + flash_attention_3_rows(args, profile, device)
 
-    def step():
+
+def attention_step(args, profile, device, mode: str, attention: str = "sdpa"):
+    model = GPT2ReproForCausalLM(model_config(profile)).to(device).train()
+    model.set_attn_implementation(attention)
+    forward = compiled(model, mode)
+    window = random_tokens(profile.small_batch, profile.seq + 1, device)
+
+    def step():  # as train.py: (T+1)-token windows, shift_labels, bf16 autocast
         with autocast(args):
-            loss = forward(input_ids, labels=input_ids).loss
+            loss = forward(input_ids=window[:, :-1], shift_labels=window[:, 1:]).loss
         loss.backward()
         model.zero_grad(set_to_none=True)
 
     for _ in range(2):  # compilation and kernel selection happen here
         step()
     sync(device)
+    return step
+
+
+def attention_row(args, profile, device, mode: str) -> Row:
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    step = attention_step(args, profile, device, mode)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch_profile(activities=activities) as prof:
         step()
@@ -312,9 +328,30 @@ def section_attention(args, profile, context):
     result = f"flash forward {len(found['forward'])}, backward {len(found['backward'])} {what} ({names})"
     if fallbacks:
         result += f"; fallback ran: {', '.join(sorted(set(map(short_kernel_name, fallbacks))))}"
-    shape = f"{profile.small_batch} x {profile.seq}, {args.precision}, compile {args.compile}"
-    return [Row("attention", f"training step of ours ({shape}): attention {what}", result,
-                goal="flash forward and backward, no math/efficient fallback", status=ok(passed))]
+    shape = f"{profile.small_batch} x {profile.seq}, {args.precision}, compile {mode}"
+    return Row("attention", f"training step of ours ({shape}): attention {what}", result,
+               goal="flash forward and backward, no math/efficient fallback", status=ok(passed))
+
+
+def flash_attention_3_rows(args, profile, device) -> list:
+    from gpt2repro.attention import choose_attention
+
+    attention, notice = choose_attention("auto", device)
+    check = "FlashAttention-3 (kernels-community/flash-attn3) vs sdpa, training step"
+    if attention == "sdpa":
+        why = notice or "needs a Hopper GPU and `pip install kernels`"
+        return [Row("attention", check, f"not used: {why}", status="info")]
+    times = {}
+    for name in ("sdpa", attention):
+        step = attention_step(args, profile, device, args.compile, name)
+        started = time.perf_counter()
+        for _ in range(profile.steps):
+            step()
+        sync(device)
+        times[name] = (time.perf_counter() - started) / profile.steps
+    speedup = times["sdpa"] / times[attention]
+    return [Row("attention", check, f"{times[attention] * 1000:.1f} ms vs sdpa {times['sdpa'] * 1000:.1f} ms per step "
+                f"({speedup:.2f}x)", "sdpa (PyTorch's flash kernel)", status="info")]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -637,8 +674,84 @@ def section_shakespeare(args, profile, context):
                 goal="finite val loss, falling", status=ok(learned))]
 
 
+# section 7: host syncs of train.py's steps
+
+
+def section_syncs(args, profile, context):
+    """train.py's own loop under set_sync_debug_mode("warn"), each warning counted in the step that made it."""
+    import warnings
+
+    if args.device != "cuda":
+        return [Row("syncs", "syncs per training step", "CUDA only (tests/test_gpu_path.py counts reads on CPU)",
+                    status="n/a")]
+    import train
+    from accelerate.state import AcceleratorState
+
+    per_step, current, learning_rate = {}, [None], train.learning_rate
+    log_every, steps = 4, 12
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+
+        def marked(step, s):  # each step starts here: what was caught since the last start is the last step's
+            if current[0] is not None:
+                per_step[current[0]] = sum("synchroniz" in str(w.message) for w in caught)
+            caught.clear()
+            current[0] = step
+            return learning_rate(step, s)
+
+        cwd = os.getcwd()
+        os.chdir(tmp)  # train.py tokenizes the shipped tiny-Shakespeare into ./data itself
+        AcceleratorState._reset_state(reset_partial_state=True)
+        train.learning_rate = marked
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            train.main(["--max-steps", str(steps), "--log-every", str(log_every), "--run-dir", f"{tmp}/run",
+                        "--log-with", "none", "--eval-every", "0",
+                        "--compile" if args.compile != "off" else "--no-compile"])
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+            train.learning_rate = learning_rate
+            os.chdir(cwd)
+    logging = [per_step.get(k, 0) for k in range(steps - 1) if (k + 1) % log_every == 0]
+    quiet = [per_step.get(k, 0) for k in range(steps - 1) if (k + 1) % log_every]  # the last step saves: left out
+    passed = max(quiet) == 0 and max(logging) <= 1
+    return [Row("syncs", f"syncs per step of train.py (tiny preset, --log-every {log_every}, compile {args.compile})",
+                f"steps that do not log: at most {max(quiet)}; steps that log: at most {max(logging)}",
+                goal="0 between logs, 1 at a log", status=ok(passed))]
+
+
+# ----------------------------------------------------------------------------------------------
+# section 8: FSDP2 with bf16 against DDP with bf16, on the GPUs here
+
+
+def section_fsdp(args, profile, context):
+    gpus = torch.cuda.device_count() if args.device == "cuda" else 0
+    check = "FSDP2 vs DDP, bf16, train.py tiny preset, 8 steps: training losses and val loss"
+    if gpus < 2:
+        return [Row("fsdp", check, f"needs 2 GPUs or more ({gpus} here); tests/test_gpu_path.py runs it on 2 CPU "
+                    "processes", status="n/a")]
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, config in (("ddp", "8gpu.yaml"), ("fsdp", "fsdp.yaml")):
+            command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                       str(REPO / "accelerate_configs" / config), "--num_processes", str(gpus), str(REPO / "train.py"),
+                       "--max-steps", "8", "--mixed-precision", "bf16", "--log-every", "1", "--log-with", "none",
+                       "--total-batch-tokens", str(16 * 256 * gpus), "--eval-every", "0", "--run-dir", f"{tmp}/{name}"]
+            proc = subprocess.run(command, cwd=tmp, capture_output=True, text=True,
+                                  timeout=SECTION_TIMEOUTS["fsdp"] // 2 - 30)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{name}: exited with {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
+            rows = [json.loads(line) for line in RunDir(Path(tmp) / name).metrics.read_text().splitlines()]
+            runs[name] = ([r["loss"] for r in rows if "loss" in r], [r["val_loss"] for r in rows if "val_loss" in r])
+    (ddp, ddp_val), (fsdp, fsdp_val) = runs["ddp"], runs["fsdp"]
+    worst = max(abs(a - b) / abs(b) for a, b in zip(fsdp + fsdp_val, ddp + ddp_val))
+    passed = len(fsdp) == len(ddp) == 8 and worst <= 1e-3
+    return [Row("fsdp", f"{check} on {gpus} GPUs", f"worst relative difference {worst:.1e} over {len(fsdp)} steps",
+                "DDP", goal="<= 1e-3 at every step", status=ok(passed))]
+
+
 SECTIONS = dict(parity=section_parity, attention=section_attention, train=section_train, data=section_data,
-                eval=section_eval, shakespeare=section_shakespeare)
+                eval=section_eval, shakespeare=section_shakespeare, syncs=section_syncs, fsdp=section_fsdp)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,17 +7,23 @@
     RUN_DIR/final/                  the same, written when the run reaches max_steps
 
 Each is written into a temp dir and renamed, so a kill -9 at any moment leaves the previous one intact,
-and only renamed (complete) checkpoints are ever resumed from.
+and only renamed (complete) checkpoints are ever resumed from. trainer_state.json also holds the sha256 of
+every other file of the checkpoint: a file changed on disk afterwards (a partial copy, a bad disk) is
+refused on resume instead of loading whatever bytes are there. A save that fails for lack of space
+removes its temp dir and names the newest intact checkpoint and the command that continues from it.
 """
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import pickle
 import re
+import shlex
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -28,10 +34,26 @@ from gpt2repro.errors import UserError, first_line
 from gpt2repro.fileio import write_atomically, write_files
 
 STATE_FILE = Path("training_state") / "trainer_state.json"
+DIGESTS = "file_sha256"  # trainer_state.json's key: {path inside the checkpoint: sha256}
+# What a checkpoint takes on disk per parameter: the fp32 weights twice (the model folder and training_state/, which
+# Accelerate's save_state writes for itself) and AdamW's two fp32 moments.
+CHECKPOINT_BYTES_PER_PARAMETER = 16
+CHECKPOINT_OVERHEAD_BYTES = 16 * 2**20  # tokenizer, model code, card, RNG states
+# How torch.save's zip writer reports a write that failed (then, on closing, the short file it left)
+TORCH_WRITE_FAILURES = ("inline_container", "PytorchStreamWriter", "file write failed", "iostream error")
 
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be resumed from: the message says which and what to do."""
+
+
+class CheckpointSaveError(CheckpointError):
+    """A checkpoint that could not be written (a full disk, a file size limit): the message names the newest
+    intact one and the command that continues from it."""
+
+
+class DiskSpaceError(UserError, ValueError):
+    """The run directory's filesystem cannot hold the run's checkpoints, and --require-disk was given."""
 
 
 class RunDir:
@@ -103,33 +125,151 @@ class SaveSchedule:
 
 
 def save_checkpoint(accelerator, model, path: Path, trainer_state: dict, tokenizer=None,
-                    files: dict[str, str | bytes | Path] | None = None) -> None:
+                    files: dict[str, str | bytes | Path] | None = None,
+                    resume_with: str = "the same command with --resume auto") -> None:
     """Every rank saves its part of the training state; the main process writes the model folder, the tokenizer
-    and `files` (name: text, bytes, or a file to copy; e.g. the card and the run report), and renames the whole
-    into place."""
+    and `files` (name: text, bytes, or a file to copy; e.g. the card and the run report), records every file's
+    digest and renames the whole into place. A write that fails for lack of space (on any rank) raises
+    CheckpointSaveError on every rank, the temp dir removed; `resume_with` is the command it says continues."""
     path = Path(path)
     tmp = path.with_name(f".tmp-{path.name}")
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     with quiet_tied_weights_save():  # save_state writes the weights too
-        accelerator.save_state(str(tmp / "training_state"))
-    accelerator.wait_for_everyone()  # every rank's files are written before the main process renames the folder
+        failure = _disk_failure(accelerator.save_state, str(tmp / "training_state"))
+    # every rank's files are written (or failed) before the main process goes on: this reduction is the barrier
+    _stop_if_any_failed(accelerator, failure, path, tmp, resume_with)
     weights = accelerator.get_state_dict(model)  # every rank takes part: FSDP gathers the full weights to rank 0
+    failure = None
     if accelerator.is_main_process:
-        model = accelerator.unwrap_model(model)
-        if accelerator.is_fsdp2:
-            model = unsharded_copy(model, weights)
-        with quiet_tied_weights_save():
-            model.save_pretrained(tmp, save_function=accelerator.save)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        write_files(tmp, files or {})
-        write_atomically(tmp / STATE_FILE, json.dumps(trainer_state, indent=2))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    accelerator.wait_for_everyone()
+        failure = _disk_failure(_write_model_folder, accelerator, model, weights, tmp, tokenizer, files,
+                                trainer_state, path)
+    _stop_if_any_failed(accelerator, failure, path, tmp, resume_with)
+
+
+def _write_model_folder(accelerator, model, weights, tmp: Path, tokenizer, files, trainer_state: dict,
+                        path: Path) -> None:
+    model = accelerator.unwrap_model(model)
+    if accelerator.is_fsdp2:
+        model = unsharded_copy(model, weights)
+    with quiet_tied_weights_save():
+        model.save_pretrained(tmp, save_function=accelerator.save)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    write_files(tmp, files or {})
+    trainer_state = {**trainer_state, DIGESTS: file_digests(tmp)}
+    write_atomically(tmp / STATE_FILE, json.dumps(trainer_state, indent=2))
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def _disk_failure(write, *args) -> str | None:
+    """Run `write(*args)`; None if it succeeded, the reason if it failed as a full disk does. Other errors (a bug)
+    keep their traceback. torch.save reports a short write as an enforce failure of its zip writer, safetensors
+    as its own error naming the OS error."""
+    try:
+        write(*args)
+    except OSError as e:
+        return e.strerror or str(e)
+    except SafetensorError as e:
+        return first_line(e)
+    except RuntimeError as e:
+        message = first_line(e)
+        if not any(sign in message for sign in TORCH_WRITE_FAILURES):
+            raise
+        return f"torch.save could not write its file: {message}"
+    return None
+
+
+def _stop_if_any_failed(accelerator, failure: str | None, path: Path, tmp: Path, resume_with: str) -> None:
+    """Every rank learns whether any rank failed to write (else the others would wait for it in the next
+    collective until the timeout); the main process removes the temp dir; every rank raises its one line."""
+    if not _any_rank(accelerator, failure is not None):
+        return
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    intact = complete_checkpoints(path.parent)
+    newest = f"the newest intact checkpoint is {intact[-1]}" if intact else "no checkpoint of this run is intact yet"
+    raise CheckpointSaveError(
+        f"could not write checkpoint {path} ({failure or 'a write failed on another rank'}): the disk is full or a "
+        f"file size limit was reached; {newest}; free space (or lower --keep-checkpoints), then continue with: "
+        f"{resume_with}"
+    )
+
+
+def continue_command(argv: list[str], processes: int = 1) -> str:
+    """The command line that continues a run from its newest complete checkpoint: its own, with --resume auto."""
+    args, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        elif not arg.startswith("--resume="):
+            args.append(arg)
+    launcher = "accelerate launch <the same options>" if processes > 1 else "python"
+    return f"{launcher} {shlex.join([*args, '--resume', 'auto'])}"
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """{path inside `folder`: sha256} of every file but the trainer state (which holds them). A thread a file:
+    hashlib releases the GIL, so the weights and the optimizer state are hashed on several cores at once."""
+    folder = Path(folder)
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    names = [name for name in names if name != STATE_FILE.as_posix()]
+
+    def digest(name: str) -> str:
+        with open(folder / name, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+
+    with ThreadPoolExecutor(max_workers=min(8, len(names) or 1)) as pool:
+        return dict(zip(names, pool.map(digest, names)))
+
+
+def verify_checkpoint(checkpoint: Path, state: dict) -> None:
+    """Refuse a checkpoint whose files are not the ones saved: changed, truncated or missing since. Checkpoints
+    written before digests were recorded pass."""
+    checkpoint = Path(checkpoint)
+    saved = state.get(DIGESTS)
+    if not isinstance(saved, dict):
+        return
+    found = file_digests(checkpoint)
+    for name, digest in saved.items():
+        if found.get(name) != digest:
+            what = "is missing" if name not in found else "differs from the file saved (its sha256 changed)"
+            raise CheckpointError(
+                f"{checkpoint}: {name} {what}: the checkpoint was changed on disk after it was written (a partial "
+                "copy, a bad disk); resume from another checkpoint (--resume auto picks the one before) or copy "
+                "it again"
+            )
+
+
+def checkpoint_bytes(n_parameters: int) -> int:
+    """About what one checkpoint of a model with `n_parameters` takes on disk."""
+    return CHECKPOINT_BYTES_PER_PARAMETER * n_parameters + CHECKPOINT_OVERHEAD_BYTES
+
+
+def disk_space_problem(run_dir: Path, n_parameters: int, periodic: int) -> str | None:
+    """Whether the run directory's filesystem can hold the run's checkpoints: `periodic` kept ones, then final/ or
+    the temp copy of the one being written, less the checkpoints already there. None if they fit, else why not."""
+    run_dir = Path(run_dir)
+    slots = periodic + 1
+    existing = len(complete_checkpoints(run_dir)) if run_dir.is_dir() else 0
+    each, missing = checkpoint_bytes(n_parameters), max(0, slots - existing)
+    where = run_dir
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if missing * each <= free:
+        return None
+    kept = f"{periodic} kept (--keep-checkpoints), " if periodic else ""
+    return (
+        f"the run's checkpoints need about {missing * each / 1e9:.1f} GB ({missing} x {each / 1e9:.2f} GB: {kept}"
+        f"final/ and the one being written) but {where} has {free / 1e9:.1f} GB free; free space, lower "
+        "--keep-checkpoints or choose another --run-dir"
+    )
 
 
 class _TiedWeightsNotice(logging.Filter):
@@ -231,8 +371,18 @@ def find_resume_checkpoint(setting: str, run_dir: Path) -> list[Path]:
 
 def load_checkpoint(accelerator, checkpoint: Path, model, optimizer) -> dict:
     """Restore weights, optimizer and RNG into the prepared objects; return the trainer state. A checkpoint
-    written by FSDP resumes under DDP (or one process) and the reverse: it is converted on the way in."""
+    written by FSDP resumes under DDP (or one process) and the reverse: it is converted on the way in. The main
+    process checks the files' digests first, and every rank refuses the checkpoint together if they differ."""
     state = read_trainer_state(checkpoint)
+    problem = None
+    if accelerator.is_main_process:
+        try:
+            verify_checkpoint(checkpoint, state)
+        except CheckpointError as e:
+            problem = str(e)
+    if _any_rank(accelerator, problem is not None):
+        raise CheckpointError(problem or f"{checkpoint}: its files differ from those saved (checked on the main "
+                              "process); resume from another checkpoint")
     training_state = Path(checkpoint) / "training_state"
     try:
         if written_by_fsdp(training_state) == (accelerator.distributed_type == DistributedType.FSDP):
@@ -248,6 +398,14 @@ def load_checkpoint(accelerator, checkpoint: Path, model, optimizer) -> dict:
             "resume from another checkpoint or start afresh"
         ) from e
     return state
+
+
+def _any_rank(accelerator, flag: bool) -> bool:
+    """True when `flag` is true on any rank: a decision every rank takes together (it is also a barrier)."""
+    if accelerator.num_processes == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=accelerator.device)
+    return bool(accelerator.reduce(value, reduction="max").item() > 0)
 
 
 def written_by_fsdp(training_state: Path) -> bool:
@@ -287,7 +445,8 @@ def load_other_layout(accelerator, checkpoint: Path, model, optimizer) -> None:
 
 
 __all__ = [
-    "STATE_FILE", "CheckpointError", "RunDir", "SaveSchedule", "checkpoint_path", "complete_checkpoints",
-    "discard_after", "find_resume_checkpoint", "load_checkpoint", "prune_checkpoints", "read_trainer_state",
-    "save_checkpoint",
+    "STATE_FILE", "CheckpointError", "CheckpointSaveError", "DiskSpaceError", "RunDir", "SaveSchedule",
+    "checkpoint_bytes", "checkpoint_path", "complete_checkpoints", "continue_command", "discard_after",
+    "disk_space_problem", "file_digests", "find_resume_checkpoint", "load_checkpoint", "prune_checkpoints",
+    "read_trainer_state", "save_checkpoint", "verify_checkpoint",
 ]

@@ -29,7 +29,7 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
 from gpt2repro.errors import UserError
-from gpt2repro.validation import eval_module, token_logprobs
+from gpt2repro.validation import eval_module, logits_as_computed, token_logprobs
 
 HELLASWAG_VAL_ITEMS = 10_042  # the HellaSwag validation set (rowanz/hellaswag, Rowan/hellaswag)
 
@@ -237,30 +237,39 @@ def _batch_logliks(model, contexts: torch.Tensor, endings: torch.Tensor, lengths
 
 
 @torch.no_grad()
-def ending_logliks(model, contexts, endings, batch_size: int = 16, progress=None) -> np.ndarray:
+def ending_logliks(model, contexts, endings, batch_size: int = 16, progress=None, accelerator=None) -> np.ndarray:
     """(n_items, 4) summed log-likelihoods of each item's endings (token id lists) given its context.
 
     Items whose contexts have the same length share a forward (no padding inside the context);
-    within such a group, items are sorted by ending length so little padding is wasted."""
+    within such a group, items are sorted by ending length so little padding is wasted. With an
+    accelerator, every rank runs as many forwards (FSDP gathers weights in each): a rank with fewer
+    batches repeats its first. Scores are read from the device once, at the end."""
     device = next(model.parameters()).device
     groups = defaultdict(list)
     for i, context in enumerate(contexts):
         groups[len(context)].append(i)
-    result = np.zeros((len(contexts), 4))
+    batches = []
     for group in groups.values():
         group.sort(key=lambda i: max(map(len, endings[i])))
-        for start in range(0, len(group), batch_size):
-            batch = group[start : start + batch_size]
-            flat = [torch.tensor(e) for i in batch for e in endings[i]]
-            scores = _batch_logliks(
-                model,
-                torch.tensor([contexts[i] for i in batch], device=device),
-                pad_sequence(flat, batch_first=True).to(device),
-                torch.tensor([len(e) for e in flat], device=device),
-            )
-            result[batch] = scores.view(-1, 4).cpu().numpy()
-            if progress is not None:
-                progress.update(len(batch))
+        batches += [group[start : start + batch_size] for start in range(0, len(group), batch_size)]
+    padding = 0
+    if accelerator is not None and accelerator.num_processes > 1:
+        most = accelerator.reduce(torch.tensor(len(batches), device=device), reduction="max")
+        padding = int(most) - len(batches)
+    scores = []
+    for k, batch in enumerate(batches + batches[:1] * padding):
+        flat = [torch.tensor(e) for i in batch for e in endings[i]]
+        scores.append(_batch_logliks(
+            model,
+            torch.tensor([contexts[i] for i in batch], device=device),
+            pad_sequence(flat, batch_first=True).to(device),
+            torch.tensor([len(e) for e in flat], device=device),
+        ).view(-1, 4))
+        if progress is not None and k < len(batches):
+            progress.update(len(batch))
+    result = np.zeros((len(contexts), 4))
+    if batches:
+        result[[i for batch in batches for i in batch]] = torch.cat(scores[: len(batches)]).cpu().numpy()
     return result
 
 
@@ -284,14 +293,14 @@ def summarize(per_item: list[dict]) -> dict:
     return {HELLASWAG_ITEMS: len(per_item), **{m.name: accuracy(scores(m)) for m in HELLASWAG_METRICS}}
 
 
-def _score_items(model, tokenizer, items: list[dict], batch_size: int, progress: bool) -> list[dict]:
+def _score_items(model, tokenizer, items: list[dict], batch_size: int, progress: bool, accelerator=None) -> list[dict]:
     """Per-item log-likelihoods and lengths under both conventions, in the order of `items`."""
     requests = encode_requests(tokenizer, items)
     logliks = {}
     for convention in ("completion", "lm_eval"):
         bar = tqdm(total=len(items), desc=f"HellaSwag {convention}", unit="item", leave=False, disable=not progress)
         with bar:
-            logliks[convention] = ending_logliks(model, *requests[convention], batch_size, bar)
+            logliks[convention] = ending_logliks(model, *requests[convention], batch_size, bar, accelerator)
     return [
         {
             "ind": item["ind"],
@@ -316,7 +325,10 @@ def score_hellaswag(model, tokenizer, items: list[dict], batch_size: int = 16, a
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     positions = list(range(rank, len(items), world))  # strided: every rank gets both kinds of items
     mine = [items[i] for i in positions]
-    per_item = _score_items(model, tokenizer, mine, batch_size, progress and rank == 0) if mine else []
+    # a rank without items still runs the others' number of forwards (ending_logliks), on the first item, discarded
+    with logits_as_computed(model):
+        per_item = _score_items(model, tokenizer, mine or items[:1], batch_size, progress and rank == 0,
+                                accelerator if world > 1 else None)[: len(mine)] if items else []
     if world > 1:
         from accelerate.utils import gather_object
 

@@ -23,12 +23,20 @@ A directory of llm.c / modded-nanogpt shards without a manifest (`fineweb_val_00
 `load_manifest` makes up its manifest from the file names and shard headers (see `llmc_manifest`).
 
 `ShardedTokenLoader` reads (batch_size, seq_len + 1) windows for one rank of a data-parallel run.
+
+A shard damaged after preparation (truncated by a failed copy, overwritten) or holding ids outside the
+tokenizer's vocabulary is named in one line, with the prepare_data command that rewrites it: `check_shards`
+at startup (every header and size against the manifest, a sample of the ids), the loader as it first reads
+each shard (header, size, sha256 when the manifest has one, every id). Ids from 50,257 to 50,303 exist in the
+model (its vocabulary is padded to a multiple of 64) but not in the tokenizer: they would silently train
+padding rows of the embedding, so they are refused like any other foreign id.
 """
 
 import hashlib
 import json
 import os
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +51,7 @@ HEADER_BYTES = HEADER_INTS * 4
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 SPLITS = ("val", "train")
+ID_SAMPLE_BLOCKS, ID_SAMPLE_BLOCK = 8, 4096  # the startup sample of each shard's ids: 8 runs of 4,096 tokens
 # The validation budget of the GPT-2 (124M) recipe, under two names for its two meanings:
 # VAL_TOKENS next-token targets are scored (build-nanogpt's 20 steps x 64 sequences x 1024 tokens x 8 GPUs;
 # modded-nanogpt's FineWeb target is the loss on this many tokens), and the split that scores them holds
@@ -87,26 +96,33 @@ def write_shard(path: str | Path, tokens) -> str:
     return digest.hexdigest()
 
 
-def read_shard_header(path: str | Path) -> int:
-    """Validate a shard's header and size; return its token count."""
-    path = Path(path)
+def _header_problem(path: Path) -> tuple[int, str | None]:
+    """(token count, None) for a shard whose header and size agree, else (0, what is wrong, without the fix)."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
             header = np.frombuffer(f.read(HEADER_BYTES), dtype=np.int32)
     except OSError as e:
-        raise ShardError(f"{path}: cannot read shard ({e.strerror})") from None
+        return 0, f"cannot read shard ({e.strerror})"
     if header.size < 3 or header[0] != SHARD_MAGIC:
-        raise ShardError(f"{path}: not a token shard (bad magic number); re-create it with prepare_data.py")
+        return 0, "not a token shard (bad magic number)"
     if header[1] != SHARD_VERSION:
-        raise ShardError(f"{path}: shard version {header[1]} is not supported (expected {SHARD_VERSION})")
+        return 0, f"shard version {header[1]} is not supported (expected {SHARD_VERSION})"
     n_tokens = int(header[2])
     expected = HEADER_BYTES + 2 * n_tokens
     if size != expected:
-        raise ShardError(
-            f"{path}: truncated or corrupt shard ({size} bytes, header says {expected}); "
-            "delete it and rerun prepare_data.py to re-create it"
-        )
+        return 0, f"truncated or corrupt shard ({size} bytes, header says {expected})"
+    return n_tokens, None
+
+
+def read_shard_header(path: str | Path) -> int:
+    """Validate a shard's header and size; return its token count."""
+    path = Path(path)
+    n_tokens, problem = _header_problem(path)
+    if problem:
+        fix = "delete it and rerun prepare_data.py to re-create it" if "truncated" in problem else (
+            "re-create it with prepare_data.py")
+        raise ShardError(f"{path}: {problem}; {fix}")
     return n_tokens
 
 
@@ -256,6 +272,91 @@ def check_tokenizer(data_dir: str | Path, expected: str | None = None) -> None:
         )
 
 
+def rewrite_command(data_dir: str | Path, manifest: dict, file: str) -> str | None:
+    """The prepare_data.py command that writes `file` of `data_dir` again, byte for byte (None for llm.c shards,
+    which prepare_data.py did not write): the manifest's source and settings, into the same directory."""
+    data_dir, out = Path(data_dir), Path(data_dir)
+    if "/" in file:  # a part-i-of-K directory: its own manifest knows its source
+        out = data_dir
+        manifest = read_manifest_file(data_dir / file.split("/")[0] / MANIFEST_NAME)
+    source, settings = manifest.get("source") or {}, manifest.get("settings") or {}
+    if source.get("type") == "hub":
+        derived = source["dataset"].rstrip("/").split("/")[-1] + (f"-{source['name']}" if source.get("name") else "")
+        if manifest.get("name") != derived:  # a preset names its directory (and its shards) its own way
+            args = [manifest["name"]]
+        else:
+            args = ["--dataset", source["dataset"], *(["--name", source["name"]] if source.get("name") else [])]
+            args += ["--split", source["split"]] if source.get("split", "train") != "train" else []
+    elif source.get("type") == "hub tokens":  # downloaded: fetched again once the manifest no longer says complete
+        args = ["--from-hub", source["repo"], "--revision", source["revision"]]
+        if settings.get("val_tokens"):
+            args += ["--val-split-tokens", str(settings["val_tokens"])]
+        command = ["python", "prepare_data.py", *args, "--out", str(out), "--overwrite"]
+        return f"rm {shlex.quote(str(out / MANIFEST_NAME))} && {shlex.join(command)}"
+    elif source.get("type") == "files" and manifest.get("label"):
+        args = shlex.split(manifest["label"])
+    else:
+        return None
+    if source.get("text_column", "text") != "text":
+        args += ["--text-column", source["text_column"]]
+    if source.get("part"):
+        args += ["--num-shards", str(source["part"][1]), "--shard-index", str(source["part"][0])]
+    for key, flag in (("val_tokens", "--val-split-tokens"), ("shard_tokens", "--shard-tokens")):
+        if key in settings:
+            args += [flag, str(settings[key])]
+    return shlex.join(["python", "prepare_data.py", *args, "--out", str(out), "--overwrite"])
+
+
+def damaged_shard(data_dir: Path, manifest: dict, file: str, problem: str) -> ShardError:
+    """The one line for a shard that no longer is what was prepared: the file, the problem, how to rewrite it."""
+    command = rewrite_command(data_dir, manifest, file)
+    fix = (f"the shard was damaged after preparation: rewrite it with {command}" if command else
+           "replace it with an intact copy (these llm.c shards were not written by prepare_data.py)")
+    return ShardError(f"{Path(data_dir) / file}: {problem}; {fix}")
+
+
+def shard_problem(path: Path, entry: dict, vocab_size: int | None, full: bool) -> str | None:
+    """What is wrong with the shard at `path` against its manifest `entry`, or None. Always its header and size;
+    its ids below `vocab_size` (a sample of blocks, or all with `full`); with `full`, its sha256 when recorded."""
+    n_tokens, problem = _header_problem(path)
+    if problem:
+        return problem
+    expected = entry.get("file_tokens", entry["tokens"])  # a downloaded val shard may be cut: hub_data.py
+    if n_tokens != expected or entry["tokens"] > expected:
+        return f"holds {n_tokens} tokens, the manifest says {expected}"
+    if vocab_size is not None and n_tokens:
+        tokens = np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER_BYTES, shape=(n_tokens,))
+        block = ID_SAMPLE_BLOCK
+        starts = [0] if full else np.linspace(0, max(0, n_tokens - block), ID_SAMPLE_BLOCKS).astype(np.int64)
+        for start in starts:
+            part = tokens if full else tokens[start : start + block]
+            if part.size and int(part.max()) >= vocab_size:
+                at = int(start + np.argmax(part >= vocab_size))
+                return (f"token id {int(tokens[at])} at token {at:,} is outside the tokenizer's vocabulary "
+                        f"(0..{vocab_size - 1}; ids above it would train the embedding's padding rows or crash)")
+        del tokens
+    if full and entry.get("sha256"):
+        with open(path, "rb") as f:
+            if hashlib.file_digest(f, "sha256").hexdigest() != entry["sha256"]:
+                return "its contents changed since preparation (sha256 differs from the manifest)"
+    return None
+
+
+def check_shards(data_dir: str | Path, vocab_size: int | None = None) -> None:
+    """At startup, every shard of both splits: header and size against the manifest, and a sample of its ids
+    against the vocabulary (default: this project's GPT-2 tokenizer). The rest is checked as each is read."""
+    if vocab_size is None:
+        from gpt2repro.tokenizer import VOCAB_SIZE
+
+        vocab_size = VOCAB_SIZE
+    data_dir = Path(data_dir)
+    manifest = load_manifest(data_dir)
+    for entry in manifest["shards"]:
+        problem = shard_problem(data_dir / entry["file"], entry, vocab_size, full=False)
+        if problem:
+            raise damaged_shard(data_dir, manifest, entry["file"], problem)
+
+
 def open_split(data_dir: str | Path, split: str) -> tuple[list[dict], list[np.ndarray]]:
     """The manifest entries and memmapped tokens of one split's shards, in stream order: the one way
     shards are read (the training loader, validation). Refuses unfinished or foreign-tokenizer data."""
@@ -269,14 +370,10 @@ def open_split(data_dir: str | Path, split: str) -> tuple[list[dict], list[np.nd
     entries = [s for s in manifest["shards"] if s["split"] == split]
     shards = []
     for entry in entries:
-        tokens = read_shard(data_dir / entry["file"])
-        expected = entry.get("file_tokens", entry["tokens"])
-        if len(tokens) != expected or entry["tokens"] > expected:
-            raise ShardError(
-                f"{data_dir / entry['file']}: holds {len(tokens)} tokens, the manifest says {expected}; "
-                "rerun prepare_data.py"
-            )
-        shards.append(tokens[: entry["tokens"]])
+        problem = shard_problem(data_dir / entry["file"], entry, None, full=False)
+        if problem:
+            raise damaged_shard(data_dir, manifest, entry["file"], problem)
+        shards.append(read_shard(data_dir / entry["file"])[: entry["tokens"]])
     return entries, shards
 
 
@@ -296,13 +393,22 @@ class ShardedTokenLoader:
     batch_size * world_size windows of it, rank r taking the r-th contiguous slice. The position
     is counted in global windows, so a run may resume on another world size and still see exactly
     the tokens an uninterrupted run would have seen.
+
+    Each shard is checked in full (shard_problem) when a batch first reaches it: the shards the whole global batch
+    reaches, so that every rank refuses a damaged shard at the same step.
     """
 
-    def __init__(self, data_dir, split="train", batch_size=8, seq_len=1024, rank=0, world_size=1, seed=1337):
+    def __init__(self, data_dir, split="train", batch_size=8, seq_len=1024, rank=0, world_size=1, seed=1337,
+                 vocab_size=None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
-        self.data_dir = Path(data_dir)
-        entries, self.shards = open_split(self.data_dir, split)
+        if vocab_size is None:
+            from gpt2repro.tokenizer import VOCAB_SIZE
+
+            vocab_size = VOCAB_SIZE
+        self.data_dir, self.vocab_size, self.checked = Path(data_dir), vocab_size, set()
+        self.entries, self.shards = open_split(self.data_dir, split)
+        entries = self.entries
         self.lengths = np.array([len(s) for s in self.shards], dtype=np.int64)
         self.split, self.batch_size, self.seq_len = split, batch_size, seq_len
         self.rank, self.world_size, self.seed = rank, world_size, seed
@@ -320,6 +426,7 @@ class ShardedTokenLoader:
         self.position = 0  # windows of the global order consumed so far, by all ranks together
         self._layout_cache = (None, None)  # (epoch, layout): batches walk one epoch at a time
         self._permutation_cache = (None, None)  # ((epoch, slot), permutation)
+        self._ahead = (None, None)  # ((position, device), batch): the batch next_batch(device) prepared
 
     def _epoch_layout(self, epoch: int):
         """Shard order of an epoch, where each shard starts in the epoch's token stream, and the
@@ -357,15 +464,58 @@ class ShardedTokenLoader:
             slot, offset = slot + 1, 0
         return np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
 
-    def next_batch(self):
-        """The next (batch_size, seq_len + 1) LongTensor of this rank: inputs b[:, :-1], targets b[:, 1:]."""
+    def _shards_reached(self, first: int, last: int) -> set[int]:
+        """The shards that global windows `first`..`last` read from: those the windows start in (shuffled within
+        each shard, so any of theirs), and those the last of them runs into."""
+        reached = set()
+        for epoch in range(first // self.windows_per_epoch, last // self.windows_per_epoch + 1):
+            order, token_starts, first_window = self._epoch_layout(epoch)
+            lo = max(first - epoch * self.windows_per_epoch, 0)
+            hi = min(last - epoch * self.windows_per_epoch, self.windows_per_epoch - 1)
+            slot_lo, slot_hi = np.searchsorted(first_window, [lo, hi], side="right") - 1
+            end = min(int(first_window[slot_hi + 1]) * self.seq_len, int(token_starts[-1]) - 1)  # the last read token
+            slot_end = int(np.searchsorted(token_starts, end, side="right")) - 1
+            reached.update(int(i) for i in order[slot_lo : max(slot_hi, slot_end) + 1])
+        return reached
+
+    def _check_reached(self, position: int) -> None:
+        """Check in full each shard the global batch at `position` reaches for the first time."""
+        for shard in sorted(self._shards_reached(position, position + self.batch_size * self.world_size - 1)
+                            - self.checked):
+            entry = self.entries[shard]
+            problem = shard_problem(self.data_dir / entry["file"], entry, self.vocab_size, full=True)
+            if problem:
+                raise damaged_shard(self.data_dir, load_manifest(self.data_dir), entry["file"], problem)
+            self.checked.add(shard)
+
+    def next_batch(self, device=None):
+        """The next (batch_size, seq_len + 1) LongTensor of this rank: inputs b[:, :-1], targets b[:, 1:].
+
+        Given a device, the batch is on it, and the one after it is read at once and its copy started (from pinned
+        memory off the CPU, so that it overlaps the step the device is running, as nanoGPT does). The position, and
+        so the order and a resume, count only the batches handed out."""
+        key, batch = self._ahead
+        if key != (self.position, str(device)):
+            batch = self._read(self.position, device)
+        self.position += self.batch_size * self.world_size
+        self._ahead = ((self.position, str(device)), self._read(self.position, device)) if device else (None, None)
+        return batch
+
+    def rewind(self, position: int, batch_size: int) -> None:
+        """Go back to `position` (global windows) with micro-batches of `batch_size`, dropping the read-ahead: a step
+        that ran out of memory is taken again in smaller micro-batches (micro_batch.py)."""
+        self.position, self.batch_size, self._ahead = position, batch_size, (None, None)
+
+    def _read(self, position: int, device=None):
         # Imported here so prepare_data (and its worker processes) start without torch.
         import torch
 
-        first = self.position + self.rank * self.batch_size
-        batch = np.array([self._window(first + i) for i in range(self.batch_size)], dtype=np.int64)
-        self.position += self.batch_size * self.world_size
-        return torch.from_numpy(batch)
+        self._check_reached(position)
+        first = position + self.rank * self.batch_size
+        batch = torch.from_numpy(np.array([self._window(first + i) for i in range(self.batch_size)], dtype=np.int64))
+        if device is None or torch.device(device).type == "cpu":
+            return batch
+        return batch.pin_memory().to(device, non_blocking=True)  # non_blocking copies only from pinned memory
 
     def reset(self) -> None:
         """Back to the first window."""

@@ -13,6 +13,7 @@ vocabularies compare. <|endoftext|> stands for no text: it counts no bytes and i
 The recipe's budget (VAL_TOKENS targets, a split of VAL_SPLIT_TOKENS) belongs to the shards: token_shards.py.
 """
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -65,6 +66,31 @@ def eval_module(model, accelerator=None):
     return model
 
 
+@contextlib.contextmanager
+def logits_as_computed(model):
+    """Calls of `model` return their outputs in the dtype computed (bf16 under bf16 autocast): Accelerate wraps a
+    prepared model's forward in a copy of every output to fp32 (a 16 x 1024-token forward's logits: 3.3 GB). The
+    caller's autocast stays in force."""
+    wrapped, original = model.__dict__.get("forward"), model.__dict__.get("_original_forward")
+    if wrapped is None or original is None:
+        yield model
+        return
+    model.forward = original
+    try:
+        yield model
+    finally:
+        model.forward = wrapped
+
+
+def rank_windows(starts: list, rank: int, world: int) -> tuple[list, list]:
+    """This rank's share of `starts`, round-robin, padded to the same count on every rank (FSDP gathers weights in
+    each forward, so every rank must run as many): (starts, weights), a padding entry repeats a start at weight 0."""
+    mine = starts[rank::world]
+    share = -(-len(starts) // world)
+    padding = share - len(mine)
+    return mine + starts[:1] * padding, [1.0] * len(mine) + [0.0] * padding
+
+
 def token_logprobs(logits, targets):
     """log softmax(logits)[target] at each position, in fp32 whatever the model's dtype."""
     flat = logits.reshape(-1, logits.shape[-1]).float()
@@ -88,8 +114,9 @@ def read_val_tokens(data_dir: str | Path, n_tokens: int) -> np.ndarray:
 def validation_loss(model, data_dir, val_tokens=None, seq_len=1024, batch_size=None, accelerator=None) -> dict:
     """Mean next-token loss and bits per byte over the first `val_tokens` targets of the val split (None: all).
 
-    Windows of `seq_len` inputs (the last one possibly shorter) in a fixed order, dealt to ranks
-    round-robin; every rank returns the same {"val_loss", "val_bpb", "val_tokens", "val_bytes"}."""
+    Windows of `seq_len` inputs (the last one possibly shorter) in a fixed order, dealt to ranks round-robin, every
+    rank running as many forwards (rank_windows); every rank returns the same {"val_loss", "val_bpb", "val_tokens",
+    "val_bytes"}. Nothing is read from the device until the end."""
     model = eval_module(model, accelerator)
     device = next(model.parameters()).device
     val_tokens = resolve_val_tokens(data_dir, val_tokens)
@@ -100,24 +127,26 @@ def validation_loss(model, data_dir, val_tokens=None, seq_len=1024, batch_size=N
         raise ValidationError(f"{data_dir}: validation token id {int(tokens.max())} is not a GPT-2 token id; "
                               "re-create the shards with prepare_data.py")
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    starts = list(range(0, val_tokens, seq_len))[rank::world]
+    full = list(range(0, val_tokens - seq_len + 1, seq_len))
+    # the short last window, if any, is one forward of its own: every rank runs it, rank 0 counts it
+    tail = [(len(full) * seq_len, val_tokens % seq_len, float(rank == 0))] if val_tokens % seq_len else []
+    starts, weights = rank_windows(full, rank, world)
+    forwards = [(starts[i : i + batch_size], seq_len, weights[i : i + batch_size]) for i in range(0, len(starts),
+                                                                                                 batch_size)]
+    forwards += [([start], length, [weight]) for start, length, weight in tail]
 
     # summed loss (nats) of all targets, of the text targets, and the bytes of the text targets
     totals = torch.zeros(3, dtype=torch.float64, device=device)
-    with torch.no_grad():
-        for i in range(0, len(starts), batch_size):
-            full = [s for s in starts[i : i + batch_size] if s + seq_len <= val_tokens]
-            tail = [s for s in starts[i : i + batch_size] if s + seq_len > val_tokens]  # at most one short window
-            for group, length in ((full, seq_len), (tail, val_tokens % seq_len)):
-                if not group:
-                    continue
-                window = tokens[torch.tensor(group).unsqueeze(1) + torch.arange(length + 1)]
-                logits = model(input_ids=window[:, :-1].to(device), use_cache=False).logits
-                # a window at a time: the fp32 log-softmax of a whole batch would be 4x its bf16 logits again
-                for window_logits, targets in zip(logits, window[:, 1:]):
-                    nats = -token_logprobs(window_logits, targets.to(device)).double()
-                    nbytes = byte_table[targets].to(device)
-                    totals += torch.stack([nats.sum(), nats[nbytes > 0].sum(), nbytes.sum().double()])
+    with torch.no_grad(), logits_as_computed(model):
+        for group, length, group_weights in forwards:
+            window = tokens[torch.tensor(group).unsqueeze(1) + torch.arange(length + 1)]
+            logits = model(input_ids=window[:, :-1].to(device), use_cache=False).logits
+            # a window at a time: the fp32 log-softmax of a whole batch would be 4x its bf16 logits again
+            for window_logits, targets, weight in zip(logits, window[:, 1:], group_weights):
+                nats = -token_logprobs(window_logits, targets.to(device)).double()
+                nbytes = byte_table[targets].to(device)
+                text_nats = torch.where(nbytes > 0, nats, 0.0)  # not nats[nbytes > 0]: its size would need a read
+                totals += weight * torch.stack([nats.sum(), text_nats.sum(), nbytes.sum().double()])
     if accelerator is not None and world > 1:
         totals = accelerator.reduce(totals, reduction="sum")
     loss, text_loss, n_bytes = totals.tolist()
@@ -129,4 +158,5 @@ def validation_loss(model, data_dir, val_tokens=None, seq_len=1024, batch_size=N
     }
 
 
-__all__ = ["ValidationError", "resolve_val_tokens", "validation_loss", "windows_per_forward"]
+__all__ = ["ValidationError", "logits_as_computed", "rank_windows", "resolve_val_tokens", "validation_loss",
+           "windows_per_forward"]

@@ -176,8 +176,8 @@ def training_args(args, extra: list[str], gpus: int) -> tuple[list[str], "train.
         train_args += ["--gpu-hour-usd", str(args.gpu_hour_usd)]
     train_args += extra
     _, s = train.parse_settings(train_args)
-    micro_batch = fitting_micro_batch(s, max(gpus, 1))
-    if micro_batch != s.micro_batch_size:
+    micro_batch = s.micro_batch_size if s.micro_batch_size == "auto" else fitting_micro_batch(s, max(gpus, 1))
+    if micro_batch != s.micro_batch_size:  # auto picks one that divides by itself
         note(f"--micro-batch-size {micro_batch}, not {s.micro_batch_size}: {s.micro_batch_size} x {s.seq_len} x "
              f"{gpus} GPUs does not divide the {s.total_batch_tokens:,}-token batch")
         train_args += ["--micro-batch-size", str(micro_batch)]

@@ -141,3 +141,37 @@ def assert_same_weights(a, b, atol=0.0):
             torch.testing.assert_close(wa[name], wb[name], atol=atol, rtol=0, msg=name)
         else:
             assert torch.equal(wa[name], wb[name]), name
+
+
+# ---- a stand-in Hub (tests/stand_in_hub.py) and data prepared for it ----
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """~80 Shakespeare documents as JSON Lines (prepare_data and --verify-hub-tokens read them alike)."""
+    text = (REPO / "gpt2repro" / "assets" / "tinyshakespeare.txt").read_text()[:120_000]
+    path = tmp_path_factory.mktemp("corpus") / "plays.jsonl"
+    path.write_text("".join(json.dumps({"text": text[i : i + 1500]}) + "\n" for i in range(0, len(text), 1500)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def prepared(corpus, tmp_path_factory):
+    """The corpus prepared here, as the stand-in Hub's repos serve it."""
+    import prepare_data
+    import stand_in_hub
+
+    out = tmp_path_factory.mktemp("prepared") / "plays"
+    prepare_data.main([str(corpus), "--out", str(out), "--shard-tokens", "8000",
+                       "--val-split-tokens", str(stand_in_hub.VAL),
+                       "--num-proc", "1"])
+    return out
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    import stand_in_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    return stand_in_hub.StandInHub(tmp_path / "hub").install(monkeypatch.setattr)

@@ -19,12 +19,17 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import httpx2
+import numpy as np
 from huggingface_hub import HfApi, constants, file_download
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.file_download import HfFileMetadata
 from huggingface_hub.hf_api import DatasetInfo, RepoFile, RepoUrl
 from huggingface_hub.utils import filter_repo_objects
 
+import prepare_data
+from gpt2repro.token_shards import load_manifest, read_shard, write_shard
+
+VAL = 2048  # the validation budget of the data prepared for the stand-in Hub (conftest's `prepared`)
 SETTINGS = ".stand_in.json"  # per repo: private flag (hidden files are not part of the repo)
 
 
@@ -146,3 +151,27 @@ def install_from_environment() -> None:
     root = os.environ.get("GPT2REPRO_STAND_IN_HUB")
     if root:
         StandInHub(root).install()
+
+
+# ---- the tests' repos and downloads ----
+
+
+def llmc_repo(hub, prepared, repo_id="kjj0/plays10B-gpt2", extra_val=1000):
+    """The prepared tokens as modded-nanogpt publishes them: no manifest, plays_val_000000.bin (the val split and
+    `extra_val` tokens past the budget, as kjj0's 100M-token val shard is longer than the 10.5M scored), then
+    plays_train_000001.bin ... (the prepared train shards, byte for byte)."""
+    folder = hub.repo(repo_id)
+    folder.mkdir(parents=True)
+    manifest = load_manifest(prepared)
+    val = np.concatenate([np.asarray(read_shard(prepared / s["file"])) for s in manifest["shards"]
+                          if s["split"] == "val"])
+    write_shard(folder / "plays_val_000000.bin", np.concatenate([val, val[:extra_val][::-1]]))
+    train = [s["file"] for s in manifest["shards"] if s["split"] == "train"]
+    for i, file in enumerate(train, 1):
+        shutil.copyfile(prepared / file, folder / f"plays_train_{i:06d}.bin")
+    (folder / "README.md").write_text("---\nlicense: odc-by\n---\n")  # not a shard: never fetched
+    return repo_id
+
+
+def download(*args):
+    prepare_data.main(["--from-hub", *map(str, args), "--val-split-tokens", str(VAL)])

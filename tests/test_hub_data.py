@@ -8,62 +8,15 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, metrics, run_in_process
+from conftest import metrics, run_in_process
 from huggingface_hub import constants
-from stand_in_hub import StandInHub
+from stand_in_hub import VAL, download, llmc_repo
 
 import prepare_data
 from gpt2repro import hub_data
 from gpt2repro.model_card import build_model_card
 from gpt2repro.report import describe_data
-from gpt2repro.token_shards import HEADER_BYTES, ShardError, load_manifest, open_split, read_shard, write_shard
-
-VAL = 2048  # the validation budget of these tests' prepared data
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """~80 Shakespeare documents as JSON Lines (prepare_data and --verify-hub-tokens read them alike)."""
-    text = (REPO / "gpt2repro" / "assets" / "tinyshakespeare.txt").read_text()[:120_000]
-    path = tmp_path_factory.mktemp("corpus") / "plays.jsonl"
-    path.write_text("".join(json.dumps({"text": text[i : i + 1500]}) + "\n" for i in range(0, len(text), 1500)))
-    return path
-
-
-@pytest.fixture(scope="module")
-def prepared(corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("prepared") / "plays"
-    prepare_data.main([str(corpus), "--out", str(out), "--shard-tokens", "8000", "--val-split-tokens", str(VAL),
-                       "--num-proc", "1"])
-    return out
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    return StandInHub(tmp_path / "hub").install(monkeypatch.setattr)
-
-
-def llmc_repo(hub, prepared, repo_id="kjj0/plays10B-gpt2", extra_val=1000):
-    """The prepared tokens as modded-nanogpt publishes them: no manifest, plays_val_000000.bin (the val split and
-    `extra_val` tokens past the budget, as kjj0's 100M-token val shard is longer than the 10.5M scored), then
-    plays_train_000001.bin ... (the prepared train shards, byte for byte)."""
-    folder = hub.repo(repo_id)
-    folder.mkdir(parents=True)
-    manifest = load_manifest(prepared)
-    val = np.concatenate([np.asarray(read_shard(prepared / s["file"])) for s in manifest["shards"]
-                          if s["split"] == "val"])
-    write_shard(folder / "plays_val_000000.bin", np.concatenate([val, val[:extra_val][::-1]]))
-    train = [s["file"] for s in manifest["shards"] if s["split"] == "train"]
-    for i, file in enumerate(train, 1):
-        shutil.copyfile(prepared / file, folder / f"plays_train_{i:06d}.bin")
-    (folder / "README.md").write_text("---\nlicense: odc-by\n---\n")  # not a shard: never fetched
-    return repo_id
-
-
-def download(*args):
-    prepare_data.main(["--from-hub", *map(str, args), "--val-split-tokens", str(VAL)])
-
+from gpt2repro.token_shards import HEADER_BYTES, ShardError, load_manifest, open_split, write_shard
 
 def one_line_error(capsys, *args):
     with pytest.raises(SystemExit) as exit_info:  # errors.cli: Python prints the message and exits 1

@@ -260,3 +260,72 @@ def test_every_llmc_shard_header_is_checked(tmp_path):
     (tmp_path / "fineweb_train_000002.bin").write_bytes(b"\0" * 2048)  # never read by a val loader
     with pytest.raises(ShardError, match="fineweb_train_000002.bin: not a token shard"):
         load_manifest(tmp_path)
+
+
+def test_foreign_ids_outside_the_startup_sample_stop_every_rank_when_a_batch_first_reaches_their_shard(
+    data_dir, monkeypatch
+):
+    import gpt2repro.token_shards as token_shards
+
+    shard = data_dir / "synthetic_train_000002.bin"  # 203 tokens
+    tokens = read_shard(shard).copy()
+    tokens[150] = 50300  # a padding row of the model's embedding: no GPT-2 token
+    shard.write_bytes(b"")
+    write_shard(shard, tokens)
+    monkeypatch.setattr(token_shards, "ID_SAMPLE_BLOCK", 8)  # a sample that misses position 150
+    token_shards.check_shards(data_dir)  # the startup sample passes...
+    entry = next(e for e in load_manifest(data_dir)["shards"] if e["file"] == shard.name)
+    full = token_shards.shard_problem(shard, entry, 50257, full=True)
+    assert full.startswith("token id 50300 at token 150 is outside the tokenizer's vocabulary (0..50256")
+    # ...the loader reads the whole shard first, and every rank refuses it at the same batch: the first that
+    # reaches the shard on any rank
+    loaders = [ShardedTokenLoader(data_dir, "train", 2, T, rank, 2, seed=7) for rank in range(2)]
+    failed_at = []
+    for loader in loaders:
+        for batch in range(100):
+            try:
+                loader.next_batch()
+            except ShardError as e:
+                assert "synthetic_train_000002.bin: token id 50300" in str(e) and "\n" not in str(e)
+                failed_at.append(batch)
+                break
+    assert len(failed_at) == 2 and failed_at[0] == failed_at[1]
+
+
+def test_a_shard_overwritten_after_preparation_is_refused_when_read(data_dir):
+    shard = data_dir / "synthetic_train_000002.bin"
+    tokens = read_shard(shard)[::-1].copy()  # the same size and ids, other contents
+    write_shard(shard, tokens)
+    loader = ShardedTokenLoader(data_dir, "train", 4, T, seed=7)
+    with pytest.raises(ShardError, match=r"synthetic_train_000002.bin: its contents changed since preparation"):
+        for _ in range(100):
+            loader.next_batch()
+
+
+def test_the_rewrite_command_prepares_the_same_source_into_the_same_directory(tmp_path):
+    from gpt2repro.token_shards import rewrite_command
+
+    settings = {"val_tokens": 10_000_000, "shard_tokens": 100_000_000}
+    hub = {"name": "fineweb-edu-10b", "settings": settings,
+           "source": {"type": "hub", "dataset": "HuggingFaceFW/fineweb-edu", "name": "sample-10BT", "split": "train",
+                      "text_column": "text", "part": None}}
+    assert rewrite_command(tmp_path, hub, "x.bin") == (
+        f"python prepare_data.py fineweb-edu-10b --val-split-tokens 10000000 --shard-tokens 100000000 "
+        f"--out {tmp_path} --overwrite"
+    )
+    hub["name"] = "fineweb-edu-sample-10BT"  # not a preset: named after the dataset
+    assert rewrite_command(tmp_path, hub, "x.bin").startswith(
+        "python prepare_data.py --dataset HuggingFaceFW/fineweb-edu --name sample-10BT --val-split-tokens")
+    files = {"name": "corpus", "label": "docs/a.txt docs/b.txt", "settings": settings,
+             "source": {"type": "files", "text_column": "body", "part": [1, 4]}}
+    assert rewrite_command(tmp_path, files, "x.bin") == (
+        f"python prepare_data.py docs/a.txt docs/b.txt --text-column body --num-shards 4 --shard-index 1 "
+        f"--val-split-tokens 10000000 --shard-tokens 100000000 --out {tmp_path} --overwrite"
+    )
+    assert rewrite_command(tmp_path, {"source": {"type": "llm.c shards"}}, "x.bin") is None
+    downloaded = {"settings": {"val_tokens": 2048, "shard_tokens": None},
+                  "source": {"type": "hub tokens", "repo": "someone/tokens", "revision": "abc123"}}
+    assert rewrite_command(tmp_path, downloaded, "x.bin") == (
+        f"rm {tmp_path / 'manifest.json'} && python prepare_data.py --from-hub someone/tokens --revision abc123 "
+        f"--val-split-tokens 2048 --out {tmp_path} --overwrite"
+    )

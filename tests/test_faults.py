@@ -1,0 +1,259 @@
+"""Faults a long run meets: a full disk, out-of-memory, a damaged shard, a checkpoint changed on disk, bad numbers."""
+
+import json
+import resource
+import shlex
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import SEQ, TINY, assert_same_weights, launcher, logged, run_cli, run_in_process
+
+import prepare_data
+import train
+from gpt2repro import checkpoints
+from gpt2repro.checkpoints import STATE_FILE, find_resume_checkpoint
+from gpt2repro.token_shards import write_shard
+
+
+def run_for_error(*args) -> str:
+    """train.run's one line (it exits with it), after resetting Accelerate's process-wide state."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(SystemExit) as exit_info:
+        train.run([*TINY, *map(str, args)])
+    message = str(exit_info.value)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+# ---- a full disk ----
+
+
+@pytest.mark.slow
+def test_a_full_disk_save_names_the_intact_checkpoint_removes_the_temp_folder_and_resumes_bit_identical(
+    data_dir, tmp_path, monkeypatch
+):
+    common = ["--data-dir", data_dir, "--max-steps", 4, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ,
+              "--save-every", 1, "--keep-checkpoints", 3]
+    run_in_process(*common, "--run-dir", tmp_path / "whole")
+
+    save_checkpoint, saves = train.save_checkpoint, []
+
+    def second_save_on_a_full_disk(*args, **kwargs):  # as `ulimit -f`: writes past 40 MB fail with EFBIG
+        saves.append(args[2])
+        if len(saves) != 2:
+            return save_checkpoint(*args, **kwargs)
+        limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40 * 2**20, limits[1]))  # the tiny optimizer state is ~58 MB
+        try:
+            return save_checkpoint(*args, **kwargs)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+
+    monkeypatch.setattr(train, "save_checkpoint", second_save_on_a_full_disk)
+    run = tmp_path / "run"
+    message = run_for_error(*common, "--run-dir", run)
+    assert message.startswith(f"error: could not write checkpoint {run / 'checkpoint-000002'} (")
+    assert f"the newest intact checkpoint is {run / 'checkpoint-000001'}" in message
+    assert message.endswith("--resume auto") and "continue with: python train.py" in message
+    assert not list(run.glob(".tmp-*")) and [p.name for p in run.glob("checkpoint-*")] == ["checkpoint-000001"]
+
+    monkeypatch.setattr(train, "save_checkpoint", save_checkpoint)
+    run_in_process(*shlex.split(message.split("continue with: python train.py ")[1])[len(TINY):])
+    assert_same_weights(tmp_path / "whole" / "final", run / "final")
+    assert logged(run, "loss") == logged(tmp_path / "whole", "loss")
+
+
+@pytest.mark.slow
+def test_the_startup_space_check_warns_and_require_disk_refuses(data_dir, tmp_path, monkeypatch, capsys):
+    real = shutil.disk_usage
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda path: real(path)._replace(free=100 * 2**20))
+    common = ["--data-dir", data_dir, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ, "--max-steps", 3,
+              "--save-every", 1, "--keep-checkpoints", 2]
+    message = run_for_error(*common, "--run-dir", tmp_path / "refused", "--require-disk")
+    # tiny: 7.3M parameters x 16 bytes + 16 MB a checkpoint; 2 kept, final/ and the one being written: 3 of them
+    assert message.startswith("error: the run's checkpoints need about 0.4 GB (3 x 0.13 GB: 2 kept (--keep-checkpoints"
+                              "), final/ and the one being written) but ") and "has 0.1 GB free" in message
+    assert not (tmp_path / "refused" / "metrics.jsonl").exists()
+
+    run_in_process(*common, "--run-dir", tmp_path / "warned")
+    out = capsys.readouterr().out
+    assert "warning: the run's checkpoints need about 0.4 GB" in out and "--require-disk refuses" in out
+    assert (tmp_path / "warned" / "final").exists()  # a warning only: it may still fit
+
+
+# ---- out of memory ----
+
+
+@pytest.mark.slow
+def test_out_of_memory_halves_the_micro_batch_and_matches_a_run_started_smaller(data_dir, tmp_path, monkeypatch,
+                                                                                capsys):
+    from modeling_gpt2repro import GPT2ReproForCausalLM
+
+    forward = GPT2ReproForCausalLM.forward
+
+    def small_memory(self, input_ids=None, **kwargs):  # a GPU that holds 2 windows of activations, not more
+        if input_ids is not None and self.training and input_ids.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(self, input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(GPT2ReproForCausalLM, "forward", small_memory)
+    common = ["--data-dir", data_dir, "--max-steps", 3, "--total-batch-tokens", 8 * SEQ]
+    run_in_process(*common, "--run-dir", tmp_path / "auto", "--micro-batch-size", "auto", "--save-every", 1)
+    out = capsys.readouterr().out
+    assert "batch: 256 tokens/step = 8 (auto) x 32 x 1 processes x 1 accumulation" in out
+    assert "out of memory at micro-batch 8: going on with micro-batch 4 x 2 accumulation" in out
+    assert "out of memory at micro-batch 4: going on with micro-batch 2 x 4 accumulation" in out
+    run_in_process(*common, "--run-dir", tmp_path / "small", "--micro-batch-size", 2)
+    assert logged(tmp_path / "auto", "loss") == logged(tmp_path / "small", "loss")
+    assert logged(tmp_path / "auto", "grad_norm") == logged(tmp_path / "small", "grad_norm")
+    assert_same_weights(tmp_path / "auto" / "final", tmp_path / "small" / "final")
+    # recorded where a user and a resume look
+    assert yaml.safe_load((tmp_path / "auto" / "settings.yaml").read_text())["micro_batch_size"] == 2
+    assert json.loads((tmp_path / "auto" / "report.json").read_text())["settings"]["micro_batch_size"] == 2
+    assert json.loads((tmp_path / "auto" / "checkpoint-000002" / STATE_FILE).read_text())["micro_batch_size"] == 2
+
+    capsys.readouterr()
+    run_in_process(*common, "--run-dir", tmp_path / "resumed", "--micro-batch-size", "auto",
+                   "--resume", tmp_path / "auto" / "checkpoint-000002")
+    out = capsys.readouterr().out
+    assert "= 2 (auto) x 32 x 1 processes x 4 accumulation" in out and "out of memory" not in out
+    assert_same_weights(tmp_path / "auto" / "final", tmp_path / "resumed" / "final")
+
+
+# ---- a damaged shard ----
+
+
+def copy_of(data_dir, where):
+    shutil.copytree(data_dir, where)
+    return where
+
+
+def test_a_truncated_shard_is_named_at_startup_with_the_command_that_rewrites_it(data_dir, tmp_path):
+    data = copy_of(data_dir, tmp_path / "data")
+    shard = sorted(data.glob("*_train_*.bin"))[1]
+    shard.write_bytes(shard.read_bytes()[:-100])  # a failed copy
+    message = run_for_error("--data-dir", data, "--run-dir", tmp_path / "run", "--max-steps", 1)
+    assert message.startswith(f"error: {shard}: truncated or corrupt shard (")
+    assert "damaged after preparation: rewrite it with python prepare_data.py " in message
+    assert message.endswith(f"--out {data} --overwrite")
+
+
+@pytest.mark.slow
+def test_a_shard_damaged_mid_run_is_named_and_re_preparing_resumes_exactly(data_dir, tmp_path, monkeypatch):
+    data = tmp_path / "data"  # the fixture's corpus in 2,000-token shards: a run reaches its second shard soon
+    prepare_data.main([str(data_dir.parent / "corpus.txt"), "--out", str(data), "--shard-tokens", "2000",
+                       "--val-split-tokens", "2048", "--num-proc", "1"])
+    step_tokens = 8 * SEQ
+    loader = train.ShardedTokenLoader(data, "train", 8, SEQ, seed=train.Settings.seed)
+    order, token_starts, _ = loader._epoch_layout(0)
+    # checked (so refused) once a batch reaches the shard before it: any of that one's windows may run into it
+    slot = next(i for i, start in enumerate(token_starts) if i and token_starts[i - 1] >= 5 * step_tokens)
+    damaged = data / loader.entries[order[slot]]["file"]
+    common = ["--micro-batch-size", 8, "--total-batch-tokens", step_tokens, "--save-every", 2,
+              "--max-steps", int(token_starts[slot - 1]) // step_tokens + 3]
+    run_in_process("--data-dir", data, "--run-dir", tmp_path / "whole", *common)
+
+    loader_class = train.ShardedTokenLoader
+
+    def loader_then_a_failed_copy(*args, **kwargs):  # the shard loses its tail after startup, before it is read
+        loader = loader_class(*args, **kwargs)
+        damaged.write_bytes(damaged.read_bytes()[:-1000])
+        return loader
+
+    monkeypatch.setattr(train, "ShardedTokenLoader", loader_then_a_failed_copy)
+    run = tmp_path / "run"
+    message = run_for_error("--data-dir", data, "--run-dir", run, *common)
+    assert message.startswith(f"error: {damaged}: truncated or corrupt shard (")
+    assert json.loads((find_resume_checkpoint("auto", run)[0] / STATE_FILE).read_text())["step"] >= 4
+
+    monkeypatch.setattr(train, "ShardedTokenLoader", loader_class)
+    command = shlex.split(message.split("rewrite it with ")[1])
+    assert command[:2] == ["python", "prepare_data.py"]
+    prepare_data.main(command[2:])
+    run_in_process("--data-dir", data, "--run-dir", run, *common, "--resume", "auto")
+    assert_same_weights(tmp_path / "whole" / "final", run / "final")
+    assert logged(run, "loss") == logged(tmp_path / "whole", "loss")
+
+
+# ---- bad numbers: settings out of range, token ids outside the vocabulary ----
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--lr", "-1", "--lr -1.0: must be positive"),
+    ("--lr", "nan", "--lr nan: must be positive"),
+    ("--beta2", "1", "--beta2 1.0: must be in [0, 1)"),
+    ("--grad-clip", "0", "--grad-clip 0.0: must be positive"),
+    ("--weight-decay", "-0.1", "--weight-decay -0.1: must be 0 or more (0 turns it off)"),
+    ("--min-lr-ratio", "2", "--min-lr-ratio 2.0: must be between 0 and 1"),
+    ("--warmup-steps", "-5", "--warmup-steps -5: must be 0 or more (0 turns it off)"),
+    ("--micro-batch-size", "0", "--micro-batch-size 0: must be positive, or auto"),
+])
+def test_a_setting_out_of_its_range_is_refused_in_one_line_before_anything_is_built(flag, value, expected,
+                                                                                  monkeypatch, tmp_path):
+    monkeypatch.setattr(train, "make_accelerator", lambda s: pytest.fail("built an Accelerator"))
+    message = run_for_error("--run-dir", tmp_path, flag, value)
+    assert message == f"error: {expected}"
+
+
+def llmc_dir(where, train_tokens):
+    where.mkdir()
+    write_shard(where / "fineweb_val_000000.bin", np.arange(2048) % 50257)
+    write_shard(where / "fineweb_train_000001.bin", train_tokens)
+    return where
+
+
+@pytest.mark.parametrize("foreign_id", [50300, 60000])  # a padding row of the embedding, and beyond the model
+def test_llmc_shards_with_ids_outside_the_vocabulary_are_refused_in_one_line(tmp_path, foreign_id):
+    tokens = np.arange(20_000) % 50257
+    tokens[12_345] = foreign_id
+    data = llmc_dir(tmp_path / "llmc", tokens)
+    message = run_for_error("--data-dir", data, "--run-dir", tmp_path / "run", "--max-steps", 1)
+    shard = data / "fineweb_train_000001.bin"
+    assert message.startswith(f"error: {shard}: token id {foreign_id} at token 12,345 is outside the tokenizer's "
+                              "vocabulary (0..50256")
+    assert message.endswith("replace it with an intact copy (these llm.c shards were not written by prepare_data.py)")
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_a_two_process_launch_ends_in_one_line(data_dir, tmp_path):
+    def file_size_limit():  # `ulimit -f` for the launcher and its ranks: rank 0's optimizer state cannot be written
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40 * 2**20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    result = run_cli("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 3, "--micro-batch-size", 4,
+                     "--total-batch-tokens", 8 * SEQ, "--save-every", 1, "--collective-timeout-minutes", 10,
+                     launcher=launcher("cpu_2proc.yaml"), preexec_fn=file_size_limit, timeout=540)  # a hang: TimeoutExpired
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    # rank 0's write failed and it names why; rank 1's writes succeeded: it learns of the failure from a reduction
+    # (torch elastic may also end it first, once rank 0 exits, so its line is not required)
+    failed = [line for line in lines if "(torch.save could not write its file" in line]
+    assert len(failed) == 1 and all("could not write checkpoint" in line for line in lines), result.stderr[-3000:]
+    assert failed[0].startswith(f"error: could not write checkpoint {tmp_path / 'checkpoint-000001'} (")
+    assert "no checkpoint of this run is intact yet" in failed[0] and failed[0].endswith("--resume auto")
+    assert "accelerate launch <the same options> train.py" in failed[0] and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_a_damaged_downloaded_shard_is_fetched_again_by_the_command_its_line_gives(hub, prepared, tmp_path):
+    from pathlib import Path
+
+    from stand_in_hub import download, llmc_repo
+
+    from gpt2repro.token_shards import ShardError, check_shards
+
+    out = tmp_path / "plays"
+    download(llmc_repo(hub, prepared), "--out", out)
+    shard = out / "plays_train_000001.bin"
+    intact = shard.read_bytes()
+    shard.write_bytes(intact[:-500])  # a failed copy
+    with pytest.raises(ShardError, match=r"plays_train_000001\.bin: truncated or corrupt shard") as error:
+        check_shards(out)
+    remove, command = str(error.value).split("rewrite it with ")[1].split(" && ")
+    Path(shlex.split(remove)[1]).unlink()
+    prepare_data.main(shlex.split(command)[2:])
+    assert shard.read_bytes() == intact
+    check_shards(out)
