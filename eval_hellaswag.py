@@ -3,6 +3,11 @@
     python eval_hellaswag.py --model runs/x/final --model gpt2 [--data hellaswag_val.jsonl]
         [--limit N] [--batch-size 16] [--device auto] [--dtype float32] [--val-data data/]
         [--output results.json]
+    python eval_hellaswag.py --model runs/x/final --no-hellaswag --val-data data/tinyshakespeare   # loss alone
+
+A model that fails to load (a Hub id offline) does not lose the others' results: they are printed and
+written to --output, then the run ends with the error. Offline, HF_HUB_OFFLINE=1 loads Hub ids from the
+local cache at once instead of retrying, and --model takes any local save_pretrained directory.
 
 Every row reports HellaSwag in both public conventions (completion style as build-nanogpt and llm.c
 score it, lm-eval style as lm-evaluation-harness does; gpt2repro/hellaswag.py says how they differ).
@@ -19,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import huggingface_hub.constants
 import torch
 
 import modeling_gpt2repro  # noqa: F401  registers our classes with Auto*: checkpoints saved without code load
@@ -31,6 +37,8 @@ from gpt2repro.throughput import keep_freed_memory_for_reuse
 from gpt2repro.validation import resolve_val_tokens, validation_loss
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+OFFLINE_HINT = ("offline, set HF_HUB_OFFLINE=1 to use the local Hub cache without retrying, or pass a local "
+                "save_pretrained directory to --model")
 
 
 class ModelLoadError(UserError, ValueError):
@@ -59,24 +67,27 @@ def load_model(name: str, device: str, dtype: torch.dtype):
     # tokenizers' bare Exception): any of them becomes the one-line message.
     except Exception as e:
         if not Path(name).exists():
-            raise ModelLoadError(
-                f"cannot load model {name!r}: not a local directory, and not available from the Hugging "
-                "Face Hub (offline?); pass a local checkpoint directory to --model"
-            ) from None
+            raise ModelLoadError(f"cannot load model {name!r}: not a local directory, and not available from the "
+                                 f"Hugging Face Hub (offline?); {OFFLINE_HINT}") from None
         reason = first_line(e, with_type=True).rstrip(".")
         raise ModelLoadError(f"cannot load the {part} from {name} ({reason}); are its files complete?") from None
     return model.to(device).eval(), tokenizer
 
 
 def format_table(results: dict) -> str:
-    header = f"{'model':<32} {'items':>6} {'compl acc':>9} {'acc_norm':>8} {'lm-eval acc':>11} {'acc_norm':>8}"
-    with_val = any("val_loss" in r["summary"] for r in results["models"].values())
+    summaries = [r["summary"] for r in results["models"].values()]
+    with_hellaswag = any(HELLASWAG_ITEMS in s for s in summaries)
+    with_val = any("val_loss" in s for s in summaries)
+    header = f"{'model':<32}"
+    if with_hellaswag:
+        header += f" {'items':>6} {'compl acc':>9} {'acc_norm':>8} {'lm-eval acc':>11} {'acc_norm':>8}"
     lines = [header + (f" {'val loss':>8} {'val bpb':>8}" if with_val else "")]
-    for name, result in results["models"].items():
-        s = result["summary"]
-        widths = (9, 8, 11, 8)  # the header's columns
-        accs = "".join(f" {100 * s[metric.name]:>{width}.2f}" for metric, width in zip(HELLASWAG_METRICS, widths))
-        line = f"{name[-32:]:<32} {s[HELLASWAG_ITEMS]:>6}{accs}"
+    for name, s in zip(results["models"], summaries):
+        line = f"{name[-32:]:<32}"
+        if with_hellaswag:
+            widths = (9, 8, 11, 8)  # the header's columns
+            accs = "".join(f" {100 * s[metric.name]:>{width}.2f}" for metric, width in zip(HELLASWAG_METRICS, widths))
+            line += f" {s[HELLASWAG_ITEMS]:>6}{accs}"
         lines.append(line + (f" {s['val_loss']:>8.4f} {s['val_bpb']:>8.4f}" if "val_loss" in s else ""))
     return "\n".join(lines)
 
@@ -85,6 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, help="checkpoint, HF dir or Hub id; repeatable")
     parser.add_argument("--data", help="HellaSwag .jsonl (rowanz) or .parquet (Rowan/hellaswag); default: download val")
+    parser.add_argument("--hellaswag", action=argparse.BooleanOptionalAction, default=True,
+                        help="score HellaSwag (default); --no-hellaswag with --val-data reports validation loss alone")
     parser.add_argument("--limit", type=int, help="score only the first N items")
     parser.add_argument("--batch-size", type=int, default=16, help="items per forward (4 endings each)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
@@ -103,6 +116,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if len(set(args.model)) != len(args.model):
         parser.error("each --model may appear once")
+    if not args.hellaswag and not args.val_data:
+        parser.error("--no-hellaswag leaves nothing to evaluate: add --val-data DIR (validation loss alone)")
     return args
 
 
@@ -116,33 +131,51 @@ def main(argv=None):
     if args.output and not Path(args.output).resolve().parent.is_dir():
         raise UsageError(f"--output {args.output}: its directory does not exist; create it first")
     # bad data fails here, before any model is loaded
-    items = load_hellaswag(args.data, args.limit)
+    items = load_hellaswag(args.data, args.limit) if args.hellaswag else []
     if args.val_data:
         args.val_tokens = resolve_val_tokens(args.val_data, args.val_tokens)
     # a wrong repo id or no network fails now, not after hours of scoring
     card = load_card(args.push_results) if args.push_results else None
-    results = {"data": str(args.data or cache_dir() / "hellaswag_val.jsonl"), "val_data": args.val_data,
-               "provenance": provenance(), "models": {}}
+    data = str(args.data or cache_dir() / "hellaswag_val.jsonl") if args.hellaswag else None
+    results = {"data": data, "val_data": args.val_data, "provenance": provenance(), "models": {}}
+    failures = []
     for name in args.model:
-        model, tokenizer = load_model(name, device, getattr(torch, args.dtype))
+        if not Path(name).exists() and not huggingface_hub.constants.HF_HUB_OFFLINE:
+            print(f"note: {name} is not a local directory: loading it from the Hugging Face Hub ({OFFLINE_HINT})",
+                  file=sys.stderr)
+        try:
+            model, tokenizer = load_model(name, device, getattr(torch, args.dtype))
+        except ModelLoadError as e:  # the other models' results are kept: a Hub id offline must not lose them
+            failures.append(str(e))
+            continue
         started = time.perf_counter()
-        scores = score_hellaswag(model, tokenizer, items, args.batch_size, progress=True)
-        per_item = scores.pop("per_item")
-        summary = {**scores, "device": device, "dtype": args.dtype, "seconds": round(time.perf_counter() - started, 1)}
+        summary = {}
+        if items:
+            scores = score_hellaswag(model, tokenizer, items, args.batch_size, progress=True)
+            per_item = scores.pop("per_item")
+            summary.update(scores)
+        summary.update(device=device, dtype=args.dtype)
         if args.val_data:
             seq_len = min(1024, getattr(model.config, "max_position_embeddings", 1024))
             summary.update(validation_loss(model, args.val_data, args.val_tokens, seq_len, args.val_batch_size))
-        results["models"][name] = {"summary": summary, "items": per_item}
-        print(f"{name}: {len(items)} items in {summary['seconds']} s", file=sys.stderr)
+        summary["seconds"] = round(time.perf_counter() - started, 1)
+        results["models"][name] = {"summary": summary, "items": per_item if items else []}
+        print(f"{name}: {len(items)} HellaSwag items in {summary['seconds']} s", file=sys.stderr)
         del model
 
-    print(format_table(results))
-    if args.output:
+    if results["models"]:
+        print(format_table(results))
+    if args.output and results["models"]:
         write_atomically(Path(args.output), json.dumps(results, indent=1))  # never a half-written results file
         print(f"wrote {args.output}")
+    if failures:
+        kept = f"; the results of {', '.join(results['models'])} are above" if results["models"] else ""
+        kept += f" and in {args.output}" if kept and args.output else ""
+        raise ModelLoadError("; ".join(failures) + kept)
     if card is not None:
         data = describe_data(args.val_data) if args.val_data else None
-        card = add_eval_results(card, results["models"][args.model[0]]["summary"], args.push_results, data)
+        card = add_eval_results(card, results["models"][args.model[0]]["summary"], args.push_results, data,
+                                args.data)
         upload_card(card, args.push_results)
         print(f"added {args.model[0]}'s results to the card of https://huggingface.co/{args.push_results}")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gpt2repro.errors import cli, first_line
 from gpt2repro.checkpoints import RunDir
-from gpt2repro.report import ReportError, eval_summaries, save_report
+from gpt2repro.report import ReportError, eval_summaries, fill_final_eval, provenance, save_report
 
 
 def rerender(run_dir: Path, eval_results_path: Path | None = None) -> dict:
@@ -21,7 +21,9 @@ def rerender(run_dir: Path, eval_results_path: Path | None = None) -> dict:
     if eval_results_path is not None:
         results = _read_json(eval_results_path, "write it with eval_hellaswag.py --output FILE")
         report["eval_results"] = eval_summaries(results)
+        fill_final_eval(report, run_dir)
     report["curves"] = RunDir.CURVES if RunDir(run_dir).curves.is_file() else None
+    report["created"] = provenance()["created"]  # "Written": when this file was, not when training ended
     save_report(run_dir, report)
     return report
 

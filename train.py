@@ -1,10 +1,10 @@
 """Train GPT-2 with Accelerate: from a laptop CPU (tiny-Shakespeare) to many GPUs (FineWeb-Edu 10B).
 
-    python train.py                                   # the tiny preset on tiny-Shakespeare, minutes on a CPU
+    .venv/bin/python train.py                         # the tiny preset on tiny-Shakespeare, minutes on a CPU
     accelerate launch train.py --preset gpt2-124m     # the GPT-2 (124M) reproduction
     accelerate launch --config_file accelerate_configs/8gpu.yaml train.py --preset gpt2-124m --resume auto
 
-Settings: one dataclass below; a preset fills it, then `--config FILE` (YAML/JSON), then flags.
+Settings: a preset fills them all, then `--config FILE` (YAML/JSON, the names below with underscores), then flags.
 """
 
 import argparse
@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import datetime
 import functools
+import inspect
 import json
 import math
 import os
@@ -43,6 +44,7 @@ from gpt2repro.checkpoints import (
     find_resume_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    read_trainer_state,
     save_checkpoint,
 )
 from configuration_gpt2repro import GPT2ReproConfig
@@ -50,7 +52,7 @@ from gpt2repro.document_sources import DEFAULT_DATA_DIR, data_dir_for
 from gpt2repro.errors import UserError, cli, first_line
 from gpt2repro.hellaswag import HellaSwagDataError, load_hellaswag, score_hellaswag
 from gpt2repro.micro_batch import MicroBatch
-from gpt2repro.model_card import card_files, push_to_hub
+from gpt2repro.model_card import PublishError, card_files, check_push_access, push_to_hub
 from modeling_gpt2repro import GPT2ReproForCausalLM
 from gpt2repro.fileio import write_atomically
 from gpt2repro.report import SAMPLE_PROMPT, describe_data, plot_curves, val_loss_reference, write_report
@@ -65,44 +67,44 @@ from gpt2repro.validation import resolve_val_tokens, validation_loss
 class Settings:
     # what to train, on what, where to write
     model: str = "tiny"  # size preset (configuration_gpt2repro): tiny, gpt2-124m, gpt2-350m, gpt2-774m, gpt2-1558m
-    data_dir: str = str(DEFAULT_DATA_DIR)  # prepare_data.py output
-    run_dir: str = ""  # "": runs/<preset>
+    data_dir: str = str(DEFAULT_DATA_DIR)  # token shards written by prepare_data.py
+    run_dir: str = ""  # checkpoints, metrics, curves and the report; "": runs/<preset>
     # token layout of each optimizer step: total = micro-batch x seq-len x processes x accumulation
-    total_batch_tokens: int = 4_096
+    total_batch_tokens: int = 4_096  # tokens per optimizer step, over all processes and accumulation steps
     micro_batch_size: int | str = 16  # sequences; auto: the largest that fits, halved on out-of-memory (micro_batch.py)
-    seq_len: int = 256
+    seq_len: int = 256  # tokens per sequence, at most the model's context length
     # optimization: AdamW, linear warmup then cosine to min_lr_ratio x lr
-    max_steps: int = 150  # two epochs of tiny-Shakespeare
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 10
-    weight_decay: float = 0.1  # on >=2-D parameters only
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
+    max_steps: int = 150  # optimizer steps to train (tiny: two epochs of tiny-Shakespeare)
+    lr: float = 2e-3  # peak learning rate, reached after the warmup
+    min_lr_ratio: float = 0.1  # the cosine ends at this fraction of --lr
+    warmup_steps: int = 10  # steps of linear warmup from 0
+    weight_decay: float = 0.1  # AdamW weight decay, on >=2-D parameters only
+    beta1: float = 0.9  # AdamW's first-moment decay
+    beta2: float = 0.95  # AdamW's second-moment decay
+    grad_clip: float = 1.0  # clip the global gradient norm to this
     # evaluation, samples, checkpoints
-    eval_every: int = 50  # validation loss, HellaSwag and samples; 0 = only at the end
+    eval_every: int = 50  # steps between evaluations (validation loss, HellaSwag, samples); 0 = only at the end
     val_tokens: int = 0  # targets of the val split scored at each evaluation; 0 = all of it (validation.py)
     hellaswag: str = "off"  # off | auto (cached or downloaded, skipped if unavailable) | path to a jsonl
-    hellaswag_limit: int = 0  # 0 = all items
-    sample_tokens: int = 32
-    save_every: int = 0  # steps; 0 = only the final checkpoint
+    hellaswag_limit: int = 0  # score only the first N HellaSwag items; 0 = all items
+    sample_tokens: int = 32  # tokens of each sample printed at an evaluation; 0 = no samples
+    save_every: int = 0  # steps between checkpoints; 0 = only the final checkpoint
     save_every_minutes: float = 0.0  # also save once this much time passed since the last save: bounds lost work
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # periodic checkpoints kept (final/ is always kept); 0 = keep all
     require_disk: bool = False  # refuse to start when the run directory's disk cannot hold the checkpoints
-    resume: str = ""  # "" | auto | a checkpoint directory (a torch-elastic restart resumes as auto by itself)
+    resume: str = ""  # auto (newest complete checkpoint of --run-dir) | a checkpoint dir; torch elastic restarts: auto
     push_to_hub: str = ""  # a Hub repo id for the final checkpoint
     hub_private: bool = False  # create that repo private
     # system
-    seed: int = 1337
+    seed: int = 1337  # initial weights, data order and samples
     mixed_precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | no (fp32)
-    compile: bool | None = None  # None: on with CUDA
+    compile: bool | None = None  # torch.compile the model; unset: on with CUDA, off on CPU
     attention: str = "auto"  # auto (FlashAttention-3 on Hopper with `pip install kernels`, else sdpa) | sdpa | eager
     log_with: str = "tensorboard"  # Accelerate tracker: tensorboard | wandb | trackio | none
     max_bad_steps: int = 5  # abort after this many non-finite steps in a row (counted at the steps that log)
     log_every: int = 0  # steps between progress lines (the only steps that read the device); 0: 1 on CPU, 10 on GPU
     collective_timeout_minutes: float = 10.0  # a rank that stops answering ends the others after this long
-    gpu_hour_usd: float = 3.0  # the report's cost estimate (nanochat's 8xH100 node at $24/h)
+    gpu_hour_usd: float = 3.0  # USD per GPU-hour, for the report's cost estimate (nanochat's 8xH100 node at $24/h)
 
 
 # Training presets, named like every preset in this project: the model size they train, then what differs.
@@ -173,18 +175,52 @@ class RunState:
 # settings
 
 
+# What a flag's value is, where its name alone would not say.
+METAVARS = {"model": "PRESET", "data_dir": "DIR", "run_dir": "DIR", "hellaswag": "off|auto|FILE",
+            "resume": "auto|DIR", "push_to_hub": "REPO_ID"}
+
+
+def settings_help() -> dict[str, tuple[str, str]]:
+    """{setting: (its heading, its comment)}, read from the Settings source: --help says what the dataclass says."""
+    heading, found = "", {}
+    for line in inspect.getsource(Settings).splitlines()[2:]:
+        line = line.strip()
+        if line.startswith("#"):
+            heading = line.lstrip("# ")
+        elif ":" in line:
+            found[line.split(":")[0]] = (heading, line.split("  # ", 1)[1] if "  # " in line else "")
+    return found
+
+
+def default_help(name: str) -> str:
+    """The tiny default and what the other presets set instead, e.g. "default: 150; gpt2-124m: 19073"."""
+    default = getattr(Settings, name)
+    by_value = {}
+    for preset, values in PRESETS.items():
+        if name in values and values[name] != default:
+            by_value.setdefault(values[name], []).append(preset)
+    shown = "runs/PRESET" if name == "run_dir" else {"": "none", None: "unset"}.get(default, default)
+    return "; ".join([f"default: {shown}", *(f"{', '.join(p)}: {v}" for v, p in by_value.items())])
+
+
 def parse_settings(argv=None) -> tuple[str, Settings]:
     """(preset name, settings): the preset, then --config FILE, then flags."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny", type=str.lower, choices=sorted(PRESETS))
-    parser.add_argument("--config", help="YAML or JSON file of settings (overrides the preset)")
+    parser.add_argument("--preset", default="tiny", type=str.lower, choices=sorted(PRESETS),
+                        help="named settings to start from (default: tiny)")
+    parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings (overrides the preset)")
+    groups = {}
     for f in dataclasses.fields(Settings):
-        flag = "--" + f.name.replace("_", "-")
+        heading, comment = settings_help()[f.name]
+        group = groups.get(heading) or groups.setdefault(heading, parser.add_argument_group(heading))
+        flag, text = "--" + f.name.replace("_", "-"), f"{comment} ({default_help(f.name)})".replace("%", "%%")
         if f.type in (bool, bool | None):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             kind = {int: int, float: float, int | str: int_or_auto}.get(f.type, str)
-            parser.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name))
+            metavar = METAVARS.get(f.name) or {int: "N", float: "NUM", int_or_auto: "N|auto"}.get(kind)
+            group.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name),
+                               metavar=None if f.name in CHOICES else metavar, help=text)
     args = parser.parse_args(argv)
 
     values = dict(PRESETS[args.preset])
@@ -451,6 +487,8 @@ def evaluate(accelerator, model, tokenizer, s: Settings, val_tokens: int, hellas
 
 def generate_samples(accelerator, model, tokenizer, s: Settings, step: int, count: int = 4) -> list[str]:
     """A few sampled continuations (KV cache), seeded per step, without touching the training RNG."""
+    if not s.sample_tokens:
+        return []
     model.eval()
     prompt = tokenizer(SAMPLE_PROMPT, return_tensors="pt").to(accelerator.device)
     with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
@@ -475,13 +513,27 @@ def load_hellaswag_items(s: Settings, accelerator, print0) -> list:
     items, reason = [], "not available on another rank"
     with accelerator.main_process_first():  # the others read the main process's download from the cache
         try:
-            items = load_hellaswag(None, limit=limit)
+            items = load_hellaswag(None, limit=limit, flag="--hellaswag")
         except (OSError, HellaSwagDataError) as e:
             reason = first_line(e)
     if any_rank(accelerator, not items)[0]:
         print0(f"notice: HellaSwag skipped ({reason})")
         return []
     return items
+
+
+def check_push(s: Settings, accelerator, print0) -> None:
+    """--push-to-hub: the login and write access are checked now, on the main process, not after training."""
+    if not s.push_to_hub:  # the same setting on every rank: all return here together
+        return
+    problem = None
+    if accelerator.is_main_process:
+        try:
+            print0(check_push_access(s.push_to_hub, s.hub_private))
+        except PublishError as e:
+            problem = e
+    if any_rank(accelerator, problem is not None)[0]:
+        raise problem or PublishError(f"--push-to-hub {s.push_to_hub}: refused on the main process (see its error)")
 
 
 def resume_candidates(s: Settings) -> list[Path]:
@@ -494,6 +546,19 @@ def resume_candidates(s: Settings) -> list[Path]:
         raise SettingsError(f"--run-dir {s.run_dir} holds another run's checkpoints; continue it with --resume auto, "
                             "or choose another --run-dir")
     return own or find_resume_checkpoint(s.resume, s.run_dir)
+
+
+def finished_run(s: Settings, candidates: list[Path]) -> str | None:
+    """What to say when the checkpoint to resume from is this run's own final one at --max-steps: the run is done,
+    and resuming would re-save it, re-measure it and rewrite its report."""
+    run_dir = RunDir(s.run_dir)
+    if not candidates or candidates[0] != run_dir.final:
+        return None
+    if read_trainer_state(run_dir.final).get("step", -1) < s.max_steps:
+        return None
+    return (f"{s.run_dir} is finished: {run_dir.final} holds step {read_trainer_state(run_dir.final)['step']} of "
+            f"--max-steps {s.max_steps}; nothing to do, no file changed.\nreport: {run_dir.report_md} | curves: "
+            f"{run_dir.curves}\nto train longer, raise --max-steps; to start afresh, use another --run-dir")
 
 
 def resume(accelerator, model, optimizer, candidates: list[Path], loader, run_dir: Path, print0) -> RunState:
@@ -528,7 +593,8 @@ def save(accelerator, model, tokenizer, path: Path, state: RunState, loader, log
     files = None
     if accelerator.is_main_process:
         report = write_report(log.run_dir.path, log.facts(state))
-        files = card_files(report, log.settings.push_to_hub or str(path), log.run_dir.path)
+        context = accelerator.unwrap_model(model).config.n_positions  # the card states it
+        files = card_files(dict(report, context_length=context), log.settings.push_to_hub or None, log.run_dir.path)
     resume_with = continue_command(log.command, accelerator.num_processes)
     save_checkpoint(accelerator, model, path, trainer_state, tokenizer, files, resume_with)
 
@@ -643,7 +709,8 @@ class RunLog:
 
     def evaluation(self, step: int, results: dict, samples: list[str]) -> None:
         self.metrics(step, results)
-        self.print(" | ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:.4f}" for k, v in results.items()))
+        values = (f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:.4f}" for k, v in results.items())
+        self.print(" | ".join([f"eval {step:5d}/{self.settings.max_steps}", *values]))
         for text in samples:
             self.print(f"  sample: {text!r}")
         if self.accelerator.is_main_process:
@@ -661,6 +728,9 @@ def main(argv=None):
     prepare_default_data(s, accelerator)
     model_config, batch, val_tokens = check_settings(s, world)
     checkpoints = resume_candidates(s)
+    if finished := finished_run(s, checkpoints):
+        return accelerator.print(finished)  # a rerun of a finished run (make demo twice) changes nothing
+    check_push(s, accelerator, accelerator.print)  # seconds now, not after hours of training
 
     model = GPT2ReproForCausalLM(model_config)
     check_disk_space(s, model, accelerator)
@@ -676,6 +746,7 @@ def main(argv=None):
     loader = ShardedTokenLoader(s.data_dir, "train", batch.size, s.seq_len, accelerator.process_index, world,
                                 seed=s.seed)
     tokenizer = load_tokenizer()
+    tokenizer.model_max_length = model_config.n_positions  # what the saved tokenizer tells its users
     log = RunLog(accelerator, s, preset, argv)
     state = resume(accelerator, model, optimizer, checkpoints, loader, log.run_dir.path, log.print)
     batch.resume_at(state.micro_batch_size, loader)
@@ -733,7 +804,7 @@ def main(argv=None):
         final = log.run_dir.final
         log.tick(state)
         save(accelerator, model, tokenizer, final, state, loader, log)
-        log.print(f"final checkpoint: {final}")
+        log.print(f"final checkpoint: {final}\nreport: {log.run_dir.report_md} | curves: {log.run_dir.curves}")
         if s.push_to_hub and accelerator.is_main_process:
             push_to_hub(final, s.push_to_hub, private=s.hub_private)
             log.print(f"pushed to https://huggingface.co/{s.push_to_hub}")

@@ -13,10 +13,13 @@ refused on resume instead of loading whatever bytes are there. A save that fails
 removes its temp dir and names the newest intact checkpoint and the command that continues from it.
 """
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import pickle
+import re
 import shlex
 import shutil
 import time
@@ -133,7 +136,8 @@ def save_checkpoint(accelerator, model, path: Path, trainer_state: dict, tokeniz
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    failure = _disk_failure(accelerator.save_state, str(tmp / "training_state"))
+    with quiet_tied_weights_save():  # save_state writes the weights too
+        failure = _disk_failure(accelerator.save_state, str(tmp / "training_state"))
     # every rank's files are written (or failed) before the main process goes on: this reduction is the barrier
     _stop_if_any_failed(accelerator, failure, path, tmp, resume_with)
     weights = accelerator.get_state_dict(model)  # every rank takes part: FSDP gathers the full weights to rank 0
@@ -149,7 +153,8 @@ def _write_model_folder(accelerator, model, weights, tmp: Path, tokenizer, files
     model = accelerator.unwrap_model(model)
     if accelerator.is_fsdp2:
         model = unsharded_copy(model, weights)
-    model.save_pretrained(tmp, save_function=accelerator.save)
+    with quiet_tied_weights_save():
+        model.save_pretrained(tmp, save_function=accelerator.save)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     write_files(tmp, files or {})
@@ -265,6 +270,40 @@ def disk_space_problem(run_dir: Path, n_parameters: int, periodic: int) -> str |
         f"final/ and the one being written) but {where} has {free / 1e9:.1f} GB free; free space, lower "
         "--keep-checkpoints or choose another --run-dir"
     )
+
+
+class _TiedWeightsNotice(logging.Filter):
+    """Drops Accelerate's "Removed shared tensor {'lm_head.weight'} while saving ... check" warning: lm_head shares
+    wte's storage by design (tie_word_embeddings), and save_pretrained writes it once on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()  # "[RANK 0] Removed shared tensor {...} while saving. ..."
+        if "Removed shared tensor" not in message:
+            return True
+        names = re.findall(r"'([^']+)'", message.split("Removed shared tensor", 1)[1].split(" while saving")[0])
+        return not set(names) <= TIED_KEYS
+
+
+TIED_KEYS = {"lm_head.weight"}
+
+
+@contextlib.contextmanager
+def quiet_tied_weights_save():
+    """During one save only: no warning about the tied lm_head (any other shared tensor still warns), and no
+    "Writing model shards" progress bar for a model that fits one shard."""
+    from transformers.utils import logging as transformers_logging
+
+    accelerate_logger = logging.getLogger("accelerate.utils.other")
+    notice = _TiedWeightsNotice()
+    accelerate_logger.addFilter(notice)
+    bar_was_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        accelerate_logger.removeFilter(notice)
+        if bar_was_on:
+            transformers_logging.enable_progress_bar()
 
 
 def unsharded_copy(model, weights: dict):

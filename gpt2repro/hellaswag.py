@@ -67,8 +67,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GPT2REPRO_CACHE", default))
 
 
-def download_hellaswag() -> Path:
-    """The rowanz validation jsonl in the cache, downloaded on first use."""
+def download_hellaswag(flag: str = "--data") -> Path:
+    """The rowanz validation jsonl in the cache, downloaded on first use; `flag` is the caller's option for a local
+    file, named in the error offline."""
     path = cache_dir() / "hellaswag_val.jsonl"
     if path.exists():
         return path
@@ -86,7 +87,7 @@ def download_hellaswag() -> Path:
         reason = getattr(e, "reason", None) or e.strerror or e
         raise HellaSwagDataError(
             f"cannot download HellaSwag from {HELLASWAG_VAL_URL} ({reason}); offline? pass a local copy with "
-            "--data hellaswag_val.jsonl (rowanz format) or --data validation.parquet (Rowan/hellaswag)"
+            f"{flag} hellaswag_val.jsonl (rowanz format) or {flag} validation.parquet (Rowan/hellaswag)"
         ) from None
     finally:
         tmp.unlink(missing_ok=True)
@@ -133,9 +134,10 @@ def _problem(row) -> str | None:
     return None
 
 
-def load_hellaswag(path: str | Path | None = None, limit: int | None = None) -> list[dict]:
-    """Validated HellaSwag items (the first `limit`); `path` None means the downloaded validation set."""
-    path = Path(path) if path is not None else download_hellaswag()
+def load_hellaswag(path: str | Path | None = None, limit: int | None = None, flag: str = "--data") -> list[dict]:
+    """Validated HellaSwag items (the first `limit`); `path` None means the downloaded validation set (`flag`: the
+    caller's option for a local file, named when the download fails)."""
+    path = Path(path) if path is not None else download_hellaswag(flag)
     if not path.is_file():
         raise HellaSwagDataError(f"{path}: no such file (expected a HellaSwag .jsonl or .parquet)")
     items, problems = [], []

@@ -9,6 +9,7 @@ push_to_hub uploads exactly what a user of the model needs, never training_state
 """
 
 import fnmatch
+import json
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
@@ -50,20 +51,34 @@ class PublishError(UserError, RuntimeError):
 # model-index entries
 
 
-def eval_results(scores: dict, data: dict | None) -> list[EvalResult]:
+def hellaswag_file(source: str | None, items: int | None) -> str | None:
+    """The name of the local HellaSwag file scores came from, or None where they are of HellaSwag's validation set
+    itself (downloaded with `auto`, or a local copy holding all of it). `source`: the --hellaswag setting or
+    eval_hellaswag's --data."""
+    if source in (None, "", "auto", "off") or items == GPT2_124M_REFERENCE[HELLASWAG_ITEMS]:
+        return None
+    return Path(source).name
+
+
+def eval_results(scores: dict, data: dict | None, hellaswag_source: str | None = None) -> list[EvalResult]:
     """model-index entries from scores named as in a run report's final_eval (HELLASWAG_ITEMS, the acc_norm of
-    HELLASWAG_METRICS, val_loss, val_bpb, val_tokens); `data` is report.describe_data() of the validation data.
-    Accuracies in percent, as the published figures."""
+    HELLASWAG_METRICS, val_loss, val_bpb, val_tokens); `data` is report.describe_data() of the validation data;
+    `hellaswag_source` is where the HellaSwag items came from (hellaswag_file). Accuracies in percent, as the
+    published figures."""
     results = []
     items = scores.get(HELLASWAG_ITEMS)
     # a subset of HellaSwag is a different evaluation from the whole set: its own model-index entry
     split = "validation" if items in (None, GPT2_124M_REFERENCE[HELLASWAG_ITEMS]) else f"validation[:{items}]"
+    local = hellaswag_file(hellaswag_source, items)
+    dataset = dict(dataset_type=HELLASWAG_HUB_ID, dataset_name="HellaSwag", dataset_split=split)
+    if local:  # not Rowan/hellaswag as published: say which file, and how many items
+        dataset = dict(dataset_type=local, dataset_name=f"HellaSwag items of the local file {local}",
+                       dataset_split=f"{items} items")
     for metric in HELLASWAG_METRICS:
         value = scores.get(metric.name)
         if metric.kind == "acc_norm" and value is not None:
             results.append(EvalResult(
-                task_type="text-generation", task_name="Text Generation", dataset_type=HELLASWAG_HUB_ID,
-                dataset_name="HellaSwag", dataset_split=split, metric_type=metric.kind,
+                task_type="text-generation", task_name="Text Generation", **dataset, metric_type=metric.kind,
                 metric_name=f"{metric.kind}, {CONVENTION_STYLES[metric.convention]}", metric_config=metric.convention,
                 metric_value=round(100 * value, 2),
             ))
@@ -97,19 +112,27 @@ def merge_eval_results(existing: list[EvalResult] | None, new: list[EvalResult])
 # the card
 
 
-def build_model_card(report: dict, model_name: str) -> ModelCard:
-    """The card of a checkpoint trained by train.py. `model_name` is what its users load: the Hub repo id,
-    or the local checkpoint path for a card that is not pushed."""
-    data = report.get("data") or {}
+# Where the card of a run that was not pushed says the model is: a placeholder the uploader replaces, never a
+# path of the training machine (which `hf upload` would publish).
+PLACEHOLDER_REPO = "YOUR-NAME/YOUR-MODEL"
+# Below this validation loss (nats/token) a GPT-2-sized model writes fluent text; above it, it does not.
+FLUENT_VAL_LOSS = 4.0
+
+
+def build_model_card(report: dict, repo_id: str | None = None) -> ModelCard:
+    """The card of a checkpoint trained by train.py. `repo_id`: the Hub repo it is pushed to, or None for a card
+    that is not pushed (its example then loads a placeholder id or the local folder)."""
+    data, settings = report.get("data") or {}, report.get("settings") or {}
     card_data = ModelCardData(
         language="en", license="mit", library_name="transformers", pipeline_tag="text-generation", tags=TAGS,
-        datasets=[data["hub_dataset"]] if data.get("hub_dataset") else None, model_name=model_name,
-        eval_results=eval_results(report.get("final_eval") or {}, data) or None,
+        datasets=[data["hub_dataset"]] if data.get("hub_dataset") else None,
+        model_name=repo_id or f"gpt2repro-{settings.get('model', 'gpt2')}",
+        eval_results=eval_results(report.get("final_eval") or {}, data, settings.get("hellaswag")) or None,
     )
-    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{card_body(report, model_name)}")
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{card_body(report, repo_id)}")
 
 
-def card_body(report: dict, model_name: str) -> str:
+def card_body(report: dict, repo_id: str | None = None) -> str:
     data, settings, training = report.get("data") or {}, report.get("settings") or {}, report.get("training") or {}
     code, final = report.get("code") or {}, report.get("final_eval") or {}
     n_params, steps, max_steps = training.get("n_params"), training.get("steps"), training.get("max_steps")
@@ -117,12 +140,12 @@ def card_body(report: dict, model_name: str) -> str:
     on = data.get("hub_dataset") or data.get("name") or "its data"
     if data.get("hub_config"):
         on += f" ({data['hub_config']})"
-    lines = [
-        f"# gpt2repro: {settings.get('model', 'GPT-2')}{size} trained on {on}",
-        "",
-        f"A GPT-2 architecture trained from scratch with gpt2repro's `train.py` on {training.get('tokens') or 0:,} "
-        f"tokens of {on}.",
-    ]
+    intro = (f"A GPT-2 architecture trained from scratch with gpt2repro's `train.py` on "
+             f"{training.get('tokens') or 0:,} tokens of {on}.")
+    if report.get("context_length"):
+        trained_on = f" (trained on sequences of {settings['seq_len']:,})" if settings.get("seq_len") else ""
+        intro += f" Context length: {report['context_length']:,} tokens{trained_on}."
+    lines = [f"# gpt2repro: {settings.get('model', 'GPT-2')}{size} trained on {on}", "", intro]
     if steps is not None and max_steps and steps < max_steps:
         lines += ["", f"This checkpoint is from step {steps:,} of {max_steps:,}: training had not finished."]
     lines += [
@@ -132,8 +155,10 @@ def card_body(report: dict, model_name: str) -> str:
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
-        f'model = AutoModelForCausalLM.from_pretrained("{model_name}", trust_remote_code=True)',
-        f'tokenizer = AutoTokenizer.from_pretrained("{model_name}")',
+        *([] if repo_id else ["# the Hub repo this folder was uploaded to, or the path of this folder on your disk"]),
+        f'name = "{repo_id or PLACEHOLDER_REPO}"',
+        'model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=True)',
+        "tokenizer = AutoTokenizer.from_pretrained(name)",
         f"ids = tokenizer({SAMPLE_PROMPT!r}, return_tensors=\"pt\")",
         "print(tokenizer.decode(model.generate(**ids, max_new_tokens=30, do_sample=True, top_k=50)[0]))",
         "```",
@@ -143,11 +168,10 @@ def card_body(report: dict, model_name: str) -> str:
         "",
         "## Results",
         "",
-        *markdown_table(["metric", "this model", "OpenAI GPT-2 124M"], results_rows(final, data)),
+        *markdown_table(["metric", "this model", "OpenAI GPT-2 124M"], card_rows(final, data, settings)),
         "",
         val_loss_note(data),
-        "HellaSwag is scored in two conventions that give different numbers for the same model: completion style "
-        "(build-nanogpt, llm.c) and lm-evaluation-harness style; both are reported, by the same code.",
+        hellaswag_note(final, settings),
         "",
         "## Training",
         "",
@@ -172,26 +196,68 @@ def card_body(report: dict, model_name: str) -> str:
         "",
         "## Limitations",
         "",
-        "A base language model trained only to predict the next token: it is not instruction-tuned or aligned, "
-        "writes fluent text that is often false, and reflects the biases of its training data.",
+        limitations(n_params, final.get("val_loss")),
         "",
     ]
     return "\n".join(lines)
 
 
-def card_files(report: dict, model_name: str, run_dir: Path | None = None) -> dict[str, str | Path]:
+def card_rows(final: dict, data: dict, settings: dict) -> list[tuple[str, str, str]]:
+    """The results table of the card: HellaSwag rows only where HellaSwag was scored, a local file named."""
+    rows = results_rows(final, data)
+    if final.get(HELLASWAG_ITEMS) is None:
+        return [row for row in rows if not row[0].startswith("HellaSwag")]
+    local = hellaswag_file(settings.get("hellaswag"), final.get(HELLASWAG_ITEMS))
+    return [(f"{row[0]} (local file {local})" if local and row[0].startswith("HellaSwag") else row[0], *row[1:])
+            for row in rows]
+
+
+def hellaswag_note(final: dict, settings: dict) -> str:
+    if final.get(HELLASWAG_ITEMS) is None:
+        return ("HellaSwag was not evaluated in this run (train.py --hellaswag auto or FILE, or eval_hellaswag.py "
+                "afterwards).")
+    text = ("HellaSwag is scored in two conventions that give different numbers for the same model: completion style "
+            "(build-nanogpt, llm.c) and lm-evaluation-harness style; both are reported, by the same code.")
+    local = hellaswag_file(settings.get("hellaswag"), final.get(HELLASWAG_ITEMS))
+    if local:
+        text += (f" These scores are on {final[HELLASWAG_ITEMS]:,} items of the local file {local}, not on "
+                 f"HellaSwag's {GPT2_124M_REFERENCE[HELLASWAG_ITEMS]:,} validation items: they do not compare with "
+                 "GPT-2's.")
+    return text
+
+
+def limitations(n_params: int | None, val_loss: float | None) -> str:
+    """What the model cannot do, in proportion to what it is: a small or barely trained model is not fluent."""
+    base = "A base language model trained only to predict the next token: it is not instruction-tuned or aligned"
+    if (n_params is not None and n_params < 100e6) or (val_loss is not None and val_loss > FLUENT_VAL_LOSS):
+        at = f" at validation loss {val_loss:.2f}" if val_loss is not None else ""
+        size = f"{n_params / 1e6:.1f}M-parameter" if n_params else "small"
+        return (f"A {size} model{at}, far from GPT-2 (124M parameters, validation loss 3.29 on FineWeb-Edu): it has "
+                "learned some word and punctuation statistics of its training text and writes mostly incoherent text. "
+                "It demonstrates the training pipeline; it is not a language model to use for anything. " + base + ".")
+    return base + ", writes fluent text that is often false, and reflects the biases of its training data."
+
+
+def card_files(report: dict, repo_id: str | None = None, run_dir: Path | None = None) -> dict[str, str | Path]:
     """What a checkpoint folder holds for its readers, by file name: README.md (the card, made from `report`), and
-    run_dir's curves, report.md and report.json (files to copy) where they exist."""
+    run_dir's curves, report.md and report.json (files to copy) where they exist. `repo_id`: the Hub repo the folder
+    will be pushed to, if any (None: the card names no path of this machine)."""
     run_dir = RunDir(run_dir) if run_dir is not None else None
     names = (RunDir.CURVES, RunDir.REPORT_MD, RunDir.REPORT_JSON)
     files = {name: run_dir.path / name for name in names if run_dir is not None and (run_dir.path / name).is_file()}
     report = dict(report, curves=RunDir.CURVES if RunDir.CURVES in files else None)
-    return {**files, "README.md": str(build_model_card(report, model_name))}
+    return {**files, "README.md": str(build_model_card(report, repo_id))}
 
 
-def write_model_card(folder: Path, report: dict, model_name: str, run_dir: Path | None = None) -> None:
-    """folder/README.md, with run_dir's curves.png, report.md and report.json copied beside it."""
-    write_files(folder, card_files(report, model_name, run_dir))
+def write_model_card(folder: Path, report: dict, repo_id: str | None = None, run_dir: Path | None = None) -> None:
+    """folder/README.md, with run_dir's curves.png, report.md and report.json copied beside it; the context length
+    from the folder's config.json where the report does not give it."""
+    if not report.get("context_length"):
+        try:
+            report = dict(report, context_length=json.loads((Path(folder) / "config.json").read_text())["n_positions"])
+        except (OSError, ValueError, KeyError):
+            pass
+    write_files(folder, card_files(report, repo_id, run_dir))
 
 
 
@@ -199,13 +265,15 @@ def write_model_card(folder: Path, report: dict, model_name: str, run_dir: Path 
 # adding eval_hellaswag.py results to a card
 
 
-def add_eval_results(card: ModelCard, summary: dict, model_name: str, data: dict | None = None) -> ModelCard:
+def add_eval_results(card: ModelCard, summary: dict, model_name: str, data: dict | None = None,
+                     hellaswag_source: str | None = None) -> ModelCard:
     """Merge an eval_hellaswag.py summary (HellaSwag scores, val_loss, val_tokens, ...) into the card's
     model-index, replacing what it measures again, and (re)write the card's eval_hellaswag section. `data`:
-    report.describe_data() of the --val-data directory."""
+    report.describe_data() of the --val-data directory; `hellaswag_source`: its --data file (None: the downloaded
+    validation set)."""
     names = (HELLASWAG_ITEMS, *(metric.name for metric in HELLASWAG_METRICS), "val_loss", "val_bpb", "val_tokens")
     scores = {name: summary[name] for name in names if name in summary}
-    card.data.eval_results = merge_eval_results(card.data.eval_results, eval_results(scores, data))
+    card.data.eval_results = merge_eval_results(card.data.eval_results, eval_results(scores, data, hellaswag_source))
     card.data.model_name = card.data.model_name or model_name
     section = "\n".join([
         EVAL_SECTION[0], "## Evaluation (eval_hellaswag.py)", "",
@@ -256,6 +324,37 @@ def files_to_upload(folder: Path) -> list[str]:
         raise PublishError(f"{folder} is not a checkpoint (no config.json and *.safetensors); push a folder "
                            "that train.py or save_pretrained wrote")
     return chosen
+
+
+def check_push_access(repo_id: str, private: bool = False) -> str:
+    """Before training: the login, the right to write to `repo_id`'s namespace and, for a private push, that the repo
+    is not public. Returns the line to print; raises PublishError naming what to do, so a run that cannot push
+    fails in seconds, not after hours of training."""
+    api = HfApi()
+    try:
+        me = api.whoami()
+    except Exception as e:  # offline, no token, a revoked token
+        reason = first_line(e, with_type=True)
+        raise PublishError(f"--push-to-hub {repo_id}: cannot check the Hugging Face login ({reason}); run "
+                           "`hf auth login` with a write token, or train without --push-to-hub and upload "
+                           "final/ later with `hf upload`") from None
+    namespace = repo_id.split("/")[0] if "/" in repo_id else me.get("name")
+    role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise PublishError(f"--push-to-hub {repo_id}: the token of {me.get('name')} is read-only; log in with a "
+                           "write token (`hf auth login`)")
+    if namespace not in {me.get("name"), *(org.get("name") for org in me.get("orgs") or [])}:
+        raise PublishError(f"--push-to-hub {repo_id}: {me.get('name')} cannot write to {namespace}; use "
+                           f"{me.get('name')}/{repo_id.split('/')[-1]} or an organization you belong to")
+    try:
+        public = not api.repo_info(repo_id).private
+    except Exception:  # no such repo yet (created at the push), or not visible to us: the push will say
+        public = None
+    if private and public:
+        raise PublishError(f"--push-to-hub {repo_id}: the repo exists and is public, and --hub-private asks for a "
+                           "private one; make it private on the Hub first, or drop --hub-private")
+    kind = "private" if private or public is False else "public"
+    return f"push: logged in as {me.get('name')}; final/ goes to https://huggingface.co/{repo_id} ({kind}) at the end"
 
 
 def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:

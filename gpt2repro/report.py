@@ -8,6 +8,7 @@ file.
 This module owns the published GPT-2 figures (GPT2_124M_REFERENCE) and which of them applies to which data.
 """
 
+import hashlib
 import importlib.metadata
 import io
 import json
@@ -27,6 +28,7 @@ from gpt2repro.hub_data import download_origin
 from gpt2repro.token_shards import VAL_TOKENS, ShardError, load_manifest
 
 CODE_DIR = Path(__file__).resolve().parent
+LOCK_FILE = CODE_DIR.parent / "requirements.lock"  # the checkout's lock (make setup installs it)
 LIBRARIES = ("torch", "transformers", "accelerate", "datasets", "huggingface_hub", "tokenizers")
 
 SAMPLE_PROMPT = "Hello, I'm a language model,"  # train.py's samples and the model card's example
@@ -85,10 +87,31 @@ def library_versions() -> dict:
     return versions
 
 
+def lock_state(lock: Path = LOCK_FILE) -> dict | None:
+    """The dependency lock the code ships (requirements.lock): its sha256, and which locked packages are installed
+    at another version (a hand-made environment); None without the file (an installed package)."""
+    try:
+        text = lock.read_bytes()
+    except OSError:
+        return None
+    differs = []
+    for line in text.decode().splitlines():
+        if line.startswith("#") or "==" not in line:
+            continue
+        name, version = line.split("==", 1)
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            installed = None
+        if installed != version.strip():
+            differs.append(f"{name} {installed or 'missing'} (locked {version.strip()})")
+    return {"file": lock.name, "sha256": hashlib.sha256(text).hexdigest(), "not_as_locked": differs}
+
+
 def provenance() -> dict:
     """When, from which code and with which libraries: for any result file."""
     return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "code": git_state(),
-            "versions": library_versions()}
+            "versions": library_versions(), "lock": lock_state()}
 
 
 def hardware(device_type: str, world_size: int) -> dict:
@@ -234,16 +257,51 @@ def eval_summaries(eval_results: dict | None) -> dict | None:
 
 
 
+def fill_final_eval(report: dict, run_dir: Path) -> None:
+    """Fill the run's results the training did not measure (HellaSwag off, say) from the eval results of this run's
+    own checkpoint (a model name that is a path inside run_dir); what training measured is kept."""
+    run_dir = Path(run_dir).resolve()
+    models = (report.get("eval_results") or {}).get("models") or {}
+    own = [name for name in models if Path(name).resolve() == run_dir or run_dir in Path(name).resolve().parents]
+    if not own:
+        return
+    summary, final = models[own[-1]], report.setdefault("final_eval", {})
+    validation = ("val_loss", "val_bpb", "val_tokens")
+    hellaswag = (HELLASWAG_ITEMS, *(m.name for m in HELLASWAG_METRICS))
+    renamed = {k: v for k, v in summary.items() if k in validation + hellaswag}
+    filled = sorted(k for k in renamed if final.get(k) is None)
+    if not filled:
+        return
+    # the figures of one evaluation go together: a loss and a token count from different evaluations would mislead
+    for group in (validation, hellaswag):
+        if any(k in filled for k in group):
+            final.update({k: renamed[k] for k in group if k in renamed})
+    report["final_eval_from"] = {"model": own[-1], "keys": filled}
+
+
 # ----------------------------------------------------------------------------------------------
 # the curves
 
 
 def plot_curves(rows: list[dict], path: Path, val_reference: dict | None) -> None:
-    """Loss, bits-per-byte and HellaSwag curves of metrics rows, with the published figures they compare with."""
+    """curves_figure of metrics rows, written to `path` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(rows, val_reference)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=100, bbox_inches="tight")  # tight: the legends below the panels too
+    plt.close(fig)
+    write_atomically(path, image.getvalue())
+
+
+def curves_figure(rows: list[dict], val_reference: dict | None):
+    """Loss, bits-per-byte and (when evaluated) HellaSwag panels over one step axis, each with the published figures
+    it compares with (both HellaSwag conventions); legends below the panels, never over the curves."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     def plot(ax, key, style, label, **kwargs):  # only what was logged: no empty legend entries
         points = [(r["step"], r[key]) for r in rows if key in r]
@@ -251,7 +309,11 @@ def plot_curves(rows: list[dict], path: Path, val_reference: dict | None) -> Non
             ax.plot(*zip(*points), style, label=label, **kwargs)
         return bool(points)
 
-    fig, (ax_loss, ax_bpb, ax_hella) = plt.subplots(1, 3, figsize=(16, 4.5))
+    acc_norms = [m for m in HELLASWAG_METRICS if m.kind == "acc_norm"]
+    hella = any(m.name in r for r in rows for m in acc_norms)
+    # one shared step axis: a single evaluation is a point at its step of the run, not alone on a 1-step axis
+    fig, axes = plt.subplots(1, 3 if hella else 2, figsize=(16 if hella else 11, 4.5), sharex=True)
+    ax_loss, ax_bpb = axes[:2]
     plot(ax_loss, "loss", "-", "train loss", alpha=0.6)
     plot(ax_loss, "val_loss", "o-", "val loss")
     if val_reference:
@@ -259,21 +321,21 @@ def plot_curves(rows: list[dict], path: Path, val_reference: dict | None) -> Non
     ax_loss.set(xlabel="step", ylabel="loss (nats/token)", title="loss")
     plot(ax_bpb, "val_bpb", "o-", "val bits per byte")
     ax_bpb.set(xlabel="step", ylabel="bits per byte", title="validation bits per byte")
-    completion, lm_eval = (m for m in HELLASWAG_METRICS if m.kind == "acc_norm")
-    hella = plot(ax_hella, completion.name, "o-", "HellaSwag acc_norm (completion)")
-    plot(ax_hella, lm_eval.name, "s-", "HellaSwag acc_norm (lm-eval)")
     if hella:
-        reference = GPT2_124M_REFERENCE[completion.name]
-        ax_hella.axhline(reference, color="r", ls="--", label="OpenAI GPT-2 124M (completion)")
-    ax_hella.set(xlabel="step", ylabel="accuracy", title="HellaSwag" if hella else "HellaSwag (not evaluated)")
-    for ax in (ax_loss, ax_bpb, ax_hella):
+        for metric, style, color in zip(acc_norms, ("o-", "s-"), ("C0", "C1")):
+            name = metric.convention.replace("_", "-")
+            plot(axes[2], metric.name, style, f"acc_norm ({name})", color=color)
+            axes[2].axhline(GPT2_124M_REFERENCE[metric.name], color=color, ls="--", label=f"OpenAI GPT-2 124M ({name})")
+        axes[2].set(xlabel="step", ylabel="accuracy", title="HellaSwag")
+    steps = [r["step"] for r in rows]
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if steps:
+            ax.set_xlim(0, max(steps) + 1)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend()
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize="small", frameon=False)
     fig.tight_layout()
-    image = io.BytesIO()
-    fig.savefig(image, format="png", dpi=100)
-    plt.close(fig)
-    write_atomically(path, image.getvalue())
+    return fig
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,6 +427,8 @@ def render_markdown(report: dict) -> str:
         *markdown_table(["metric", "this run", "OpenAI GPT-2 124M"], results_rows(final, data)),
         "",
         val_loss_note(data),
+        *([f"Filled in by eval_hellaswag.py on `{report['final_eval_from']['model']}`: "
+           f"{', '.join(report['final_eval_from']['keys'])}."] if report.get("final_eval_from") else []),
         "",
         "## Training",
         "",
@@ -390,9 +454,18 @@ def render_markdown(report: dict) -> str:
     versions = report.get("versions") or {}
     lines += [
         "## Settings", "", "```yaml", yaml.safe_dump(settings, sort_keys=False).strip(), "```", "",
-        "## Software", "", ", ".join(f"{k} {v}" for k, v in versions.items() if v), "",
+        "## Software", "", ", ".join(f"{k} {v}" for k, v in versions.items() if v), "", *lock_lines(report),
     ]
     return "\n".join(lines)
+
+
+def lock_lines(report: dict) -> list[str]:
+    lock = report.get("lock")
+    if not lock:
+        return []
+    differs = lock.get("not_as_locked") or []
+    match = f"installed otherwise: {', '.join(differs)}" if differs else "every locked version installed"
+    return [f"Dependencies: {lock['file']} sha256 `{lock['sha256'][:16]}`; {match}.", ""]
 
 
 def training_lines(report: dict) -> list[str]:

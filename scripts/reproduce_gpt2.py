@@ -1,7 +1,7 @@
 """The whole GPT-2 (124M) reproduction in one command on a GPU node, like nanochat's speedrun.sh.
 
     python scripts/reproduce_gpt2.py                                  # data -> train -> evaluate -> report
-    python scripts/reproduce_gpt2.py --dry-run                        # print the commands, run nothing
+    python scripts/reproduce_gpt2.py --dry-run [--gpus 8]             # print the commands, run nothing (any machine)
     python scripts/reproduce_gpt2.py --preset gpt2-124m-fineweb -- --max-steps 100   # after --: train.py flags
 
   1. data      prepare_data.py for the preset's data directory: skipped when complete, resumed when half done;
@@ -56,7 +56,7 @@ class StepFailed(UserError, RuntimeError):
 @cli
 def main(argv=None) -> None:
     args, extra = parse_args(argv)
-    gpus = count_gpus(args.gpus, args.allow_cpu)
+    gpus = count_gpus(args.gpus, args.allow_cpu, args.dry_run)
     train_args, s = training_args(args, extra, gpus)
     note(f"preset {args.preset} on {f'{gpus} GPU(s)' if gpus else 'the CPU'} | data {s.data_dir} | run {s.run_dir}")
     steps = Steps(args.dry_run)
@@ -150,12 +150,20 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     return args, extra
 
 
-def count_gpus(override: int | None, allow_cpu: bool) -> int:
+# What a dry run plans for on a machine without GPUs: the node one rents for the reproduction.
+DRY_RUN_GPUS = 8
+
+
+def count_gpus(override: int | None, allow_cpu: bool, dry_run: bool = False) -> int:
     gpus = torch.cuda.device_count() if override is None else override
+    if gpus == 0 and override is None and dry_run and not allow_cpu:  # reading the plan before renting GPUs
+        note(f"no GPU here: planning for {DRY_RUN_GPUS} GPUs; --gpus N plans for N")
+        return DRY_RUN_GPUS
     if gpus == 0 and not allow_cpu:
         why = ("--gpus 0" if override is not None else f"torch {torch.__version__} is a CPU-only build"
                if torch.version.cuda is None else "torch sees no CUDA device (check nvidia-smi, CUDA_VISIBLE_DEVICES)")
-        raise ReproduceError(f"no GPU found: {why}; for a CPU rehearsal run train.py directly (see README)")
+        raise ReproduceError(f"no GPU found: {why}; for a CPU rehearsal run train.py directly (see README); "
+                             "--dry-run --gpus N shows the plan for N GPUs")
     return gpus
 
 

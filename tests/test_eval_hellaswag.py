@@ -346,11 +346,13 @@ def test_cli_bad_inputs_are_one_line_errors_before_any_model_loads(tmp_path, mon
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
-def test_hub_id_offline_is_a_one_line_error():
+def test_hub_id_offline_is_a_one_line_error_that_says_how_to_work_offline():
     # conftest sets HF_HUB_OFFLINE=1: the Hub is unreachable, as on a machine without internet
     with pytest.raises(ev.ModelLoadError) as error:
         ev.load_model("gpt2", "cpu", torch.float32)
-    assert "gpt2" in str(error.value) and "local" in str(error.value) and "\n" not in str(error.value)
+    message = str(error.value)
+    assert "'gpt2'" in message and "HF_HUB_OFFLINE=1" in message and "local save_pretrained directory" in message
+    assert "\n" not in message
 
 
 def damaged_model_dir(path, gpt2, tokenizer, file, data: bytes | None = None):
@@ -429,3 +431,48 @@ def test_a_weights_only_directory_gets_the_gpt2_tokenizer(tmp_path, gpt2):
     model, tokenizer = ev.load_model(str(tmp_path), "cpu", torch.float32)
     assert len(tokenizer) == 50257 and tokenizer.encode("Hello world") == [15496, 995]
     assert not model.training
+
+
+def test_a_model_that_fails_to_load_keeps_the_finished_models_results(tmp_path, gpt2, tokenizer, capsys):
+    official = tmp_path / "gpt2-like"
+    gpt2.save_pretrained(official)
+    tokenizer.save_pretrained(official)
+    output = tmp_path / "results.json"
+    # gpt2 is a Hub id: offline (HF_HUB_OFFLINE=1, as conftest sets) it fails, after the local model was scored
+    with pytest.raises(SystemExit) as error:
+        ev.main(["--model", str(official), "--model", "gpt2", "--data", str(FIXTURE), "--limit", "2",
+                 "--output", str(output)])
+    message = str(error.value)
+    assert message.startswith("error: cannot load model 'gpt2'") and "HF_HUB_OFFLINE=1" in message
+    assert message.endswith(f"the results of {official} are above and in {output}") and "\n" not in message
+    assert list(json.loads(output.read_text())["models"]) == [str(official)]
+    assert str(official)[-32:] in capsys.readouterr().out  # the table of what finished
+
+
+def test_a_hub_id_is_announced_with_the_way_to_work_offline(monkeypatch, capsys):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(ev, "load_model", lambda *a: (_ for _ in ()).throw(ev.ModelLoadError("no network")))
+    with pytest.raises(SystemExit, match="^error: no network$"):
+        ev.main(["--model", "gpt2", "--data", str(FIXTURE), "--limit", "1"])
+    assert "note: gpt2 is not a local directory: loading it from the Hugging Face Hub (offline, set " \
+           "HF_HUB_OFFLINE=1" in capsys.readouterr().err
+
+
+def test_no_hellaswag_reports_validation_loss_alone(tmp_path, gpt2, tokenizer, val_dir, capsys):
+    model_dir = tmp_path / "model"
+    gpt2.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    output = tmp_path / "results.json"
+    ev.main(["--model", str(model_dir), "--no-hellaswag", "--val-data", str(val_dir), "--val-tokens", "200",
+             "--output", str(output)])
+    summary = json.loads(output.read_text())["models"][str(model_dir)]["summary"]
+    assert summary["val_loss"] == pytest.approx(validation.validation_loss(gpt2, val_dir, 200, 128)["val_loss"],
+                                                abs=1e-4)
+    assert "items" not in summary and "completion_acc" not in summary
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert header == ["model", "val", "loss", "val", "bpb"]
+    with pytest.raises(SystemExit):  # nothing left to evaluate
+        ev.main(["--model", str(model_dir), "--no-hellaswag"])
+    assert "add --val-data DIR" in capsys.readouterr().err

@@ -116,7 +116,8 @@ def test_card_body_compares_with_gpt2_and_shows_curves_command_and_report(checkp
     assert "3.2924 (OpenAI GPT-2 124M on FineWeb-Edu val" in text
     assert "![training curves](curves.png)" in text and (checkpoint / "curves.png").exists()
     assert "python train.py --preset gpt2-124m" in text
-    assert 'from_pretrained("someone/gpt2-repro", trust_remote_code=True)' in text
+    example = 'name = "someone/gpt2-repro"\nmodel = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=True)'
+    assert example in text
     assert (checkpoint / "report.md").exists() and (checkpoint / "report.json").exists()
     assert "github.com" not in text and "](http" not in text  # no placeholder links
 
@@ -124,7 +125,7 @@ def test_card_body_compares_with_gpt2_and_shows_curves_command_and_report(checkp
 def test_a_card_of_local_data_names_no_hub_dataset_and_a_partial_run_says_so(tmp_path, data_dir):
     report = make_report(tmp_path, data_dir, hellaswag_items=50)
     report["training"]["steps"] = 100
-    card = model_card.build_model_card(report, str(tmp_path / "final"))
+    card = model_card.build_model_card(report)
     assert card.data.datasets is None
     splits = {r.dataset_split for r in card.data.eval_results if r.dataset_type == "Rowan/hellaswag"}
     assert splits == {"validation[:50]"}  # a subset of HellaSwag is its own evaluation
@@ -150,6 +151,35 @@ def test_added_eval_results_replace_what_they_measure_again_and_keep_the_rest(ch
     card = model_card.add_eval_results(card, dict(summary, val_loss=3.1, val_tokens=1000), "someone/gpt2-repro", data)
     assert sorted(r.metric_value for r in card.data.eval_results if r.metric_type == "loss") == [3.05, 3.1]
     assert card.text.count("## Evaluation (eval_hellaswag.py)") == 1
+
+
+def test_the_card_of_an_unpushed_tiny_run_tells_the_truth(tmp_path, data_dir, tiny_config):
+    from modeling_gpt2repro import GPT2ReproForCausalLM
+
+    run_dir, folder = tmp_path / "runs" / "tiny", tmp_path / "runs" / "tiny" / "final"
+    GPT2ReproForCausalLM(tiny_config).save_pretrained(folder)  # config.json: n_positions 64
+    facts = dict(command=["train.py"], preset="tiny", world_size=1, device_type="cpu", steps=150, tokens=614_400,
+                 n_params=7_000_000, settings=dict(model="tiny", data_dir=str(data_dir), max_steps=150, seq_len=32,
+                                                   hellaswag="off"),
+                 final_eval=dict(val_loss=5.7, val_bpb=2.3, val_tokens=2048))
+    model_card.write_model_card(folder, reporting.write_report(run_dir, facts), None, run_dir)
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.model_name == "gpt2repro-tiny" and str(tmp_path) not in card.content
+    assert f'name = "{model_card.PLACEHOLDER_REPO}"' in card.text and "the path of this folder" in card.text
+    assert "Context length: 64 tokens (trained on sequences of 32)." in card.text
+    assert "fluent" not in card.text and "7.0M-parameter model at validation loss 5.70" in card.text
+    assert "both are reported" not in card.text and "HellaSwag was not evaluated" in card.text
+    assert "| HellaSwag" not in card.text  # no rows of n/a
+    # HellaSwag from a local 12-item file: labelled as that file, not as Rowan/hellaswag
+    facts["settings"]["hellaswag"] = "/somewhere/hellaswag_tiny.jsonl"
+    facts["final_eval"].update(hellaswag_items=12, hellaswag_completion_acc=0.25, hellaswag_completion_acc_norm=0.25,
+                               hellaswag_lm_eval_acc=0.3, hellaswag_lm_eval_acc_norm=0.3)
+    card = model_card.build_model_card(reporting.write_report(run_dir, facts))
+    hellaswag = [r for r in card.data.eval_results if r.metric_type == "acc_norm"]
+    assert {(r.dataset_type, r.dataset_split) for r in hellaswag} == {("hellaswag_tiny.jsonl", "12 items")}
+    assert "Rowan/hellaswag" not in card.content and "/somewhere" not in card.content
+    assert "| HellaSwag acc_norm, completion style [12 items] (local file hellaswag_tiny.jsonl) | 25.00 |" in card.text
+    assert "do not compare with GPT-2's" in card.text
 
 
 # ---- the upload ----
@@ -217,12 +247,12 @@ def test_eval_hellaswag_push_results_adds_to_the_hub_card_and_uploads_only_readm
     assert (repo_id, operation.path_in_repo) == ("someone/gpt2-repro", "README.md")
     card = ModelCard(operation.path_or_fileobj.decode())
     summary = json.loads(output.read_text())["models"]["ours"]["summary"]
-    values = {(r.dataset_split, r.metric_config): r.metric_value for r in card.data.eval_results
-              if r.dataset_type == "Rowan/hellaswag"}
-    assert values == {
-        ("validation", "completion"): 31.23, ("validation", "lm_eval"): 33.01,  # the training run's, kept
-        ("validation[:4]", "completion"): round(100 * summary["hellaswag_completion_acc_norm"], 2),
-        ("validation[:4]", "lm_eval"): round(100 * summary["hellaswag_lm_eval_acc_norm"], 2),
+    values = {(r.dataset_type, r.dataset_split, r.metric_config): r.metric_value for r in card.data.eval_results
+              if r.metric_type == "acc_norm"}
+    assert values == {  # the training run's, kept; then 4 items of a local file, labelled as that file
+        ("Rowan/hellaswag", "validation", "completion"): 31.23, ("Rowan/hellaswag", "validation", "lm_eval"): 33.01,
+        ("hellaswag_tiny.jsonl", "4 items", "completion"): round(100 * summary["hellaswag_completion_acc_norm"], 2),
+        ("hellaswag_tiny.jsonl", "4 items", "lm_eval"): round(100 * summary["hellaswag_lm_eval_acc_norm"], 2),
     }
     row = f"| HellaSwag acc, completion style [4 items] | {100 * summary['hellaswag_completion_acc']:.2f} | 28.59 |"
     assert "## Evaluation (eval_hellaswag.py)" in card.text and row in card.text
@@ -312,3 +342,49 @@ def test_trackio_logs_offline_exactly_the_scalars_of_metrics_jsonl(data_dir, tmp
     expected = numeric_metrics(tmp_path)
     assert "val_loss" in expected
     assert_same_metrics(logged, expected)
+
+
+# ---- --push-to-hub, checked before training ----
+
+
+@pytest.mark.parametrize("me, repo_private, private, message", [
+    (None, None, False, "cannot check the Hugging Face login"),
+    ({"name": "me", "auth": {"accessToken": {"role": "read"}}}, None, False, "is read-only"),
+    ({"name": "me", "orgs": [{"name": "lab"}]}, None, False, "me cannot write to someone"),
+    ({"name": "someone"}, False, True, "the repo exists and is public"),
+])
+def test_push_access_is_refused_up_front_in_one_line(monkeypatch, me, repo_private, private, message):
+    def whoami(api):
+        if me is None:
+            raise OSError("offline")
+        return me
+
+    monkeypatch.setattr(HfApi, "whoami", whoami)
+    monkeypatch.setattr(HfApi, "repo_info", lambda api, repo_id: type("Info", (), {"private": repo_private})())
+    with pytest.raises(model_card.PublishError) as error:
+        model_card.check_push_access("someone/gpt2-repro", private=private)
+    assert str(error.value).startswith("--push-to-hub someone/gpt2-repro: ") and message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_push_access_granted_says_where_the_checkpoint_will_go(monkeypatch):
+    monkeypatch.setattr(HfApi, "whoami", lambda api: {"name": "me", "orgs": [{"name": "lab"}]})
+
+    def repo_info(api, repo_id):
+        raise OSError("404")  # not created yet
+
+    monkeypatch.setattr(HfApi, "repo_info", repo_info)
+    line = model_card.check_push_access("lab/gpt2-repro", private=True)
+    assert line == "push: logged in as me; final/ goes to https://huggingface.co/lab/gpt2-repro (private) at the end"
+
+
+def test_train_refuses_a_push_it_cannot_make_before_the_first_step(data_dir, tmp_path, capsys):
+    import train
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(SystemExit) as error:  # conftest sets HF_HUB_OFFLINE=1: no login can be checked
+        train.run(["--data-dir", str(data_dir), "--run-dir", str(tmp_path), "--max-steps", "1", "--log-with", "none",
+                   "--push-to-hub", "someone/gpt2-repro"])
+    assert str(error.value).startswith("error: --push-to-hub someone/gpt2-repro: cannot check the Hugging Face login")
+    assert "step " not in capsys.readouterr().out and not list(tmp_path.iterdir())

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from gpt2repro.checkpoints import STATE_FILE
 from conftest import REPO
 
@@ -221,6 +222,16 @@ def test_no_gpu_is_refused_with_one_line_unless_the_cpu_is_allowed(capsys, data,
     assert message.startswith("error: no GPU found") and "run train.py directly" in message
     launch, _ = train_command(plan(capsys, "--allow-cpu", *args))
     assert launch == ["--config_file", "accelerate_configs/cpu.yaml"]
+
+
+def test_a_dry_run_without_a_gpu_plans_for_an_eight_gpu_node_and_says_how_to_change_it(capsys, monkeypatch, data,
+                                                                                       run_dir):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # this machine: no GPU
+    reproduce.main(["--dry-run", "--run-dir", str(run_dir), "--", "--data-dir", str(data)])
+    captured = capsys.readouterr()
+    launch, _ = train_command([shlex.split(line) for line in captured.out.splitlines()])
+    assert launch == ["--config_file", "accelerate_configs/8gpu.yaml"]
+    assert "no GPU here: planning for 8 GPUs; --gpus N plans for N" in captured.err
 
 
 def test_an_unknown_preset_is_refused_with_one_line(capsys):

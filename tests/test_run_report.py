@@ -151,3 +151,29 @@ def test_cli_bad_input_is_a_one_line_error(tmp_path, setup, message):
         run_report.main([str(tmp_path), *extra])
     assert str(error.value).startswith("error: ") and message in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "report.md").exists()
+
+
+def test_eval_results_of_the_runs_own_checkpoint_fill_the_results_table_and_the_written_time(data_dir, tmp_path):
+    facts_ = facts(data_dir, tmp_path, device_type="cpu")
+    facts_["final_eval"] = {"val_loss": 3.071, "val_bpb": 0.93, "val_tokens": 1000}  # trained with HellaSwag off
+    written = reporting.write_report(tmp_path, facts_)["created"]
+    summary = dict(hellaswag_items=10_042, hellaswag_completion_acc=0.3, hellaswag_completion_acc_norm=0.31,
+                   hellaswag_lm_eval_acc=0.302, hellaswag_lm_eval_acc_norm=0.325, val_loss=3.2, val_bpb=0.95, val_tokens=2000, device="cpu")
+    results = {"data": "hellaswag_val.jsonl", "val_data": str(data_dir), "models": {
+        str(tmp_path / "final"): {"summary": summary, "items": []},
+        "gpt2": {"summary": dict(summary, hellaswag_completion_acc=0.2859), "items": []},
+    }}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    import time
+
+    time.sleep(1.1)  # "Written" has one-second resolution
+    run_report.main([str(tmp_path), "--eval-results", str(tmp_path / "results.json")])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["created"] > written
+    final = report["final_eval"]
+    assert final["hellaswag_items"] == 10_042
+    assert final["hellaswag_completion_acc"] == 0.3  # its own model's, not gpt2's
+    assert (final["val_loss"], final["val_tokens"]) == (3.071, 1000)  # measured by the training: kept
+    md = (tmp_path / "report.md").read_text()
+    assert "| HellaSwag acc, completion style | 30.00 | 28.59 |" in md
+    assert f"Written {report['created']}" in md and f"Filled in by eval_hellaswag.py on `{tmp_path / 'final'}`" in md

@@ -1,6 +1,7 @@
 """The trainer: it learns, its batch math is exact, DDP and resumption change nothing, bad input is refused."""
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -222,13 +223,14 @@ def test_diverging_run_skips_bad_updates_then_aborts(data_dir, tmp_path, capsys)
 
 
 @pytest.mark.slow
-def test_push_to_hub_offline_fails_clearly_and_keeps_the_checkpoint(data_dir, tmp_path):
-    result = run_cli("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 1, "--micro-batch-size", 4,
-                     "--total-batch-tokens", 4 * SEQ, "--push-to-hub", "someone/gpt2repro-test",
-                     env={"HF_HUB_OFFLINE": "1"})
-    assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: could not push") and "checkpoint is intact" in last
+def test_a_push_that_fails_after_training_says_so_and_keeps_the_checkpoint(data_dir, tmp_path, monkeypatch,
+                                                                           capsys):
+    # the login checked out at the start (the network went away later); conftest's HF_HUB_OFFLINE=1 fails the push
+    monkeypatch.setattr(train, "check_push_access", lambda repo_id, private: f"push: to {repo_id}")
+    with pytest.raises(train.PublishError, match="^could not push .* checkpoint is intact"):
+        run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 1, "--micro-batch-size", 4,
+                       "--total-batch-tokens", 4 * SEQ, "--push-to-hub", "someone/gpt2repro-test")
+    assert "push: to someone/gpt2repro-test" in capsys.readouterr().out.splitlines()[0]
     assert (tmp_path / "final" / "model.safetensors").exists()
 
 
@@ -335,3 +337,142 @@ def test_the_tiny_default_prepares_its_data_on_first_use_through_the_prepare_dat
     train.prepare_default_data(train.Settings(), accelerator)
     manifest = json.loads((tmp_path / train.Settings.data_dir / "manifest.json").read_text())
     assert manifest["complete"] and manifest["splits"]["val"]["tokens"] > 0
+
+
+# ---- what a new user meets: reruns, --help, the console, the curves ----
+
+
+def snapshot(run_dir):
+    """{path: (mtime_ns, bytes)} of every file under run_dir."""
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_run_is_a_no_op_that_says_so_and_changes_no_file(data_dir, tmp_path, capsys):
+    common = ["--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 2, "--micro-batch-size", 4,
+              "--total-batch-tokens", 4 * SEQ, "--log-with", "tensorboard", "--resume", "auto"]
+    run_in_process(*common)  # --resume auto with nothing to resume starts afresh, as `make demo` does
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    time.sleep(0.01)  # a rewrite would show in the mtimes
+    run_in_process(*common)
+    out = capsys.readouterr().out
+    assert f"{tmp_path} is finished: {tmp_path / 'final'} holds step 2 of --max-steps 2; nothing to do" in out
+    assert "resumed from" not in out and "step     " not in out
+    assert snapshot(tmp_path) == before
+    # asking for more steps continues the run
+    run_in_process(*[str(a) for a in common[:4]], "--max-steps", 3, *map(str, common[6:]))
+    out = capsys.readouterr().out
+    assert f"resumed from {tmp_path / 'final'} at step 2" in out and "step     3/3" in out
+
+
+def test_help_says_what_every_flag_means_with_its_default_and_choices(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_settings(["--help"])
+    text = capsys.readouterr().out
+    assert "one dataclass below" not in text
+    entries = {}  # each option's entry: its first line (two spaces, then the flag) and the deeper-indented ones
+    for line in text.split("options:", 1)[1].splitlines():
+        if line.startswith("  --"):
+            flag = line.split()[0].rstrip(",")
+            entries[flag] = line
+        elif line.startswith("   ") and entries:
+            entries[flag] += line
+    entries = {flag: " ".join(entry.split()) for flag, entry in entries.items()}  # argparse wraps: word by word
+    options = " ".join(entries.values())
+    for f in train.dataclasses.fields(train.Settings):
+        entry = entries.get("--" + f.name.replace("_", "-"), "")
+        comment = " ".join(train.settings_help()[f.name][1].split())
+        assert comment and comment[:30] in entry, f.name  # the dataclass comment is the help text
+        assert "(default: " in entry, f.name
+    assert "--mixed-precision {auto,bf16,no}" in options and "--hellaswag off|auto|FILE" in options
+    assert "--max-steps N optimizer steps to train" in options and "gpt2-124m-40b: 76292" in options
+
+
+@pytest.mark.slow
+def test_evaluation_lines_name_their_step_no_samples_at_zero_tokens_and_the_end_names_report_and_curves(
+        data_dir, tmp_path, capsys):
+    run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 2, "--micro-batch-size", 4,
+                   "--total-batch-tokens", 4 * SEQ, "--eval-every", 1, "--sample-tokens", 0)
+    out = capsys.readouterr().out
+    assert "eval     1/2 | val_loss " in out and "eval     2/2 | val_loss " in out
+    assert "sample:" not in out
+    assert f"report: {tmp_path / 'report.md'} | curves: {tmp_path / 'curves.png'}" in out
+    # the saved tokenizer claims the model's context (tiny: 256 positions), not GPT-2's 1,024
+    saved = json.loads((tmp_path / "final" / "tokenizer_config.json").read_text())
+    assert saved["model_max_length"] == 256
+
+
+@pytest.mark.slow
+def test_saving_says_nothing_about_the_tied_lm_head_and_draws_no_one_shard_bar(data_dir, tmp_path, capfd, caplog):
+    from transformers.utils import logging as transformers_logging
+
+    with caplog.at_level(logging.WARNING):  # pytest routes log records here, not to stderr
+        run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 1, "--micro-batch-size", 4,
+                       "--total-batch-tokens", 4 * SEQ)
+    captured = capfd.readouterr()
+    assert "Removed shared tensor" not in captured.err + captured.out + caplog.text
+    assert "Writing model shards" not in captured.err
+    assert transformers_logging.is_progress_bar_enabled()  # silenced for the save only
+    # any other shared tensor still warns
+    from gpt2repro.checkpoints import _TiedWeightsNotice
+
+    def record(message):
+        return logging.LogRecord("accelerate.utils.other", 30, __file__, 1, message, None, None)
+
+    notice = _TiedWeightsNotice()
+    assert not notice.filter(record("[RANK 0] Removed shared tensor {'lm_head.weight'} while saving. check"))
+    assert notice.filter(record("Removed shared tensor {'lm_head.weight', 'h.0.mlp.c_fc.weight'} while saving"))
+
+
+@pytest.mark.slow
+def test_hellaswag_auto_offline_names_train_pys_own_flag(data_dir, tmp_path, capsys, monkeypatch):
+    from gpt2repro import hellaswag
+
+    monkeypatch.setenv("GPT2REPRO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(hellaswag, "HELLASWAG_VAL_URL", "http://127.0.0.1:9/hellaswag_val.jsonl")  # nothing listens
+    run_in_process("--data-dir", data_dir, "--run-dir", tmp_path / "run", "--max-steps", 1, "--micro-batch-size", 4,
+                   "--total-batch-tokens", 4 * SEQ, "--hellaswag", "auto")
+    notice = next(line for line in capsys.readouterr().out.splitlines() if "HellaSwag skipped" in line)
+    assert "--hellaswag hellaswag_val.jsonl" in notice and "--data " not in notice
+
+
+def rows_of_a_run(evaluations, hellaswag):
+    rows = [{"step": s, "loss": 10.0 - 0.1 * s} for s in range(1, max(evaluations) + 1)]
+    for s in evaluations:
+        scores = {"hellaswag_completion_acc_norm": 0.26, "hellaswag_lm_eval_acc_norm": 0.27} if hellaswag else {}
+        rows.append({"step": s, "val_loss": 6.0, "val_bpb": 2.3, **scores})
+    return rows
+
+
+def test_curves_have_no_empty_hellaswag_panel_integer_steps_and_legends_off_the_data():
+    import matplotlib.pyplot as plt
+
+    from gpt2repro import report
+
+    fig = report.curves_figure(rows_of_a_run([3], hellaswag=False), None)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "validation bits per byte"]
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert all(float(t).is_integer() for t in ticks), ticks
+        assert ax.get_xlim()[0] <= 0 and ax.get_xlim()[1] >= 3  # one evaluation sits on the run's step axis
+        assert not ax.get_legend().get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+    plt.close(fig)
+
+
+def test_curves_with_hellaswag_draw_both_conventions_and_both_gpt2_references():
+    import matplotlib.pyplot as plt
+
+    from gpt2repro import report
+
+    fig = report.curves_figure(rows_of_a_run([2, 4], hellaswag=True), None)
+    ax = fig.axes[2]
+    assert ax.get_title() == "HellaSwag"
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels == ["acc_norm (completion)", "OpenAI GPT-2 124M (completion)", "acc_norm (lm-eval)",
+                      "OpenAI GPT-2 124M (lm-eval)"]
+    levels = sorted(line.get_ydata()[0] for line in ax.get_lines() if "OpenAI" in line.get_label())
+    assert levels == [0.2955, 0.3114]
+    plt.close(fig)
