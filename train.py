@@ -592,7 +592,8 @@ def save(accelerator, model, tokenizer, path: Path, state: RunState, loader, log
                      "world_size": accelerator.num_processes}
     files = None
     if accelerator.is_main_process:
-        report = write_report(log.run_dir.path, log.facts(state))
+        facts = log.facts(state)
+        report = write_report(log.run_dir.path, facts)
         context = accelerator.unwrap_model(model).config.n_positions  # the card states it
         files = card_files(dict(report, context_length=context), log.settings.push_to_hub or None, log.run_dir.path)
     resume_with = continue_command(log.command, accelerator.num_processes)
@@ -808,6 +809,10 @@ def main(argv=None):
         if s.push_to_hub and accelerator.is_main_process:
             push_to_hub(final, s.push_to_hub, private=s.hub_private)
             log.print(f"pushed to https://huggingface.co/{s.push_to_hub}")
+    # A last barrier, waited on without the GIL: gloo's worker thread frees the previous collective's tensors, which
+    # needs the GIL, and the process group's destructor (when the DDP model is freed) would otherwise wait for that
+    # thread while holding the GIL: a hang at exit.
+    accelerator.wait_for_everyone()
     accelerator.end_training()
 
 

@@ -142,6 +142,7 @@ def describe_data(data_dir: str | Path) -> dict:
         manifest = load_manifest(data_dir)
     except ShardError:  # not a data directory (any more): the report still gets written
         manifest = None
+    origin = download_origin(data_dir)
     source = (manifest or {}).get("source") or {}
     hub_id = source.get("dataset") if source.get("type") in ("hub", "hub tokens") else None
     info = {
@@ -155,7 +156,6 @@ def describe_data(data_dir: str | Path) -> dict:
     }
     if manifest:
         info.update({f"{split}_tokens": manifest["splits"][split]["tokens"] for split in ("train", "val")})
-    origin = download_origin(data_dir)
     info["tokens_from"] = {"repo_id": origin["repo_id"], "revision": origin.get("revision")} if origin else None
     return info
 
