@@ -37,6 +37,7 @@ from gpt2repro.checkpoints import (
     DiskSpaceError,
     RunDir,
     SaveSchedule,
+    any_rank,
     complete_checkpoints,
     continue_command,
     discard_after,
@@ -598,12 +599,6 @@ def save(accelerator, model, tokenizer, path: Path, state: RunState, loader, log
         files = card_files(dict(report, context_length=context), log.settings.push_to_hub or None, log.run_dir.path)
     resume_with = continue_command(log.command, accelerator.num_processes)
     save_checkpoint(accelerator, model, path, trainer_state, tokenizer, files, resume_with)
-
-
-def any_rank(accelerator, *flags: bool) -> list[bool]:
-    """Each flag, true when it is true on any rank: decisions every rank must take together."""
-    values = torch.tensor([float(flag) for flag in flags], device=accelerator.device)
-    return (accelerator.reduce(values, reduction="max") > 0).tolist()
 
 
 def format_duration(seconds: float) -> str:

@@ -186,7 +186,7 @@ def _disk_failure(write, *args) -> str | None:
 def _stop_if_any_failed(accelerator, failure: str | None, path: Path, tmp: Path, resume_with: str) -> None:
     """Every rank learns whether any rank failed to write (else the others would wait for it in the next
     collective until the timeout); the main process removes the temp dir; every rank raises its one line."""
-    if not _any_rank(accelerator, failure is not None):
+    if not any_rank(accelerator, failure is not None)[0]:
         return
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -380,7 +380,7 @@ def load_checkpoint(accelerator, checkpoint: Path, model, optimizer) -> dict:
             verify_checkpoint(checkpoint, state)
         except CheckpointError as e:
             problem = str(e)
-    if _any_rank(accelerator, problem is not None):
+    if any_rank(accelerator, problem is not None)[0]:
         raise CheckpointError(problem or f"{checkpoint}: its files differ from those saved (checked on the main "
                               "process); resume from another checkpoint")
     training_state = Path(checkpoint) / "training_state"
@@ -400,12 +400,13 @@ def load_checkpoint(accelerator, checkpoint: Path, model, optimizer) -> dict:
     return state
 
 
-def _any_rank(accelerator, flag: bool) -> bool:
-    """True when `flag` is true on any rank: a decision every rank takes together (it is also a barrier)."""
+def any_rank(accelerator, *flags: bool) -> list[bool]:
+    """Each flag, true when it is true on any rank: decisions every rank takes together (with more than one process,
+    also a barrier)."""
     if accelerator.num_processes == 1:
-        return flag
-    value = torch.tensor([float(flag)], device=accelerator.device)
-    return bool(accelerator.reduce(value, reduction="max").item() > 0)
+        return [bool(flag) for flag in flags]
+    values = torch.tensor([float(flag) for flag in flags], device=accelerator.device)
+    return (accelerator.reduce(values, reduction="max") > 0).tolist()
 
 
 def written_by_fsdp(training_state: Path) -> bool:

@@ -30,6 +30,9 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the project's atomic writer; it needs nothing beyond the standard library
+from gpt2repro.fileio import write_atomically  # noqa: E402
+
 LOCK = REPO / "requirements.lock"
 # torch's own build and what only its CUDA build pulls in: the Makefile's TORCH pin decides them per machine.
 NOT_LOCKED = re.compile(r"^(torch|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+)$")
@@ -124,12 +127,10 @@ def main(argv=None) -> int:
     text = "\n".join(header + candidate) + "\n"
     print("versions changed:\n" + ("\n".join(diff) or "  none"))
     if returncode != 0:
-        (REPO / "requirements.lock.failed").write_text(text)
+        write_atomically(REPO / "requirements.lock.failed", text)
         print(f"upgrade FAILED ({summary}): requirements.lock is unchanged; the candidate is requirements.lock.failed")
         return 1
-    tmp = LOCK.with_name(".requirements.lock.tmp")
-    tmp.write_text(text)
-    tmp.replace(LOCK)
+    write_atomically(LOCK, text)
     print(f"upgrade passed: wrote {LOCK.name} ({len(candidate)} packages); commit it with the line above:\n{outcome}")
     if not args.venv:
         shutil.rmtree(venv, ignore_errors=True)
