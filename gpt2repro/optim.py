@@ -1,0 +1,226 @@
+"""The optimizer and the learning-rate schedule.
+
+Two optimizers, one setting (--optimizer):
+  adamw  AdamW on every parameter; weight decay on matrices and embeddings only (>=2-D). build-nanogpt's recipe.
+  muon   torch's Muon update on the blocks' 2-D weight matrices (attention and MLP), AdamW on the rest: the tied
+         embedding/head, the position embedding, LayerNorms and biases. Each at its own peak learning rate
+         (--muon-lr for the matrices, --lr for the rest), as modded-nanogpt and nanochat do.
+
+Both live in one torch Optimizer (MuonAdamW), so that Accelerate prepares one optimizer and a checkpoint holds one
+optimizer state (the Muon momentum buffers included), whatever the optimizer.
+
+Two schedules, one setting (--lr-schedule), after a linear warmup:
+  cosine  cosine decay to min_lr_ratio x the peak at max_steps (build-nanogpt).
+  wsd     warmup-stable-decay: flat at the peak, then linear to min_lr_ratio x the peak over the last
+          --cooldown-frac of the steps (modded-nanogpt's trapezoid). A run saved before its cooldown began can be
+          continued to a larger --max-steps: its learning rate so far is the same for any length (README).
+"""
+
+import math
+import time
+
+import torch
+from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, DEFAULT_NS_STEPS, EPS, _adjust_lr, _zeropower_via_newtonschulz
+
+OPTIMIZERS = ("adamw", "muon")
+LR_SCHEDULES = ("cosine", "wsd")
+# "match_rms_adamw" scales each matrix's update to the RMS AdamW's would have (0.2 x sqrt(larger side)), so the
+# Muon learning rate and weight decay read like AdamW's; "original" (Keller Jordan's) scales by sqrt(rows / cols)
+# only for tall matrices. README ("Muon: the choices, measured") says why this one.
+MUON_ADJUST_LR = "match_rms_adamw"
+# c_attn holds q, k and v for all heads as one (3 x n_embd, n_embd) matrix: orthogonalized as three n_embd-square
+# matrices (the anchors' choice), or as one. README says why.
+MUON_QKV_SPLIT = 3
+
+
+# ----------------------------------------------------------------------------------------------
+# the schedule
+
+
+def lr_factor(step: int, s) -> float:
+    """The learning rate at `step` as a fraction of the peak: linear warmup from 0, then the cosine or the WSD
+    schedule to min_lr_ratio at max_steps."""
+    if step < s.warmup_steps:
+        return (step + 1) / s.warmup_steps
+    if s.lr_schedule == "wsd":
+        cooldown = cooldown_steps(s)
+        progress = max(0.0, (step - (s.max_steps - cooldown)) / cooldown) if cooldown else 0.0
+        return 1.0 - progress * (1.0 - s.min_lr_ratio)
+    progress = min(1.0, (step - s.warmup_steps) / max(1, s.max_steps - s.warmup_steps))
+    return s.min_lr_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - s.min_lr_ratio)
+
+
+def cooldown_steps(s) -> int:
+    """The steps of WSD's linear cooldown: the last --cooldown-frac of --max-steps (after the warmup at most)."""
+    return min(round(s.cooldown_frac * s.max_steps), s.max_steps - s.warmup_steps)
+
+
+def stable_until(s) -> int:
+    """The last step of WSD's flat phase: a checkpoint at or before it can continue to a larger --max-steps with the
+    learning rates an uninterrupted longer run would have used."""
+    return s.max_steps - cooldown_steps(s)
+
+
+def learning_rate(step: int, s) -> float:
+    """--lr's value at `step` (the AdamW groups'; the log line shows it). Set by hand each step, so it cannot be
+    stretched by the number of processes (Accelerate's prepared schedulers can)."""
+    return s.lr * lr_factor(step, s)
+
+
+def set_learning_rates(optimizer, step: int, s) -> float:
+    """Every group's learning rate at `step`: its own peak (--muon-lr for Muon's, --lr for the others) times the
+    schedule. Returns --lr's value, for the log."""
+    factor = lr_factor(step, s)
+    for group in optimizer.param_groups:
+        group["lr"] = (s.muon_lr if group.get("muon") else s.lr) * factor
+    return s.lr * factor
+
+
+# ----------------------------------------------------------------------------------------------
+# the optimizer
+
+
+def make_optimizer(model, s, device=None, *, qkv_split: int = MUON_QKV_SPLIT,
+                   adjust_lr_fn: str = MUON_ADJUST_LR) -> torch.optim.Optimizer:
+    """The optimizer --optimizer names, built on the unwrapped model (before accelerator.prepare). The keywords are
+    the Muon choices README measured (benchmarks/bench_recipe.py varies them)."""
+    if s.optimizer == "muon":
+        groups = param_groups(model, s, qkv_split, adjust_lr_fn)
+        return MuonAdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2), eps=1e-8)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": s.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    # fused on every device: its `found_inf` lets train_step skip a non-finite update without reading the device
+    return torch.optim.AdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2), eps=1e-8, fused=True)
+
+
+def param_groups(model, s, qkv_split: int = MUON_QKV_SPLIT, adjust_lr_fn: str = MUON_ADJUST_LR) -> list[dict]:
+    """Muon groups for the blocks' Linear weights (c_attn apart, as it may be split into q, k, v), AdamW groups for
+    the embeddings (decayed, like AdamW's matrices) and the 1-D parameters (not decayed). Every parameter in one."""
+    c_attn, matrices = [], []
+    for block in model.transformer.h:
+        for name, module in block.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                (c_attn if name == "attn.c_attn" else matrices).append(module.weight)
+    muon = dict(muon=True, lr=s.muon_lr, weight_decay=s.weight_decay, adjust_lr_fn=adjust_lr_fn)
+    taken = {id(p) for p in c_attn + matrices}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]  # the tied wte/lm_head once
+    return [
+        {**muon, "params": matrices, "split": 1},
+        {**muon, "params": c_attn, "split": qkv_split},
+        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": s.weight_decay},
+        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+class MuonAdamW(torch.optim.AdamW):
+    """torch.optim.Muon's update on the groups marked `muon`, fused AdamW on the others, as one optimizer.
+
+    Muon groups take: lr, weight_decay, adjust_lr_fn (torch.optim.Muon's meanings), and `split`: the number of
+    equal row blocks orthogonalized apart (3 for c_attn's q, k, v), each a view of the parameter, its momentum
+    buffer staying one tensor. momentum, nesterov and the Newton-Schulz iteration are torch.optim.Muon's defaults.
+
+    `found_inf` (a device scalar, 1 where the step is to be skipped), the attribute fused AdamW and GradScaler use,
+    skips the whole step on the device, Muon's part included: weights, momentum buffers and AdamW's moments and step
+    counts stay bit-identical, and nothing is read back to the host. torch's Muon has no such path.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.95), eps=1e-8):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, fused=True)
+        for group in self.param_groups:
+            group.setdefault("muon", False)
+            if group["muon"]:
+                group.setdefault("split", 1)
+                group.setdefault("adjust_lr_fn", None)
+                group.setdefault("momentum", 0.95)
+                group.setdefault("nesterov", True)
+                for p in group["params"]:
+                    if p.dim() != 2 or p.shape[0] % group["split"]:
+                        raise ValueError(f"Muon takes 2-D matrices with rows divisible by {group['split']}: {p.shape}")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        found_inf = getattr(self, "found_inf", None)
+        for group in self.param_groups:
+            if group["muon"]:
+                self._muon_step(group, found_inf)
+        groups = self.param_groups
+        try:  # AdamW's own step (fused, found_inf and all) over the AdamW groups only
+            self.param_groups = [g for g in groups if not g["muon"]]
+            super().step()
+        finally:
+            self.param_groups = groups
+        return loss
+
+    def _muon_step(self, group: dict, found_inf) -> None:
+        """_single_tensor_muon (torch/optim/_muon.py) with a device-side gate: where found_inf is 1, the momentum
+        keeps its value (the gradient is zeroed and its weight is 0), weight decay multiplies by 1 and the update
+        by 0. With found_inf 0 (or none) every operation computes what torch's does."""
+        lr, weight_decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
+        apply = None if found_inf is None else found_inf == 0
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+            grads, bufs, params = (t.chunk(group["split"]) for t in (p.grad, state["momentum_buffer"], p))
+            for grad, buf, param in zip(grads, bufs, params):
+                if apply is None:
+                    buf.lerp_(grad, 1 - momentum)
+                else:
+                    grad = torch.where(apply, grad, 0.0)  # a NaN times a zero weight would still be NaN
+                    buf.lerp_(grad, torch.where(apply, 1 - momentum, 0.0))
+                update = grad.lerp(buf, momentum) if group["nesterov"] else buf
+                update = _zeropower_via_newtonschulz(update, (DEFAULT_A, DEFAULT_B, DEFAULT_C), DEFAULT_NS_STEPS, EPS)
+                adjusted_lr = _adjust_lr(lr, group["adjust_lr_fn"], param.shape)
+                if apply is None:
+                    param.mul_(1 - lr * weight_decay)
+                else:
+                    param.mul_(torch.where(apply, 1 - lr * weight_decay, 1.0))
+                    update.mul_(apply)
+                param.add_(update, alpha=-adjusted_lr)
+
+
+# ----------------------------------------------------------------------------------------------
+# measurement (benchmarks/gpu_check)
+
+
+def optimizer_step_share(model, optimizer, input_ids: torch.Tensor, steps: int = 5, warmup: int = 2) -> dict:
+    """How long the optimizer step takes next to forward + backward, on `model`'s device: {"forward_backward_s",
+    "optimizer_s", "share"} (the optimizer's fraction of the whole step), medians over `steps` after `warmup`.
+    The device is drained around each part, so each clock reads finished work."""
+    device = input_ids.device
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    fb, opt = [], []
+    for i in range(warmup + steps):
+        sync()
+        t0 = time.perf_counter()
+        loss = model(input_ids=input_ids[:, :-1], shift_labels=input_ids[:, 1:]).loss
+        loss.backward()
+        sync()
+        t1 = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync()
+        t2 = time.perf_counter()
+        if i >= warmup:
+            fb.append(t1 - t0)
+            opt.append(t2 - t1)
+    fb_s, opt_s = sorted(fb)[len(fb) // 2], sorted(opt)[len(opt) // 2]
+    return {"forward_backward_s": fb_s, "optimizer_s": opt_s, "share": opt_s / (fb_s + opt_s)}
+
+
+__all__ = ["LR_SCHEDULES", "MUON_ADJUST_LR", "MUON_QKV_SPLIT", "MuonAdamW", "OPTIMIZERS", "cooldown_steps",
+           "learning_rate", "lr_factor", "make_optimizer", "optimizer_step_share", "param_groups",
+           "set_learning_rates", "stable_until"]
