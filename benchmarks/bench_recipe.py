@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 from configuration_gpt2repro import GPT2ReproConfig  # noqa: E402
 from gpt2repro.document_sources import DEFAULT_DATA_DIR  # noqa: E402
-from gpt2repro.optim import MUON_ADJUST_LR, MUON_QKV_SPLIT, make_optimizer, set_learning_rates  # noqa: E402
+from gpt2repro.optim import MUON_ADJUST_LR, MUON_QKV_SPLIT, learning_rate, make_optimizer, set_learning_rates  # noqa: E402
 from gpt2repro.throughput import device_name  # noqa: E402
 from gpt2repro.token_shards import ShardedTokenLoader, open_split  # noqa: E402
 from modeling_gpt2repro import GPT2ReproForCausalLM  # noqa: E402
@@ -88,7 +88,7 @@ def run(job: dict) -> dict:
         window = lookup[loader.next_batch()]
         model(input_ids=window[:, :-1], shift_labels=window[:, 1:]).loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        set_learning_rates(optimizer, step, s)
+        set_learning_rates(optimizer, learning_rate(step, s), s)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if (step + 1) % a.eval_every == 0 or step + 1 == a.steps:

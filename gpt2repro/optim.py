@@ -22,8 +22,8 @@ import time
 import torch
 from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, DEFAULT_NS_STEPS, EPS, _adjust_lr, _zeropower_via_newtonschulz
 
-OPTIMIZERS = ("adamw", "muon")
-LR_SCHEDULES = ("cosine", "wsd")
+from gpt2repro.settings import Settings
+
 # "match_rms_adamw" scales each matrix's update to the RMS AdamW's would have (0.2 x sqrt(larger side)), so the
 # Muon learning rate and weight decay read like AdamW's; "original" (Keller Jordan's) scales by sqrt(rows / cols)
 # only for tall matrices. README ("Muon: the choices, measured") says why this one.
@@ -37,50 +37,44 @@ MUON_QKV_SPLIT = 3
 # the schedule
 
 
-def lr_factor(step: int, s) -> float:
-    """The learning rate at `step` as a fraction of the peak: linear warmup from 0, then the cosine or the WSD
-    schedule to min_lr_ratio at max_steps."""
-    if step < s.warmup_steps:
-        return (step + 1) / s.warmup_steps
-    if s.lr_schedule == "wsd":
-        cooldown = cooldown_steps(s)
-        progress = max(0.0, (step - (s.max_steps - cooldown)) / cooldown) if cooldown else 0.0
-        return 1.0 - progress * (1.0 - s.min_lr_ratio)
-    progress = min(1.0, (step - s.warmup_steps) / max(1, s.max_steps - s.warmup_steps))
-    return s.min_lr_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - s.min_lr_ratio)
-
-
-def cooldown_steps(s) -> int:
+def cooldown_steps(s: Settings) -> int:
     """The steps of WSD's linear cooldown: the last --cooldown-frac of --max-steps (after the warmup at most)."""
     return min(round(s.cooldown_frac * s.max_steps), s.max_steps - s.warmup_steps)
 
 
-def stable_until(s) -> int:
+def stable_until(s: Settings) -> int:
     """The last step of WSD's flat phase: a checkpoint at or before it can continue to a larger --max-steps with the
     learning rates an uninterrupted longer run would have used."""
     return s.max_steps - cooldown_steps(s)
 
 
-def learning_rate(step: int, s) -> float:
-    """--lr's value at `step` (the AdamW groups'; the log line shows it). Set by hand each step, so it cannot be
-    stretched by the number of processes (Accelerate's prepared schedulers can)."""
-    return s.lr * lr_factor(step, s)
+def learning_rate(step: int, s: Settings) -> float:
+    """--lr's value at `step` (the AdamW groups'; the log line shows it): linear warmup, then the cosine or WSD to
+    min_lr_ratio * lr at max_steps. Set by hand each step, so it cannot be stretched by the number of processes
+    (Accelerate's prepared schedulers can)."""
+    if step < s.warmup_steps:
+        return s.lr * (step + 1) / s.warmup_steps
+    min_lr = s.lr * s.min_lr_ratio
+    if s.lr_schedule == "wsd":
+        cooldown = cooldown_steps(s)
+        progress = max(0, step - stable_until(s)) / cooldown if cooldown else 0.0
+        return s.lr - progress * (s.lr - min_lr)
+    progress = min(1.0, (step - s.warmup_steps) / max(1, s.max_steps - s.warmup_steps))
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (s.lr - min_lr)
 
 
-def set_learning_rates(optimizer, step: int, s) -> float:
-    """Every group's learning rate at `step`: its own peak (--muon-lr for Muon's, --lr for the others) times the
-    schedule. Returns --lr's value, for the log."""
-    factor = lr_factor(step, s)
+def set_learning_rates(optimizer, lr: float, s: Settings) -> None:
+    """Every group's learning rate for --lr's scheduled value `lr`: the AdamW groups take it, Muon's groups the same
+    fraction of --muon-lr."""
     for group in optimizer.param_groups:
-        group["lr"] = (s.muon_lr if group.get("muon") else s.lr) * factor
-    return s.lr * factor
+        group["lr"] = lr * s.muon_lr / s.lr if group.get("muon") else lr
 
 
 # ----------------------------------------------------------------------------------------------
 # the optimizer
 
 
-def make_optimizer(model, s, device=None, *, qkv_split: int = MUON_QKV_SPLIT,
+def make_optimizer(model, s: Settings, device=None, *, qkv_split: int = MUON_QKV_SPLIT,
                    adjust_lr_fn: str = MUON_ADJUST_LR) -> torch.optim.Optimizer:
     """The optimizer --optimizer names, built on the unwrapped model (before accelerator.prepare). The keywords are
     the Muon choices README measured (benchmarks/bench_recipe.py varies them)."""
@@ -96,7 +90,7 @@ def make_optimizer(model, s, device=None, *, qkv_split: int = MUON_QKV_SPLIT,
     return torch.optim.AdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2), eps=1e-8, fused=True)
 
 
-def param_groups(model, s, qkv_split: int = MUON_QKV_SPLIT, adjust_lr_fn: str = MUON_ADJUST_LR) -> list[dict]:
+def param_groups(model, s: Settings, qkv_split: int = MUON_QKV_SPLIT, adjust_lr_fn: str = MUON_ADJUST_LR) -> list[dict]:
     """Muon groups for the blocks' Linear weights (c_attn apart, as it may be split into q, k, v), AdamW groups for
     the embeddings (decayed, like AdamW's matrices) and the 1-D parameters (not decayed). Every parameter in one."""
     c_attn, matrices = [], []
@@ -221,6 +215,6 @@ def optimizer_step_share(model, optimizer, input_ids: torch.Tensor, steps: int =
     return {"forward_backward_s": fb_s, "optimizer_s": opt_s, "share": opt_s / (fb_s + opt_s)}
 
 
-__all__ = ["LR_SCHEDULES", "MUON_ADJUST_LR", "MUON_QKV_SPLIT", "MuonAdamW", "OPTIMIZERS", "cooldown_steps",
-           "learning_rate", "lr_factor", "make_optimizer", "optimizer_step_share", "param_groups",
+__all__ = ["MUON_ADJUST_LR", "MUON_QKV_SPLIT", "MuonAdamW", "cooldown_steps",
+           "learning_rate", "make_optimizer", "optimizer_step_share", "param_groups",
            "set_learning_rates", "stable_until"]
