@@ -42,7 +42,7 @@ from gpt2repro.errors import UserError, cli, first_line
 from gpt2repro.hellaswag import HellaSwagDataError, load_hellaswag, score_hellaswag
 from gpt2repro.launch import LostProcessError, lost_a_process, make_accelerator
 from gpt2repro.model_card import PublishError, card_files, check_push_access, push_to_hub
-from gpt2repro.optim import learning_rate, make_optimizer, set_learning_rates
+from gpt2repro.optim import check_optimizer, learning_rate, make_optimizer, set_learning_rates
 from gpt2repro.report import SAMPLE_PROMPT, write_report
 from gpt2repro.run_log import RunLog, RunState
 from gpt2repro.settings import Settings, SettingsError, check_settings, parse_settings
@@ -263,6 +263,7 @@ def main(argv=None):
     device, world = accelerator.device, accelerator.num_processes
     prepare_default_data(s, accelerator)
     model_config, batch, val_tokens = check_settings(s, world)
+    check_optimizer(s, accelerator.distributed_type)
     checkpoints = resume_candidates(s)
     if finished := finished_run(s, checkpoints):
         return accelerator.print(finished)  # a rerun of a finished run (make demo twice) changes nothing

@@ -45,7 +45,7 @@ from gpt2repro.token_shards import ShardedTokenLoader, open_split  # noqa: E402
 from modeling_gpt2repro import GPT2ReproForCausalLM  # noqa: E402
 
 MODEL = dict(n_layer=6, n_head=4, n_embd=128)
-FULL = dict(steps=120, batch=16, seq=64, eval_every=10, val_targets=4096, seeds=3,
+FULL = dict(steps=100, batch=16, seq=64, eval_every=10, val_targets=4096, seeds=3,
             adamw_lrs=[2e-3, 4e-3, 8e-3], muon_lrs=[2e-3, 4e-3, 8e-3])
 QUICK = dict(steps=20, batch=8, seq=64, eval_every=5, val_targets=2048, seeds=1, adamw_lrs=[4e-3], muon_lrs=[4e-3])
 
@@ -173,7 +173,7 @@ def main():
     parser.add_argument("--lr-schedule", default="cosine", choices=("cosine", "wsd"))
     parser.add_argument("--cooldown-frac", type=float, default=0.3, help="with --lr-schedule wsd")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each")
-    parser.add_argument("--out", default="runs/bench_recipe", help="results.json and curves.png go here")
+    parser.add_argument("--out", default="runs/bench_recipe", help="bench_recipe.json and bench_recipe.png go here")
     args = parser.parse_args()
     preset = QUICK if args.quick else FULL
     for key, value in preset.items():
@@ -214,7 +214,7 @@ def main():
         results["muon"] = best + run_all(
             [dict(shared, optimizer="muon", lr=adamw_lr, muon_lr=muon_lr, seed=s) for s in seeds], args.jobs)
 
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "bench_recipe.json").write_text(json.dumps(results, indent=1))
     print("\nbest val loss per seed, median [min, max]:")
     for name, runs in results.items():
         bests = [min(r["val"]) for r in runs]
@@ -234,8 +234,8 @@ def main():
     if "muon" in medians:
         print(f"Muon / AdamW steps (medians): {medians['muon'] / medians['adamw']:.2f}x "
               f"(resolution: {args.eval_every} steps)")
-        plot(results, out / "curves.png", target)
-        print(f"curves: {out / 'curves.png'}")
+        plot(results, out / "bench_recipe.png", target)
+        print(f"plot: {out / 'bench_recipe.png'}")
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ import math
 import time
 
 import torch
+from accelerate.utils import DistributedType
 from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, DEFAULT_NS_STEPS, EPS, _adjust_lr, _zeropower_via_newtonschulz
 
-from gpt2repro.settings import Settings
+from gpt2repro.settings import Settings, SettingsError
 
 # "match_rms_adamw" scales each matrix's update to the RMS AdamW's would have (0.2 x sqrt(larger side)), so the
 # Muon learning rate and weight decay read like AdamW's; "original" (Keller Jordan's) scales by sqrt(rows / cols)
@@ -72,6 +73,17 @@ def set_learning_rates(optimizer, lr: float, s: Settings) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # the optimizer
+
+
+def check_optimizer(s: Settings, distributed_type) -> None:
+    """Refuse, in one line, --optimizer muon under FSDP: Muon orthogonalizes each whole matrix, and FSDP holds a
+    shard of it in each process (its update would need the matrix gathered in a custom step)."""
+    if s.optimizer == "muon" and distributed_type == DistributedType.FSDP:
+        raise SettingsError(
+            "--optimizer muon under FSDP: Muon updates whole matrices, which FSDP shards across processes; launch "
+            "with DDP instead (accelerate_configs/8gpu.yaml, cpu_2proc.yaml: the 124M model fits every GPU), or "
+            "keep FSDP with --optimizer adamw"
+        )
 
 
 def make_optimizer(model, s: Settings, device=None, *, qkv_split: int = MUON_QKV_SPLIT,
@@ -215,6 +227,6 @@ def optimizer_step_share(model, optimizer, input_ids: torch.Tensor, steps: int =
     return {"forward_backward_s": fb_s, "optimizer_s": opt_s, "share": opt_s / (fb_s + opt_s)}
 
 
-__all__ = ["MUON_ADJUST_LR", "MUON_QKV_SPLIT", "MuonAdamW", "cooldown_steps",
+__all__ = ["MUON_ADJUST_LR", "MUON_QKV_SPLIT", "MuonAdamW", "check_optimizer", "cooldown_steps",
            "learning_rate", "make_optimizer", "optimizer_step_share", "param_groups",
            "set_learning_rates", "stable_until"]

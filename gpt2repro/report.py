@@ -475,7 +475,8 @@ def training_lines(report: dict) -> list[str]:
         f"- steps: {_num(tr.get('steps'), ',')} of {_num(tr.get('max_steps'), ',')}; "
         f"tokens: {_num(tr.get('tokens'), ',')}"
         f" in batches of {_num(settings.get('total_batch_tokens'), ',')} tokens (sequences of "
-        f"{settings.get('seq_len', 'n/a')}); peak learning rate {settings.get('lr', 'n/a')}",
+        f"{settings.get('seq_len', 'n/a')})",
+        f"- optimizer: {optimizer_line(settings)}",
         f"- time: {_duration(tr.get('train_seconds'))} of optimizer steps, {_duration(tr.get('total_seconds'))} "
         "wall including evaluation and checkpoints (summed over resumptions)",
         f"- throughput: {_num(tr.get('mean_tokens_per_sec'), ',.0f')} tokens/s mean, MFU "
@@ -483,6 +484,23 @@ def training_lines(report: dict) -> list[str]:
         f"- precision {tr.get('precision') or 'n/a'}, torch.compile {'on' if tr.get('compile') else 'off'}, "
         f"{tr.get('world_size') or 1} process(es)",
     ]
+
+
+def optimizer_line(settings: dict) -> str:
+    """What updated the weights, at what peak rates, on which schedule (runs from before --optimizer were AdamW's,
+    on the cosine)."""
+    lr = settings.get("lr", "n/a")
+    if settings.get("optimizer") == "muon":
+        what = (f"Muon on the blocks' matrices (peak lr {settings.get('muon_lr', 'n/a')}), AdamW on the embeddings, "
+                f"LayerNorms and biases (peak lr {lr})")
+    else:
+        what = f"AdamW (peak lr {lr})"
+    if settings.get("lr_schedule") == "wsd":
+        schedule = f"flat, then linear over the last {_num(settings.get('cooldown_frac'), '.0%')} of the steps (WSD)"
+    else:
+        schedule = "cosine"
+    return f"{what}; {settings.get('warmup_steps', 'n/a')} warmup steps, then {schedule} to " \
+           f"{settings.get('min_lr_ratio', 'n/a')} x the peak"
 
 
 def hardware_lines(report: dict) -> list[str]:

@@ -2,6 +2,7 @@
 
     python scripts/reproduce_gpt2.py                                  # data -> train -> evaluate -> report
     python scripts/reproduce_gpt2.py --dry-run [--gpus 8]             # print the commands, run nothing (any machine)
+    python scripts/reproduce_gpt2.py --preset gpt2-124m-muon --dry-run  # Muon: its plan and cost next to AdamW's
     python scripts/reproduce_gpt2.py --preset gpt2-124m-fineweb -- --max-steps 100   # after --: train.py flags
 
   1. data      prepare_data.py for the preset's data directory: skipped when complete, resumed when half done;
@@ -33,7 +34,9 @@ from gpt2repro.document_sources import DATA_PRESETS, DEFAULT_DATA_DIR, HUB_TOKEN
 from gpt2repro.errors import UserError, cli  # noqa: E402
 from gpt2repro.hub_data import downloading  # noqa: E402
 from gpt2repro.settings import PRESETS, Settings, parse_settings  # noqa: E402
+from gpt2repro.throughput import datasheet_bf16_peak, flops_per_token  # noqa: E402
 from gpt2repro.token_shards import MANIFEST_NAME, load_manifest  # noqa: E402
+from configuration_gpt2repro import GPT2ReproConfig  # noqa: E402
 
 STEPS = 4
 ACCELERATE_CONFIGS = {0: "accelerate_configs/cpu.yaml", 1: "accelerate_configs/1gpu.yaml",
@@ -64,6 +67,8 @@ def main(argv=None) -> None:
     train_step(steps, launcher(gpus) + ["train.py", *train_args], s.run_dir, s.max_steps)
     evaluate_step(steps, s.run_dir, s.data_dir)
     report_step(steps, s.run_dir)
+    if args.dry_run:
+        plan_cost(s, args.preset, max(gpus, 1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -238,6 +243,36 @@ def from_user(path: str) -> str:
     """A path typed relative to the user's directory, as seen from the repository root where commands run."""
     absolute = Path(path).expanduser().absolute()
     return str(absolute.relative_to(ROOT)) if absolute.is_relative_to(ROOT) else str(absolute)
+
+
+# What a plan assumes: the model FLOP utilization of llm.c's GPT-2 (124M) steps on 8xH100 (reference recipe, README
+# "Cost"), on the GPUs here, or on H100s where there are none (or torch does not know their bf16 peak).
+PLAN_MFU = 0.40
+PLAN_GPU = "NVIDIA H100 80GB HBM3"
+# The recipe a faster preset is compared with.
+BASELINE_PRESET = "gpt2-124m"
+
+
+def plan_cost(s: Settings, preset: str, gpus: int) -> None:
+    """The preset's training time and cost, and the AdamW recipe's next to it (stderr, like the banners)."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else PLAN_GPU
+    gpu = gpu if datasheet_bf16_peak(gpu) else PLAN_GPU
+    note(f"estimate: training only, at {PLAN_MFU:.0%} MFU of {gpu}'s bf16 peak on {gpus} GPU(s), "
+         f"${s.gpu_hour_usd:.2f}/GPU-hour (--gpu-hour-usd)")
+    plans = [(preset, s)]
+    if preset != BASELINE_PRESET:
+        plans.append((BASELINE_PRESET, parse_settings(["--preset", BASELINE_PRESET,
+                                                       "--gpu-hour-usd", str(s.gpu_hour_usd)])[1]))
+    for name, plan in plans:
+        note(f"  {name} ({plan.optimizer}, {plan.lr_schedule}): {estimate(plan, gpus, gpu)}")
+
+
+def estimate(s: Settings, gpus: int, gpu_name: str) -> str:
+    tokens = s.max_steps * s.total_batch_tokens
+    flops = tokens * flops_per_token(GPT2ReproConfig.from_preset(s.model), s.seq_len)
+    hours = flops / (gpus * datasheet_bf16_peak(gpu_name) * PLAN_MFU) / 3600
+    return (f"{s.max_steps:,} steps x {s.total_batch_tokens:,} tokens = {tokens / 1e9:.2f}B tokens | "
+            f"{hours:.2f} h | {hours * gpus:.1f} GPU-hours | ${hours * gpus * s.gpu_hour_usd:,.0f}")
 
 
 # ----------------------------------------------------------------------------------------------

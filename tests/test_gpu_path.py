@@ -100,38 +100,6 @@ def test_eager_training_and_validation_call_attention_without_a_mask_and_name_th
 
 # ---- host syncs: a training step reads nothing back from the device unless it logs ----
 
-READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
-
-
-@pytest.fixture
-def count_reads(monkeypatch):
-    """Every device-to-host read (or sync) attributed to the optimizer step during which it was made: each step of
-    train.py's loop starts with learning_rate(step, ...)."""
-    import train
-
-    reads, current = {}, [None]
-
-    def counted(name, original):
-        def read(self, *args, **kwargs):
-            if current[0] is not None:
-                reads.setdefault(current[0], []).append(name)
-            return original(self, *args, **kwargs)
-
-        return read
-
-    for name in READS:
-        monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
-    monkeypatch.setattr(torch.cuda, "synchronize", counted("synchronize", lambda *a: None))
-
-    def learning_rate(step, s):
-        current[0] = step
-        return original_learning_rate(step, s)
-
-    original_learning_rate = train.learning_rate
-    monkeypatch.setattr(train, "learning_rate", learning_rate)
-    return reads
-
-
 def test_training_reads_from_the_device_only_once_per_logging_step_and_logs_exact_values(
     data_dir, tmp_path, count_reads
 ):

@@ -234,6 +234,21 @@ def test_a_dry_run_without_a_gpu_plans_for_an_eight_gpu_node_and_says_how_to_cha
     assert "no GPU here: planning for 8 GPUs; --gpus N plans for N" in captured.err
 
 
+def test_the_muon_dry_run_plans_its_preset_and_prints_its_cost_next_to_the_adamw_recipe_s(capsys, monkeypatch, data,
+                                                                                            run_dir):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    reproduce.main(["--preset", "gpt2-124m-muon", "--dry-run", "--run-dir", str(run_dir), "--", "--data-dir",
+                    str(data)])
+    captured = capsys.readouterr()
+    _, args = train_command([shlex.split(line) for line in captured.out.splitlines()])
+    assert flag(args, "--preset") == "gpt2-124m-muon"
+    muon, adamw = (line for line in captured.err.splitlines() if line.startswith("  gpt2-124m"))
+    assert muon.startswith("  gpt2-124m-muon (muon, wsd): 6,500 steps") and "3.41B tokens" in muon
+    assert adamw.startswith("  gpt2-124m (adamw, cosine): 19,073 steps") and "10.00B tokens" in adamw
+    cost = [float(line.rsplit("$", 1)[1].replace(",", "")) for line in (muon, adamw)]
+    assert cost[0] / cost[1] == pytest.approx(6_500 / 19_073, rel=0.1)  # the same model and batch: steps decide
+
+
 def test_an_unknown_preset_is_refused_with_one_line(capsys):
     message = refusal(capsys, "--preset", "gpt2-125m", "--gpus", "8")
     assert "gpt2-125m" in message and "gpt2-124m" in message  # names the mistake and the choices
