@@ -146,6 +146,13 @@ class MuonAdamW(torch.optim.AdamW):
                     if p.dim() != 2 or p.shape[0] % group["split"]:
                         raise ValueError(f"Muon takes 2-D matrices with rows divisible by {group['split']}: {p.shape}")
 
+    def __setstate__(self, state):
+        """load_state_dict's last act: AdamW's own (its step counts as tensors) for the AdamW groups only, as Muon's
+        parameters have no step count."""
+        groups = state["param_groups"]
+        super().__setstate__({**state, "param_groups": [g for g in groups if not g.get("muon")]})
+        self.param_groups = groups
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None

@@ -104,6 +104,22 @@ def test_a_non_finite_step_leaves_weights_and_all_optimizer_state_bit_identical(
     assert_same_state(before, state(optimizer))
 
 
+def test_the_muon_state_loads_into_a_new_optimizer_that_then_steps_as_the_original(model):
+    twin = copy.deepcopy(model)
+    optimizer = make_optimizer(model, muon_settings())
+    backward(model)
+    optimizer.step()
+    optimizer.zero_grad()
+    twin.load_state_dict(model.state_dict())
+    loaded = make_optimizer(twin, muon_settings())
+    loaded.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # as read from disk: tensors of its own
+    assert_same_state(state(optimizer), state(loaded))
+    for m, opt in ((model, optimizer), (twin, loaded)):
+        backward(m, 1)
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
+
+
 def test_muon_updates_the_blocks_matrices_and_adamw_everything_else_once(model):
     groups = make_optimizer(model, muon_settings()).param_groups
     names = {id(p): n for n, p in model.named_parameters()}
