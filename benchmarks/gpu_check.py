@@ -736,6 +736,7 @@ def section_fsdp(args, profile, context):
             command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                        str(REPO / "accelerate_configs" / config), "--num_processes", str(gpus), str(REPO / "train.py"),
                        "--max-steps", "8", "--mixed-precision", "bf16", "--log-every", "1", "--log-with", "none",
+                       "--optimizer", "adamw",  # FSDP refuses Muon
                        "--total-batch-tokens", str(16 * 256 * gpus), "--eval-every", "0", "--run-dir", f"{tmp}/{name}"]
             proc = subprocess.run(command, cwd=tmp, capture_output=True, text=True,
                                   timeout=SECTION_TIMEOUTS["fsdp"] // 2 - 30)

@@ -35,7 +35,7 @@ class Settings:
     micro_batch_size: int | str = 16  # sequences; auto: the largest that fits, halved on out-of-memory (micro_batch.py)
     seq_len: int = 256  # tokens per sequence, at most the model's context length
     # optimization: the optimizer, a linear warmup, then the schedule (gpt2repro/optim.py)
-    optimizer: str = "adamw"  # adamw: every parameter | muon: Muon on the blocks' matrices, AdamW on the rest
+    optimizer: str = "muon"  # adamw: every parameter | muon: Muon on the blocks' matrices, AdamW on the rest
     max_steps: int = 150  # optimizer steps to train (tiny: two epochs of tiny-Shakespeare)
     lr: float = 2e-3  # peak learning rate, reached after the warmup (with muon: of the embeddings, LayerNorms, biases)
     muon_lr: float = 2e-3  # with --optimizer muon: peak learning rate of the blocks' matrices (AdamW-like scale)
@@ -76,7 +76,7 @@ class Settings:
 GPT2_124M = dict(  # build-nanogpt's GPT-2 (124M) recipe: 10B FineWeb-Edu tokens, 0.5M-token batches
     model="gpt2-124m", data_dir=str(data_dir_for("fineweb-edu-10b")), total_batch_tokens=524_288,
     micro_batch_size=64, seq_len=1024, max_steps=19_073, lr=6e-4, warmup_steps=715, eval_every=250,
-    hellaswag="auto", save_every=5000, save_every_minutes=30.0,
+    hellaswag="auto", save_every=5000, save_every_minutes=30.0, optimizer="adamw",
 )
 PRESETS = {
     "tiny": {},

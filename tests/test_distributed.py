@@ -18,7 +18,8 @@ from conftest import (REPO, SEQ, assert_same_weights, free_port, launcher, logge
 
 CONFIGS = REPO / "accelerate_configs"
 STEPS = 8
-COMMON = ["--max-steps", STEPS, "--total-batch-tokens", 8 * SEQ, "--micro-batch-size", 4]
+# AdamW: FSDP refuses Muon (tests/test_muon.py), and the DDP runs here are FSDP's reference
+COMMON = ["--max-steps", STEPS, "--total-batch-tokens", 8 * SEQ, "--micro-batch-size", 4, "--optimizer", "adamw"]
 # Runs that split their work differently agree closely, not bit for bit. The widest gap is DDP vs FSDP: torch's
 # fp32 vector_norm on CPU drifts with tensor size (about 1e-3 relative on the 6.4M-element embedding gradient), and
 # DDP takes it over the whole tensor, FSDP over two shards, so the gradient clipping scales differ by ~5e-4; over 8

@@ -285,7 +285,8 @@ from modeling_gpt2repro import GPT2ReproModel
 from gpt2repro.hellaswag import load_hellaswag
 from gpt2repro.tokenizer import load_tokenizer
 
-s = train.Settings(data_dir={data!r}, seq_len=32, mixed_precision="no", log_with="none", run_dir={out!r})
+s = train.Settings(data_dir={data!r}, seq_len=32, mixed_precision="no", log_with="none", run_dir={out!r},
+                   optimizer="adamw")  # FSDP's optimizer
 accelerator = train.make_accelerator(s)  # FSDP2 over gloo when launched with the FSDP config
 model = train.GPT2ReproForCausalLM(train.check_settings(s, accelerator.num_processes)[0])
 model, _ = accelerator.prepare(model, train.make_optimizer(model, s, accelerator.device))
