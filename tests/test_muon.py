@@ -225,6 +225,22 @@ def test_muon_with_micro_batch_auto_matches_a_run_started_at_the_size_it_settles
     assert_same_weights(tmp_path / "auto" / "final", tmp_path / "small" / "final")
 
 
+def test_muon_steps_on_gradients_clipped_to_grad_clip_as_adamw_does(data_dir, tmp_path, monkeypatch):
+    from gpt2repro.optim import MuonAdamW
+
+    norms, step = [], MuonAdamW.step
+
+    def recorded(self, *args, **kwargs):
+        norms.append(float(torch.nn.utils.get_total_norm([p.grad for g in self.param_groups for p in g["params"]])))
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(MuonAdamW, "step", recorded)
+    run_in_process(*common(data_dir, "--max-steps", 3, "--grad-clip", 0.5, "--run-dir", tmp_path))
+    logged_norms = logged(tmp_path, "grad_norm")  # the norm before clipping, as the log line documents
+    assert len(norms) == 3 and all(n > 0.5 for n in logged_norms)
+    assert norms == pytest.approx([0.5] * 3, rel=1e-5)
+
+
 @pytest.mark.slow
 def test_a_diverging_muon_run_skips_its_bad_updates_then_aborts(data_dir, tmp_path, capsys):
     with pytest.raises(RuntimeError, match="non-finite steps in a row"):
