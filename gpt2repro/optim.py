@@ -27,7 +27,7 @@ from gpt2repro.settings import Settings, SettingsError
 
 # "match_rms_adamw" scales each matrix's update to the RMS AdamW's would have (0.2 x sqrt(larger side)), so the
 # Muon learning rate and weight decay read like AdamW's; "original" (Keller Jordan's) scales by sqrt(rows / cols)
-# only for tall matrices. README ("Muon: the choices, measured") says why this one.
+# only for tall matrices. README ("Muon's choices, measured") says why this one.
 MUON_ADJUST_LR = "match_rms_adamw"
 # c_attn holds q, k and v for all heads as one (3 x n_embd, n_embd) matrix: orthogonalized as three n_embd-square
 # matrices (the anchors' choice), or as one. README says why.

@@ -84,8 +84,8 @@ PRESETS = {
     "gpt2-124m-40b": {**GPT2_124M, "max_steps": 76_292},  # four epochs of the 10B sample, as llm.c's longer runs
     "gpt2-124m-fineweb": {**GPT2_124M, "data_dir": str(data_dir_for("fineweb-10b"))},  # vs llm.c's FineWeb val target
     # the same data, batch and model, Muon + WSD: modded-nanogpt record #4's rates and trapezoid, in 6,500 steps
-    # (README, "GPT-2 in a third of the steps": the step count's derivation; it awaits a GPU run). A checkpoint at
-    # the end of the flat phase (step 4,550), kept, is where a longer run continues from.
+    # (README, "Muon, and a plan for GPT-2 in a third of the steps": why 6,500; it awaits a GPU run). The checkpoint
+    # at the end of the flat phase (step 4,550), kept with all others, is where a longer run continues from.
     "gpt2-124m-muon": {**GPT2_124M, "optimizer": "muon", "lr": 3.6e-3, "muon_lr": 3.6e-3, "weight_decay": 0.0,
                        "lr_schedule": "wsd", "cooldown_frac": 0.3, "min_lr_ratio": 0.0, "warmup_steps": 250,
                        "max_steps": 6_500, "save_every": 4_550, "keep_checkpoints": 0},
