@@ -15,8 +15,9 @@ and returns base.Row objects; an exception becomes its one "error" row and the o
 section data). Shared pieces: base (Row, verdicts, the recipe, autocast, compile, time_steps) and
 benchmarks/_common.py (timing, the same tokens for every side, fp32 parity, releasing the device).
 
-Adding a section: write its module here, add it to MODULES, give it a test in tests/test_gpu_check.py that runs
-it alone on the CPU (test_each_section_runs_alone_on_cpu picks it up).
+Adding a section: write its module here and add it to MODULES; that is all gpu_check.py needs (--sections, --list,
+--help, its flags, its time limit). tests/test_gpu_check.py::test_each_section_runs_alone_on_cpu then runs it alone
+at the CPU shape (marked slow unless it takes about a second); test there what its own rows compute.
 """
 
 from . import attention, data, fsdp, hellaswag, parity, shakespeare, syncs, training
