@@ -14,7 +14,7 @@ from gpt2repro.hellaswag import HELLASWAG_ITEMS, HELLASWAG_METRICS
 ENTRY_POINTS = ("train", "prepare_data", "eval_hellaswag", "convert_gpt2", "run_report")
 LIBRARY = sorted((REPO / "gpt2repro").glob("*.py"))
 COMMANDS = [REPO / f"{name}.py" for name in ENTRY_POINTS] + [REPO / "scripts" / "reproduce_gpt2.py"]
-CODE = sorted({*REPO.glob("*.py"), *LIBRARY, *COMMANDS, *(REPO / "benchmarks").glob("*.py")})
+CODE = sorted({*REPO.glob("*.py"), *LIBRARY, *COMMANDS, *(REPO / "benchmarks").rglob("*.py")})
 
 RUN_DIR_NAMES = [RunDir.SETTINGS, RunDir.METRICS, RunDir.CURVES, RunDir.REPORT_JSON, RunDir.REPORT_MD,
                  RunDir.CHECKPOINT_PREFIX, RunDir.FINAL, RunDir.EVAL_RESULTS]
