@@ -46,7 +46,7 @@ from modeling_gpt2repro import GPT2ReproForCausalLM  # noqa: E402
 
 MODEL = dict(n_layer=6, n_head=4, n_embd=128)
 FULL = dict(steps=100, batch=16, seq=64, eval_every=10, val_targets=4096, seeds=3,
-            adamw_lrs=[2e-3, 4e-3, 8e-3], muon_lrs=[2e-3, 4e-3, 8e-3])
+            adamw_lrs=[4e-3, 8e-3, 1.6e-2], muon_lrs=[8e-3, 1.6e-2, 3.2e-2])
 QUICK = dict(steps=20, batch=8, seq=64, eval_every=5, val_targets=2048, seeds=1, adamw_lrs=[4e-3], muon_lrs=[4e-3])
 
 
