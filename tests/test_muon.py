@@ -188,6 +188,17 @@ def test_a_muon_run_resumed_from_its_checkpoint_is_bit_identical(data_dir, tmp_p
 
 
 @pytest.mark.slow
+def test_a_finished_wsd_run_extended_from_its_last_flat_checkpoint_ends_as_a_run_started_longer(data_dir, tmp_path):
+    wsd = common(data_dir, "--lr-schedule", "wsd", "--cooldown-frac", 0.3, "--warmup-steps", 1)
+    run_in_process(*wsd, "--max-steps", 6, "--save-every", 4, "--run-dir", tmp_path / "short")  # cools down after 4
+    run_in_process(*wsd, "--max-steps", 8, "--run-dir", tmp_path / "long")  # flat until 6
+    run_in_process(*wsd, "--max-steps", 8, "--run-dir", tmp_path / "extended",
+                   "--resume", tmp_path / "short" / "checkpoint-000004")
+    assert_same_weights(tmp_path / "long" / "final", tmp_path / "extended" / "final")
+    assert logged(tmp_path / "extended", "loss") == logged(tmp_path / "long", "loss")[4:]
+
+
+@pytest.mark.slow
 def test_muon_on_two_processes_matches_one_and_resumes_on_either(data_dir, tmp_path):
     args = common(data_dir, "--max-steps", 4)
     run_in_process(*args, "--run-dir", tmp_path / "one", "--save-every", 2)
