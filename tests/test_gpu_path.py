@@ -205,7 +205,8 @@ def test_fsdp2_with_bf16_logs_the_losses_of_ddp_with_bf16(data_dir, tmp_path):
     for config in ("cpu_2proc.yaml", "cpu_fsdp_2proc.yaml"):
         runs[config] = tmp_path / config
         result = run_cli("--data-dir", data_dir, "--run-dir", runs[config], "--max-steps", 8, "--total-batch-tokens",
-                         8 * SEQ, "--micro-batch-size", 4, "--mixed-precision", "bf16", launcher=launcher(config))
+                         8 * SEQ, "--micro-batch-size", 4, "--mixed-precision", "bf16", "--optimizer", "adamw",
+                         launcher=launcher(config))  # AdamW: FSDP refuses Muon
         assert result.returncode == 0, result.stderr[-3000:]
     ddp, fsdp = runs["cpu_2proc.yaml"], runs["cpu_fsdp_2proc.yaml"]
     assert (fsdp / "final" / "training_state" / "pytorch_model_fsdp_0").is_dir()  # sharded: FSDP really ran

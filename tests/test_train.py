@@ -71,8 +71,9 @@ def test_loss_drops_and_the_run_leaves_its_artefacts(data_dir, tmp_path, capsys)
 
 @pytest.mark.slow
 def test_accumulation_matches_one_big_micro_batch(data_dir, tmp_path):
-    # 4 micro-steps of 2 windows vs 1 micro-step of 8 windows: the same tokens, the same update
-    common = ["--data-dir", data_dir, "--max-steps", 2, "--total-batch-tokens", 8 * SEQ]
+    # 4 micro-steps of 2 windows vs 1 micro-step of 8 windows: the same tokens, the same update (AdamW: the weight
+    # tolerance below is Adam's)
+    common = ["--data-dir", data_dir, "--max-steps", 2, "--total-batch-tokens", 8 * SEQ, "--optimizer", "adamw"]
     run_in_process(*common, "--run-dir", tmp_path / "accum", "--micro-batch-size", 2)
     run_in_process(*common, "--run-dir", tmp_path / "big", "--micro-batch-size", 8)
     # Adam's first steps are ~lr * sign(grad): float-summation order moves weights by a sliver of lr
@@ -84,7 +85,9 @@ def test_accumulation_matches_one_big_micro_batch(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(data_dir, tmp_path):
-    common = ["--data-dir", data_dir, "--max-steps", 2, "--total-batch-tokens", 8 * SEQ, "--micro-batch-size", 4]
+    # AdamW: the weight tolerance is AdamW's (tests/test_muon.py holds Muon to its own)
+    common = ["--data-dir", data_dir, "--max-steps", 2, "--total-batch-tokens", 8 * SEQ, "--micro-batch-size", 4,
+              "--optimizer", "adamw"]
     single = run_cli(*common, "--run-dir", tmp_path / "one")
     assert single.returncode == 0, single.stderr[-2000:]
     ddp = run_cli(*common, "--run-dir", tmp_path / "two", launcher=launcher("cpu_2proc.yaml"))
@@ -111,7 +114,9 @@ def test_resumed_run_is_identical_to_an_uninterrupted_one(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_resume_on_two_processes_continues_the_token_stream(data_dir, tmp_path):
-    common = ["--data-dir", data_dir, "--max-steps", 4, "--micro-batch-size", 4, "--total-batch-tokens", 8 * SEQ]
+    # AdamW: the weight tolerance is AdamW's (tests/test_muon.py holds Muon to its own)
+    common = ["--data-dir", data_dir, "--max-steps", 4, "--micro-batch-size", 4, "--total-batch-tokens", 8 * SEQ,
+              "--optimizer", "adamw"]
     run_in_process(*common, "--run-dir", tmp_path / "one", "--save-every", 2)
     result = run_cli(*common, "--run-dir", tmp_path / "two", "--resume", tmp_path / "one" / "checkpoint-000002",
                      launcher=launcher("cpu_2proc.yaml"))
