@@ -9,6 +9,9 @@ plain transformers (no remote code); ours loads with trust_remote_code=True.
 
 import argparse
 
+from transformers import PretrainedConfig
+
+from configuration_gpt2repro import GPT2ReproConfig
 from gpt2repro.errors import UserError, cli
 from gpt2repro.tokenizer import load_tokenizer
 from modeling_gpt2repro import GPT2ReproForCausalLM
@@ -26,6 +29,7 @@ def main(argv=None):
     parser.add_argument("out", help="output directory")
     args = parser.parse_args(argv)
 
+    check_direction(args.direction, args.source)
     try:
         if args.direction == "from-gpt2":
             model = GPT2ReproForCausalLM.from_gpt2(args.source)
@@ -36,6 +40,21 @@ def main(argv=None):
     model.save_pretrained(args.out)
     load_tokenizer().save_pretrained(args.out)
     print(f"wrote {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters) to {args.out}")
+
+
+def check_direction(direction: str, source: str) -> None:
+    """Refuse, in one line, a source that is already what the direction makes (loading it would end in a report of
+    mismatched weights): our checkpoint given to from-gpt2, GPT-2's given to to-gpt2."""
+    try:
+        kind = PretrainedConfig.get_config_dict(source)[0].get("model_type")
+    except (OSError, ValueError):
+        return  # no config to read: loading it names the problem
+    if direction == "from-gpt2" and kind == GPT2ReproConfig.model_type:
+        raise ConversionError(f"{source} is already a gpt2repro checkpoint; to make a plain GPT-2 of it, use "
+                              f"python convert_gpt2.py to-gpt2 {source} OUT")
+    if direction == "to-gpt2" and kind == "gpt2":
+        raise ConversionError(f"{source} is already a GPT-2 checkpoint; to make a gpt2repro one of it, use "
+                              f"python convert_gpt2.py from-gpt2 {source} OUT")
 
 
 if __name__ == "__main__":

@@ -259,6 +259,22 @@ def test_convert_cli_both_directions(tmp_path):
     assert missing.returncode != 0 and missing.stderr.startswith("error:")
 
 
+
+def test_converting_in_the_wrong_direction_says_which_direction_in_one_line(tiny_config, tmp_path):
+    import convert_gpt2
+
+    GPT2ReproForCausalLM(tiny_config).save_pretrained(tmp_path / "ours")
+    random_gpt2().save_pretrained(tmp_path / "gpt2")
+    for direction, source, expected in [("from-gpt2", "ours", "already a gpt2repro checkpoint"),
+                                        ("to-gpt2", "gpt2", "already a GPT-2 checkpoint")]:
+        with pytest.raises(SystemExit) as exit_info:
+            convert_gpt2.main([direction, str(tmp_path / source), str(tmp_path / "out")])
+        message = str(exit_info.value)
+        assert message.startswith(f"error: {tmp_path / source} is already") and "\n" not in message, message
+        assert expected in message and "convert_gpt2.py " in message
+        assert not (tmp_path / "out").exists()
+
+
 # ---- checkpoints load anywhere ----
 
 
