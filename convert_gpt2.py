@@ -8,11 +8,13 @@ plain transformers (no remote code); ours loads with trust_remote_code=True.
 """
 
 import argparse
+from pathlib import Path
 
 from transformers import PretrainedConfig
 
 from configuration_gpt2repro import GPT2ReproConfig
 from gpt2repro.errors import UserError, cli
+from gpt2repro.hub import repo_id_problem
 from gpt2repro.tokenizer import load_tokenizer
 from modeling_gpt2repro import GPT2ReproForCausalLM
 
@@ -43,8 +45,11 @@ def main(argv=None):
 
 
 def check_direction(direction: str, source: str) -> None:
-    """Refuse, in one line, a source that is already what the direction makes (loading it would end in a report of
-    mismatched weights): our checkpoint given to from-gpt2, GPT-2's given to to-gpt2."""
+    """Refuse, in one line, a source that is neither a directory nor a Hub repo id, and one that is already what the
+    direction makes (loading it would end in a report of mismatched weights): our checkpoint given to from-gpt2,
+    GPT-2's given to to-gpt2."""
+    if not Path(source).exists() and (problem := repo_id_problem(source)):
+        raise ConversionError(f"{source}: no such directory, and not a Hub repo id ({problem})")
     try:
         kind = PretrainedConfig.get_config_dict(source)[0].get("model_type")
     except (OSError, ValueError):

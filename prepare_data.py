@@ -45,6 +45,7 @@ from gpt2repro.document_sources import (
     DATA_PRESETS, DEFAULT_CORPUS, FILE_TYPES, HUB_TOKENS, Source, data_dir_for, file_source, hub_source,
 )
 from gpt2repro.errors import UserError, cli
+from gpt2repro.hub import check_repo_id
 from gpt2repro.hub_data import download_tokens, push_tokens, verify_tokens
 from gpt2repro.token_shards import (
     MANIFEST_NAME,
@@ -379,6 +380,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--verify-hub-tokens compares with the source text: name a data preset, --dataset or the files")
     if args.from_hub is None and (args.max_train_shards or args.revision):
         parser.error("--max-train-shards and --revision go with --from-hub")
+    for flag, repo_id in (("--from-hub", args.from_hub), ("--push-to-hub", args.push_to_hub)):
+        if repo_id:  # before hours of tokenizing, not at the upload after them
+            check_repo_id(repo_id, flag)
     if preset:
         args.dataset, args.name, args.inputs = *DATA_PRESETS[preset], []
     args.preset = preset

@@ -17,6 +17,7 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from gpt2repro.checkpoints import RunDir
 from gpt2repro.errors import UserError, first_line
 from gpt2repro.hellaswag import HELLASWAG_ITEMS, HELLASWAG_METRICS
+from gpt2repro.hub import check_repo_id
 from gpt2repro.report import (
     GPT2_124M_REFERENCE,
     SAMPLE_PROMPT,
@@ -291,6 +292,7 @@ def add_eval_results(card: ModelCard, summary: dict, model_name: str, data: dict
 
 def load_card(repo_id: str) -> ModelCard:
     """The model card of a Hub repo: before hours of evaluation, so a wrong id or no network fails first."""
+    check_repo_id(repo_id, "--push-results", PublishError)
     try:
         return ModelCard.load(repo_id)
     except Exception as e:  # offline, no such repo, no README, no permission
@@ -330,6 +332,7 @@ def check_push_access(repo_id: str, private: bool = False) -> str:
     """Before training: the login, the right to write to `repo_id`'s namespace and, for a private push, that the repo
     is not public. Returns the line to print; raises PublishError naming what to do, so a run that cannot push
     fails in seconds, not after hours of training."""
+    check_repo_id(repo_id, "--push-to-hub", PublishError)  # a malformed id: its own short line, not a login error
     api = HfApi()
     try:
         me = api.whoami()
@@ -359,6 +362,7 @@ def check_push_access(repo_id: str, private: bool = False) -> str:
 
 def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
     """Upload the files a user of the checkpoint needs in one commit; returns the repo's URL."""
+    check_repo_id(repo_id, "--push-to-hub", PublishError)
     folder = Path(folder)
     files = files_to_upload(folder)
     api = HfApi()

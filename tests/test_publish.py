@@ -388,3 +388,37 @@ def test_train_refuses_a_push_it_cannot_make_before_the_first_step(data_dir, tmp
                    "--push-to-hub", "someone/gpt2-repro"])
     assert str(error.value).startswith("error: --push-to-hub someone/gpt2-repro: cannot check the Hugging Face login")
     assert "step " not in capsys.readouterr().out and not list(tmp_path.iterdir())
+
+
+def test_a_malformed_repo_id_is_refused_by_huggingface_hubs_validator_in_one_short_line_before_any_work(
+    data_dir, tmp_path, monkeypatch
+):
+    import convert_gpt2
+    import eval_hellaswag
+    import prepare_data
+    import train
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the id is checked before the network
+    monkeypatch.setattr(HfApi, "whoami", lambda api: pytest.fail("checked the login of a malformed id"))
+    monkeypatch.setattr(ModelCard, "load", lambda *a, **k: pytest.fail("read a card of a malformed id"))
+    rule = "is not a Hub repo id: Repo id must use alphanumeric chars"
+    commands = [
+        (train.run, ["--data-dir", str(data_dir), "--run-dir", str(tmp_path / "run"), "--max-steps", "1",
+                     "--log-with", "none", "--push-to-hub", "not a repo id!!"], f"--push-to-hub 'not a repo id!!' {rule}"),
+        (prepare_data.main, ["--out", str(tmp_path / "data"), "--push-to-hub", "not a repo id!!"],
+         f"--push-to-hub 'not a repo id!!' {rule}"),
+        (prepare_data.main, ["--out", str(tmp_path / "data"), "--from-hub", "a/b/c"],
+         "--from-hub 'a/b/c' is not a Hub repo id: Repo id must be in the form 'repo_name' or 'namespace/repo_name'"),
+        (eval_hellaswag.main, ["--model", str(tmp_path), "--data", str(FIXTURE), "--push-results", "me/x--y"],
+         "--push-results 'me/x--y' is not a Hub repo id: Cannot have -- or .. in repo_id"),
+        (convert_gpt2.main, ["from-gpt2", "not a repo id!!", str(tmp_path / "out")],
+         "not a repo id!!: no such directory, and not a Hub repo id (Repo id must use alphanumeric chars"),
+    ]
+    for command, argv, expected in commands:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        with pytest.raises(SystemExit) as error:
+            command(argv)
+        message = str(error.value)
+        assert message.startswith(f"error: {expected}") and "\n" not in message and len(message) < 200, message
+    assert not list(tmp_path.iterdir())  # nothing prepared, trained or converted
