@@ -1,10 +1,12 @@
 """Every distributed path on CPU processes over gloo: FSDP2, two machines on 127.0.0.1, torch.compile under DDP,
-a killed rank restarted by torch elastic, a hung rank ending the others, and every accelerate config as documented.
+a killed rank restarted by torch elastic, a lost node survived by the others, a hung rank ending the others, and
+every accelerate config as documented.
 
 All runs share one layout (8 steps of 8 x 32 tokens on 2 processes) so that any two can be compared step by step.
 """
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -217,6 +219,52 @@ def test_a_killed_rank_is_restarted_and_the_run_ends_as_if_uninterrupted(data_di
     # first (the hung-rank test below checks the message). Either way, never a traceback.
     assert "[rank0]: Traceback" not in stderr
     assert_same_weights(ddp / "final", tmp_path / "final")  # fp32: exactly
+
+
+def elastic_node(node: int, port: int, train: list[str]) -> subprocess.Popen:
+    """Node `node` of 2 as scripts/slurm_multinode.sbatch starts it (srun runs scripts/elastic_node.sh with SLURM_*
+    set), on 127.0.0.1 with one process of one thread: CPU matmuls sum in an order that follows the thread count,
+    and accelerate launch gives each of the reference's two processes one thread."""
+    env = {**os.environ, "SLURM_NODEID": str(node), "SLURM_NNODES": "2", "SLURM_JOB_ID": f"test-{port}",
+           "RDZV_HOST": "127.0.0.1", "RDZV_PORT": str(port), "GPUS_PER_NODE": "1", "MAX_RESTARTS": "1",
+           "LAST_CALL_SECONDS": "5", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([str(REPO / "scripts" / "elastic_node.sh"), *train], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_a_lost_node_leaves_the_run_on_the_other_which_ends_as_a_switch_to_one_process_would(data_dir, ddp,
+                                                                                            tmp_path):
+    train = train_argv("--data-dir", data_dir, "--run-dir", tmp_path, *COMMON, "--save-every", 2)
+    port = free_port()
+    # Node 1 first: ranks follow the agents' pids, so the node lost below holds rank 0 (the one that logs and
+    # saves) and the workers' store; node 0 hosts the rendezvous, the one node a run cannot lose.
+    nodes = {1: elastic_node(1, port, train)}
+    nodes[0] = elastic_node(0, port, train)
+    try:
+        wait_for(lambda: (tmp_path / "checkpoint-000004").is_dir(), nodes[0])
+        lost = psutil.Process(nodes[1].pid)
+        for process in [lost, *lost.children(recursive=True)]:  # the node: its agent and its worker, no notice
+            process.kill()
+        lost_stdout = nodes[1].communicate(timeout=60)[0]
+        stdout, stderr = nodes[0].communicate(timeout=600)
+    finally:
+        for node in nodes.values():
+            stop_all(node)
+    assert nodes[0].returncode == 0, stderr[-3000:]
+    assert "2 process(es)" in lost_stdout  # the lost node held rank 0
+    resumed = re.search(rf"resumed from {re.escape(str(tmp_path))}/checkpoint-\d+ at step (\d+)", stdout)
+    assert resumed, stdout
+    step = int(resumed[1])
+    # the same 256 tokens a step: 4 x 32 x 1 process x 2 micro-steps instead of 4 x 32 x 2 processes x 1
+    assert "batch: 256 tokens/step = 4 x 32 x 1 processes x 2 accumulation" in stdout
+    assert "[rank0]: Traceback" not in stderr
+    switched = tmp_path / "switched"  # 2 processes to `step`, then 1: the reference's checkpoint resumed here
+    result = run_cli("--data-dir", data_dir, "--run-dir", switched, *COMMON, "--resume", ddp / f"checkpoint-{step:06d}",
+                     env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_weights(switched / "final", tmp_path / "final", atol=1e-7)
+    assert losses(tmp_path) == losses(ddp)[:step] + losses(switched)
 
 
 @pytest.mark.slow
