@@ -1,10 +1,12 @@
-"""benchmarks/gpu_check.py: its arguments, the peak table MFU divides by, the report it appends, a CPU smoke run."""
+"""benchmarks/gpu_check.py: its arguments, its sections (each run alone on the CPU), the peak table MFU divides by,
+the report it appends, a CPU smoke run of everything."""
 
 import datetime
 import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +17,9 @@ from gpt2repro.throughput import GPU_BF16_PEAK_TFLOPS, datasheet_bf16_peak
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import gpu_check  # noqa: E402
+import gpu_sections  # noqa: E402
+from _common import compile_counts  # noqa: E402
+from gpu_sections import attention, data  # noqa: E402
 
 # ---- arguments ----
 
@@ -96,20 +101,20 @@ def test_compile_counts_see_graph_breaks_and_recompiles():
 
     torch._dynamo.reset()
     fn = torch.compile(f, backend="eager", dynamic=False)
-    start = gpu_check.compile_counts()
+    start = compile_counts()
     fn(torch.ones(3))
-    warm = gpu_check.compile_counts()
+    warm = compile_counts()
     fn(torch.ones(3))  # same shape: nothing new
-    same = gpu_check.compile_counts()
+    same = compile_counts()
     fn(torch.ones(5))  # a new shape: recompiled
-    after = gpu_check.compile_counts()
+    after = compile_counts()
     assert warm[0] - start[0] == 2 and warm[1] - start[1] >= 1  # a graph either side of the break
     assert same == warm and after[0] > same[0]
     torch._dynamo.reset()
 
 
 def test_attention_kernel_names_are_sorted_into_flash_and_fallbacks():
-    found = gpu_check.attention_kernels(
+    found = attention.attention_kernels(
         [
             "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>>(Flash_fwd_params)",
             "void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<Flash_bwd_kernel_traits<64>>",
@@ -119,11 +124,11 @@ def test_attention_kernel_names_are_sorted_into_flash_and_fallbacks():
             "fmha_cutlassF_bf16_aligned_64x64_rf_sm80(PyTorchMemEffAttention::AttentionKernel)",
         ]
     )
-    assert [gpu_check.short_kernel_name(n) for n in found["forward"]] == [
+    assert [attention.short_kernel_name(n) for n in found["forward"]] == [
         "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x64_4x1x1_kernel0_0",
         "pytorch_flash::flash_fwd_kernel",
     ]
-    assert [gpu_check.short_kernel_name(n) for n in found["backward"]] == [
+    assert [attention.short_kernel_name(n) for n in found["backward"]] == [
         "pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel"
     ]
     assert found["math"] == ["aten::_scaled_dot_product_attention_math"] and len(found["efficient"]) == 1
@@ -137,11 +142,60 @@ def test_a_failing_section_is_reported_in_its_row_and_the_others_still_run(monke
         return [gpu_check.Row("data", "loader", "1.0 ms per step", status="ok")]
 
     monkeypatch.setattr(gpu_check, "prepare_process", lambda args: None)  # keep this process's allocator settings
-    monkeypatch.setitem(gpu_check.SECTIONS, "train", broken)
-    monkeypatch.setitem(gpu_check.SECTIONS, "data", working)
+    monkeypatch.setattr(gpu_check.SECTIONS["train"], "run", broken)
+    monkeypatch.setattr(gpu_check.SECTIONS["data"], "run", working)
     rows = gpu_check.run_sections(gpu_check.parse_args(["--device", "cpu", "--sections", "train,data"]))
     assert [(r.section, r.status) for r in rows] == [("train", "error"), ("data", "ok")]
     assert rows[0].result == "RuntimeError: CUDA error: an illegal memory access was encountered"
+
+
+# ---- the sections, each alone ----
+
+
+def test_every_section_module_has_what_gpu_check_runs_it_by():
+    assert gpu_check.SECTION_NAMES == ("parity", "attention", "train", "data", "eval", "shakespeare", "syncs", "fsdp")
+    for name, module in gpu_sections.SECTIONS.items():
+        assert module.NAME == name and module.SUMMARY.strip() and module.TIMEOUT > 0 and callable(module.run), name
+
+
+def test_list_names_each_section_with_the_module_that_holds_it(capsys):
+    assert gpu_check.main(["--list"]) == 0
+    printed = capsys.readouterr().out
+    for name, module in gpu_sections.SECTIONS.items():
+        path = Path(module.__file__).relative_to(REPO)
+        assert f"  {name} " in printed and f"({path})" in printed and (REPO / path).is_file()
+
+
+def test_a_section_flag_is_parsed_from_the_module_that_owns_it():
+    args = gpu_check.parse_args(["--device", "cpu", "--shakespeare-steps", "3", "--steps", "2"])
+    assert (args.shakespeare_steps, args.steps, args.batch_sizes) == (3, 2, None)
+
+
+def cpu_args(section):
+    return gpu_check.parse_args(["--device", "cpu", "--sections", section, "--no-append"])
+
+
+def test_the_loader_share_is_measured_against_the_step_time_section_train_left():
+    rows = data.run(cpu_args("data"), gpu_sections.PROFILES["cpu"], {"train": dict(tok_s=1000.0, batch=2)})
+    assert [r.status for r in rows] == ["ok", "n/a"]  # the windows agree; no goal off the GPU
+    assert rows[0].result.endswith("shape (4, 65)")  # the CPU layout: 4 windows of 64 + 1 tokens
+    assert "of the 0.51 s training step (ours at micro-batch 2)" in rows[1].compared  # 4 x 64 x 2 tokens at 1,000/s
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(name, marks=[] if name in ("data", "syncs", "fsdp") else [pytest.mark.slow])  # seconds, or n/a
+     for name in gpu_sections.SECTION_NAMES],
+)
+def test_each_section_runs_alone_on_cpu(name, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(gpu_check, "prepare_process", lambda args: torch.manual_seed(0))  # this process's allocator
+    out = tmp_path / "report.json"
+    assert gpu_check.main(["--device", "cpu", "--sections", name, "--no-append", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert rows and {r["section"] for r in rows} == {name}
+    assert {r["status"] for r in rows} <= {"ok", "n/a", "info"}, rows
+    assert f"Command: `python benchmarks/gpu_check.py --device cpu --sections {name} " in capsys.readouterr().out
 
 
 # ---- the report ----
