@@ -65,6 +65,7 @@ class RunDir:
         report.json/.md     the run report (report.py; run_report.py re-renders it)
         checkpoint-NNNNNN/  periodic checkpoints; final/ the last one
         eval_results.json   eval_hellaswag.py --output of the final checkpoint (scripts/reproduce_gpt2.py)
+        .gpt2repro.lock     while a training writes here: who it is (dir_lock.py; gone when it ends)
     """
 
     SETTINGS = "settings.yaml"

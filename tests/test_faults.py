@@ -4,17 +4,23 @@ import json
 import resource
 import shlex
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import SEQ, TINY, assert_same_weights, launcher, logged, run_cli, run_in_process
+from conftest import REPO, SEQ, TINY, assert_same_weights, launcher, logged, run_cli, run_in_process, train_argv
 
 import prepare_data
 import train
 from gpt2repro import checkpoints
 from gpt2repro.checkpoints import STATE_FILE, find_resume_checkpoint
+from gpt2repro.dir_lock import LOCK_NAME
 from gpt2repro.token_shards import write_shard
 
 
@@ -257,3 +263,85 @@ def test_a_damaged_downloaded_shard_is_fetched_again_by_the_command_its_line_giv
     prepare_data.main(shlex.split(command)[2:])
     assert shard.read_bytes() == intact
     check_shards(out)
+
+
+# ---- two processes, one directory ----
+
+
+def holding(directory, process) -> dict:
+    """Once `process` holds `directory`'s lock: who the lock file says holds it."""
+    lock, deadline = directory / LOCK_NAME, time.time() + 300
+    while not (lock.exists() and lock.read_text()):
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+    return json.loads(lock.read_text())
+
+
+def started(argv) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *map(str, argv)], cwd=REPO, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def snapshot(directory) -> dict:
+    return {p.relative_to(directory).as_posix(): p.stat().st_mtime_ns for p in directory.rglob("*")}
+
+
+@pytest.mark.slow
+def test_a_second_training_in_a_run_directory_is_refused_naming_the_first_and_a_killed_runs_lock_blocks_nothing(
+    data_dir, tmp_path
+):
+    common = ["--data-dir", data_dir, "--run-dir", tmp_path, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ,
+              "--save-every", 1]
+    first = started(train_argv(*common, "--max-steps", 10_000))
+    try:
+        holder = holding(tmp_path, first)
+        while not (tmp_path / "checkpoint-000001").is_dir():  # a checkpoint the second one would resume from
+            assert first.poll() is None, first.communicate()[1][-3000:]
+            time.sleep(0.05)
+        first.send_signal(signal.SIGSTOP)  # still running, frozen so that its files can be compared
+        before = snapshot(tmp_path)
+        message = run_for_error(*common, "--max-steps", 4, "--resume", "auto")
+        assert message.startswith(f"error: --run-dir {tmp_path} is in use by train.py (pid {first.pid} on "
+                                  f"{socket.gethostname()}, since ") and message.endswith("use another --run-dir")
+        assert holder["pid"] == first.pid and snapshot(tmp_path) == before  # refused before touching anything
+        first.send_signal(signal.SIGKILL)  # a crash: its lock file stays, its lock goes with it
+        first.communicate()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert (tmp_path / LOCK_NAME).exists()
+    run_in_process(*common, "--max-steps", 4, "--resume", "auto")
+    assert (tmp_path / "final").is_dir() and not (tmp_path / LOCK_NAME).exists()
+
+
+@pytest.mark.slow
+def test_a_second_preparation_into_one_out_is_refused_and_a_killed_ones_lock_blocks_nothing(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((REPO / "gpt2repro" / "assets" / "tinyshakespeare.txt").read_text() * 4)
+    args = [corpus, "--out", tmp_path / "out", "--shard-tokens", 100_000, "--val-split-tokens", 2048,
+            "--num-proc", 1]
+    first = started([REPO / "prepare_data.py", *args])
+    try:
+        holder = holding(tmp_path / "out", first)
+        first.send_signal(signal.SIGSTOP)
+        assert first.poll() is None and (tmp_path / "out" / LOCK_NAME).exists()  # not finished before the stop
+        with pytest.raises(SystemExit) as exit_info:
+            prepare_data.main(list(map(str, args)))
+        message = str(exit_info.value)
+        assert message.startswith(f"error: --out {tmp_path / 'out'} is in use by prepare_data.py (pid {first.pid} on "
+                                  f"{socket.gethostname()}, since ") and "\n" not in message, message
+        assert holder["pid"] == first.pid
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    prepare_data.main(list(map(str, args)))  # resumes what the killed one left
+    prepare_data.main(list(map(str, [*args[:2], tmp_path / "whole", *args[3:]])))
+    out, whole = tmp_path / "out", tmp_path / "whole"
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in whole.iterdir())
+    for shard in whole.glob("*.bin"):
+        assert (out / shard.name).read_bytes() == shard.read_bytes()
