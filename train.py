@@ -381,7 +381,7 @@ def training(argv, held: contextlib.ExitStack):
     # needs the GIL, and the process group's destructor (when the DDP model is freed) would otherwise wait for that
     # thread while holding the GIL: a hang at exit.
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    log.finish()
 
 
 class StopRequest:

@@ -191,13 +191,17 @@ def _stop_if_any_failed(accelerator, failure: str | None, path: Path, tmp: Path,
         return
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-    intact = complete_checkpoints(path.parent)
+    raise CheckpointSaveError(f"could not write checkpoint {path} ({failure or 'a write failed on another rank'}): "
+                              f"{after_a_full_disk(path.parent, resume_with)}")
+
+
+def after_a_full_disk(run_dir: Path, resume_with: str) -> str:
+    """What a write into the run directory that failed for space (a checkpoint, the metrics, a tracker's files)
+    leaves, and how to go on: the newest intact checkpoint and the command that continues from it."""
+    intact = complete_checkpoints(run_dir)
     newest = f"the newest intact checkpoint is {intact[-1]}" if intact else "no checkpoint of this run is intact yet"
-    raise CheckpointSaveError(
-        f"could not write checkpoint {path} ({failure or 'a write failed on another rank'}): the disk is full or a "
-        f"file size limit was reached; {newest}; free space (or lower --keep-checkpoints), then continue with: "
-        f"{resume_with}"
-    )
+    return (f"the disk is full or a file size limit was reached; {newest}; free space (or lower --keep-checkpoints), "
+            f"then continue with: {resume_with}")
 
 
 def continue_command(argv: list[str], processes: int = 1) -> str:

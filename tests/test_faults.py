@@ -75,6 +75,47 @@ def test_a_full_disk_save_names_the_intact_checkpoint_removes_the_temp_folder_an
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("log_with", ["none", "tensorboard"])
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # a traceback beside the line
+def test_a_full_disk_while_logging_ends_in_one_line_and_the_resume_is_exact(data_dir, tmp_path, monkeypatch,
+                                                                            log_with):
+    from gpt2repro.run_log import RunLog
+
+    common = ["--data-dir", data_dir, "--max-steps", 4, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ,
+              "--save-every", 1, "--keep-checkpoints", 3, "--log-with", log_with]
+    run_in_process(*common, "--run-dir", tmp_path / "whole")
+
+    log_metrics, rows = RunLog.metrics, []
+
+    def third_row_on_a_full_disk(self, step, values):  # as `ulimit -f`: files stop growing mid-write (EFBIG)
+        rows.append(step)
+        if len(rows) != 3:
+            return log_metrics(self, step, values)
+        # metrics.jsonl: a torn row; tensorboard: its event file cannot grow at all (the tracker writes first)
+        room = 20 if log_with == "none" else 0
+        limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.run_dir.metrics.stat().st_size + room, limits[1]))
+        try:
+            return log_metrics(self, step, values)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+
+    monkeypatch.setattr(RunLog, "metrics", third_row_on_a_full_disk)
+    run = tmp_path / "run"
+    message = run_for_error(*common, "--run-dir", run)
+    assert message.startswith(f"error: could not write the run's logs in {run} (")
+    assert f"the newest intact checkpoint is {run / 'checkpoint-000002'}" in message
+    assert message.endswith("--resume auto") and "continue with: python train.py" in message
+    if log_with == "none":
+        assert not (run / "metrics.jsonl").read_text().endswith("\n")  # the torn row the resume drops
+
+    monkeypatch.setattr(RunLog, "metrics", log_metrics)
+    run_in_process(*shlex.split(message.split("continue with: python train.py ")[1])[len(TINY):])
+    assert_same_weights(tmp_path / "whole" / "final", run / "final")
+    assert logged(run, "loss") == logged(tmp_path / "whole", "loss")
+
+
+@pytest.mark.slow
 def test_the_startup_space_check_warns_and_require_disk_refuses(data_dir, tmp_path, monkeypatch, capsys):
     real = shutil.disk_usage
     monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda path: real(path)._replace(free=100 * 2**20))
