@@ -8,6 +8,7 @@ All runs share one layout (8 steps of 8 x 32 tokens on 2 processes) so that any 
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -348,3 +349,33 @@ def test_every_launch_command_in_the_readme_table_has_a_batch_its_processes_divi
         _, s = parse_settings(shlex.split(args))
         per_micro_step = s.micro_batch_size * s.seq_len * int(processes)
         assert s.total_batch_tokens % per_micro_step == 0, (args, processes)  # else train.py refuses to start
+
+
+def test_the_slurm_script_starts_on_every_node_the_elastic_launch_the_readme_documents():
+    readme = (REPO / "README.md").read_text()
+    sbatch = (REPO / "scripts" / "slurm_multinode.sbatch").read_text()
+    node_script = (REPO / "scripts" / "elastic_node.sh").read_text()
+    for script in ("slurm_multinode.sbatch", "elastic_node.sh"):
+        assert subprocess.run(["bash", "-n", str(REPO / "scripts" / script)]).returncode == 0
+    # a lost node leaves the job allocated (--no-kill) and its step running; one torch elastic agent per node
+    assert {"--no-kill", "--ntasks-per-node=1", "--requeue"} <= set(re.findall(r"^#SBATCH (\S+)", sbatch, re.M))
+    srun = next(line for line in re.sub(r"\\\n\s*", " ", sbatch).splitlines() if line.startswith("srun "))
+    documented = re.search(r"`(srun [^`]+)`", readme)[1]
+    assert shlex.split(srun) == shlex.split(documented)
+    assert {"--no-kill", "--kill-on-bad-exit=0"} <= set(shlex.split(srun))
+    node_command = shlex.split(srun)[shlex.split(srun).index("scripts/elastic_node.sh"):]
+    by_hand = re.search(r"^    (SLURM_NODEID=I .*)$", readme, re.M)[1].split()
+    assert by_hand[by_hand.index("scripts/elastic_node.sh"):] == node_command
+    assert set(re.findall(r"^export (\w+)", sbatch, re.M)) <= set(re.findall(r"\$\{(\w+)", node_script))
+
+    # what the script runs, with the README's placeholders for a node's values: the README's torchrun line
+    env = {**os.environ, "SLURM_NODEID": "0", "SLURM_NNODES": "N", "SLURM_JOB_ID": "gpt2", "RDZV_HOST": "NODE0",
+           "PYTHON": "echo"}
+    ran = subprocess.run([str(REPO / "scripts" / "elastic_node.sh"), *node_command[1:]], env=env, cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout.split()
+    torchrun = re.search(r"^    (\.venv/bin/python -m torch\.distributed\.run .*)$", readme, re.M)[1].split()
+    assert [word.replace("is_host=1", "is_host=IS_NODE0") for word in ran] == torchrun[1:]
+    from torch.distributed.run import get_args_parser
+
+    args = get_args_parser().parse_args([a.replace("1:N", "1:2") for a in torchrun[3:]])  # every flag is torchrun's
+    assert (args.rdzv_backend, args.nnodes, args.max_restarts) == ("c10d", "1:2", 3)
