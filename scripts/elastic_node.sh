@@ -11,9 +11,12 @@
 # Node 0 hosts the rendezvous: the run survives losing any node but that one.
 set -euo pipefail
 : "${RDZV_HOST:?set RDZV_HOST to node 0\'s address}" "${SLURM_NODEID:?}" "${SLURM_NNODES:?}" "${SLURM_JOB_ID:?}"
-# SHUTDOWN_SECONDS: how long a SIGTERM'd process may take to finish its step and save before SIGKILL.
+# Each round of the rendezvous gets a store of its own for the processes: with the agents' store shared (torch's
+# default), a node that joins a later round waits forever for a key the first node wrote only in round 0.
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
 # Explicit rather than guessed from the host name (torch's guess misses aliases and secondary addresses).
 is_host=$(( SLURM_NODEID == 0 ))
+# SHUTDOWN_SECONDS: how long a process told to stop (SIGTERM) may take to finish its step and save before SIGKILL.
 exec "${PYTHON:-.venv/bin/python}" -m torch.distributed.run \
     --nnodes "${MIN_NODES:-1}:${SLURM_NNODES}" \
     --nproc-per-node "${GPUS_PER_NODE:-gpu}" \

@@ -222,13 +222,13 @@ def test_a_killed_rank_is_restarted_and_the_run_ends_as_if_uninterrupted(data_di
     assert_same_weights(ddp / "final", tmp_path / "final")  # fp32: exactly
 
 
-def elastic_node(node: int, port: int, train: list[str]) -> subprocess.Popen:
+def elastic_node(node: int, port: int, train: list[str], last_call: int = 5) -> subprocess.Popen:
     """Node `node` of 2 as scripts/slurm_multinode.sbatch starts it (srun runs scripts/elastic_node.sh with SLURM_*
     set), on 127.0.0.1 with one process of one thread: CPU matmuls sum in an order that follows the thread count,
     and accelerate launch gives each of the reference's two processes one thread."""
     env = {**os.environ, "SLURM_NODEID": str(node), "SLURM_NNODES": "2", "SLURM_JOB_ID": f"test-{port}",
            "RDZV_HOST": "127.0.0.1", "RDZV_PORT": str(port), "GPUS_PER_NODE": "1", "MAX_RESTARTS": "1",
-           "LAST_CALL_SECONDS": "5", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+           "LAST_CALL_SECONDS": str(last_call), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([str(REPO / "scripts" / "elastic_node.sh"), *train], env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -266,6 +266,35 @@ def test_a_lost_node_leaves_the_run_on_the_other_which_ends_as_a_switch_to_one_p
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_weights(switched / "final", tmp_path / "final", atol=1e-7)
     assert losses(tmp_path) == losses(ddp)[:step] + losses(switched)
+
+
+@pytest.mark.slow
+def test_a_node_that_joins_is_taken_in_at_a_save_and_the_run_goes_on_with_both(data_dir, tmp_path):
+    # 16 micro-steps a step on one process: slow enough for the second node to start while the first trains alone
+    layout = ["--max-steps", 20, "--total-batch-tokens", 16 * 4 * SEQ, "--micro-batch-size", 4]
+    train = train_argv("--data-dir", data_dir, "--run-dir", tmp_path / "run", *layout, "--resume", "auto")
+    port = free_port()
+    nodes = {0: elastic_node(0, port, train, last_call=1)}
+    try:
+        wait_for(lambda: (tmp_path / "run" / "metrics.jsonl").exists(), nodes[0])  # training alone
+        nodes[1] = elastic_node(1, port, train)
+        outputs = {n: node.communicate(timeout=600) for n, node in nodes.items()}
+    finally:
+        for node in nodes.values():
+            stop_all(node)
+    for n, node in nodes.items():
+        assert node.returncode == 0, outputs[n][1][-3000:]
+    stdout = outputs[0][0]
+    # the agents stop their processes (SIGTERM) to take the new node in: a save first, so that nothing is lost
+    stopped = re.search(r"stop requested: saved (\S+/checkpoint-(\d+)); continue: --resume auto", stdout)
+    assert stopped, stdout
+    step = int(stopped[2])
+    assert f"resumed from {stopped[1]} at step {step}" in stdout and 0 < step < 20
+    assert "1 processes x 16 accumulation" in stdout and "2 processes x 8 accumulation" in stdout
+    reference = tmp_path / "reference"  # that checkpoint resumed on 2 processes by hand
+    launch("cpu_2proc.yaml", "--data-dir", data_dir, "--run-dir", reference, *layout, "--resume", stopped[1])
+    assert_same_weights(reference / "final", tmp_path / "run" / "final")
+    assert losses(tmp_path / "run")[step:] == losses(reference)
 
 
 @pytest.mark.slow
