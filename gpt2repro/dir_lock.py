@@ -67,14 +67,22 @@ def _describe(holder: dict) -> str:
 
 
 def acquire(directory: Path, flag: str, instead: str, wait: float = 0.0) -> int | None:
-    """Lock `directory` (created if missing) for this process; the open file descriptor that holds it, or None on a
-    filesystem without locks (said in a warning). Raises DirectoryInUseError naming the holder if another process
-    holds it after `wait` seconds; `instead` is the other way out the message offers (e.g. "use another --run-dir")."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Lock `directory` (created if missing) for this process; the open file descriptor that holds it, or None where
+    it cannot be made or the filesystem has no locks (said in a warning). Raises DirectoryInUseError naming the
+    holder if another process holds it after `wait` seconds; `instead` is the other way out the message offers
+    (e.g. "use another --run-dir")."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a file in the way, no permission: nothing can be written there, as the command's checks say
+        return None
     path = directory / LOCK_NAME
     deadline = time.monotonic() + wait
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the directory, made for a lock, went with that lock's release meanwhile
+            directory.mkdir(parents=True, exist_ok=True)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -118,10 +126,15 @@ def release(fd: int | None, directory: Path) -> None:
 
 @contextlib.contextmanager
 def exclusive(directory: str | Path, flag: str, instead: str, wait: float = 0.0) -> Iterator[None]:
-    """Hold `directory` for the `with` block (see `acquire`)."""
+    """Hold `directory` for the `with` block (see `acquire`). A directory made only for the lock goes with it, so a
+    command that fails before writing leaves nothing behind."""
     directory = Path(directory)
+    made = not directory.exists()
     fd = acquire(directory, flag, instead, wait)
     try:
         yield
     finally:
         release(fd, directory)
+        if made:
+            with contextlib.suppress(OSError):  # not empty: the command wrote into it
+                directory.rmdir()

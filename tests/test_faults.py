@@ -1,6 +1,7 @@
 """Faults a long run meets: a full disk, out-of-memory, a damaged shard, a checkpoint changed on disk, bad numbers."""
 
 import json
+import os
 import resource
 import shlex
 import shutil
@@ -307,6 +308,30 @@ def test_a_damaged_downloaded_shard_is_fetched_again_by_the_command_its_line_giv
 
 
 # ---- two processes, one directory ----
+
+
+def test_a_lock_held_only_by_the_orphans_of_a_dead_command_is_set_aside_and_a_live_one_refuses(tmp_path):
+    from gpt2repro import dir_lock
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    # a forked child of the dead command still holds the lock it inherited
+    hold = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
+            "print('locked', flush=True); time.sleep(600)")
+    orphan = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / LOCK_NAME)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert orphan.stdout.readline() == "locked\n"
+        with dir_lock.exclusive(tmp_path, "--out", "choose another --out"):
+            assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+            with pytest.raises(dir_lock.DirectoryInUseError) as refused:  # this process, as a second command
+                dir_lock.acquire(tmp_path, "--out", "choose another --out")
+    finally:
+        orphan.kill()
+        orphan.communicate()
+    assert str(refused.value).startswith(f"--out {tmp_path} is in use by ")
+    assert f"(pid {os.getpid()} on {socket.gethostname()}, since " in str(refused.value)
+    assert not (tmp_path / LOCK_NAME).exists()  # released: nothing left behind
 
 
 def holding(directory, process) -> dict:
