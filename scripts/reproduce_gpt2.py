@@ -28,11 +28,11 @@ sys.path.insert(0, str(ROOT))  # the project's modules live at the repository ro
 
 import torch  # noqa: E402
 
-import train  # noqa: E402
 from gpt2repro.checkpoints import CheckpointError, RunDir, read_trainer_state  # noqa: E402
 from gpt2repro.document_sources import DATA_PRESETS, DEFAULT_DATA_DIR, HUB_TOKENS, data_dir_for  # noqa: E402
 from gpt2repro.errors import UserError, cli  # noqa: E402
 from gpt2repro.hub_data import downloading  # noqa: E402
+from gpt2repro.settings import PRESETS, Settings, parse_settings  # noqa: E402
 from gpt2repro.token_shards import MANIFEST_NAME, load_manifest  # noqa: E402
 
 STEPS = 4
@@ -134,7 +134,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      usage="%(prog)s [options] [-- train.py flags]")
     parser.add_argument("--preset", default="gpt2-124m", type=str.lower,
-                        help=f"train.py's training preset: {', '.join(train.PRESETS)} (default: gpt2-124m)")
+                        help=f"train.py's training preset: {', '.join(PRESETS)} (default: gpt2-124m)")
     parser.add_argument("--run-dir", help="where train.py writes (default: runs/<preset>)")
     parser.add_argument("--gpu-hour-usd", type=float, help="price of one GPU-hour, for the report's cost estimate")
     parser.add_argument("--gpus", type=int, help="use this many GPUs (default: all that torch sees)")
@@ -143,8 +143,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--tokenize", action="store_true",
                         help="tokenize the data here even where its tokens can be downloaded from the Hub")
     args = parser.parse_args(ours)
-    if args.preset not in train.PRESETS:
-        raise ReproduceError(f"unknown preset {args.preset!r}; choose one of {', '.join(train.PRESETS)}")
+    if args.preset not in PRESETS:
+        raise ReproduceError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     if args.gpus is not None and args.gpus < 0:
         raise ReproduceError(f"--gpus {args.gpus}: must be 0 or more")
     return args, extra
@@ -167,7 +167,7 @@ def count_gpus(override: int | None, allow_cpu: bool, dry_run: bool = False) -> 
     return gpus
 
 
-def training_args(args, extra: list[str], gpus: int) -> tuple[list[str], "train.Settings"]:
+def training_args(args, extra: list[str], gpus: int) -> tuple[list[str], Settings]:
     """train.py's arguments, and the settings they resolve to (train.py's own parser decides those)."""
     train_args = ["--preset", args.preset, "--resume", "auto"]  # --resume auto starts fresh without a checkpoint
     if args.run_dir:
@@ -175,7 +175,7 @@ def training_args(args, extra: list[str], gpus: int) -> tuple[list[str], "train.
     if args.gpu_hour_usd is not None:
         train_args += ["--gpu-hour-usd", str(args.gpu_hour_usd)]
     train_args += extra
-    _, s = train.parse_settings(train_args)
+    _, s = parse_settings(train_args)
     micro_batch = s.micro_batch_size if s.micro_batch_size == "auto" else fitting_micro_batch(s, max(gpus, 1))
     if micro_batch != s.micro_batch_size:  # auto picks one that divides by itself
         note(f"--micro-batch-size {micro_batch}, not {s.micro_batch_size}: {s.micro_batch_size} x {s.seq_len} x "

@@ -291,12 +291,12 @@ def test_every_accelerate_config_loads_and_is_what_the_readme_says():
 def test_every_launch_command_in_the_readme_table_has_a_batch_its_processes_divide():
     import shlex
 
-    import train
+    from gpt2repro.settings import parse_settings
 
     rows = re.findall(r"^\| `accelerate_configs/[\w.]+` \| (\d+) \|.*`[^`]*train\.py([^`]*)` \|$",
                       (REPO / "README.md").read_text(), flags=re.M)
     assert len(rows) == len(readme_configs())
     for processes, args in rows:
-        _, s = train.parse_settings(shlex.split(args))
+        _, s = parse_settings(shlex.split(args))
         per_micro_step = s.micro_batch_size * s.seq_len * int(processes)
         assert s.total_batch_tokens % per_micro_step == 0, (args, processes)  # else train.py refuses to start

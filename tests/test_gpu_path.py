@@ -199,15 +199,15 @@ def test_the_environment_accelerate_builds_from_a_gpu_config_keeps_the_users_vis
 
 @pytest.mark.parametrize("capability, expected", [((7, 0), "no"), ((7, 5), "no"), ((8, 0), "bf16"), ((9, 0), "bf16")])
 def test_auto_precision_gives_bf16_only_to_gpus_that_compute_it_natively(capability, expected, monkeypatch):
-    import train
+    from gpt2repro.launch import mixed_precision_for
 
     def is_bf16_supported(including_emulation=True):  # torch's answer: native from Ampere (8.0) on, else emulated
         return capability >= (8, 0) or including_emulation
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
-    assert train.mixed_precision_for("auto") == expected
-    assert train.mixed_precision_for("bf16") == "bf16"  # asked for explicitly, it is what the user gets
+    assert mixed_precision_for("auto") == expected
+    assert mixed_precision_for("bf16") == "bf16"  # asked for explicitly, it is what the user gets
 
 
 # ---- FSDP2 precision ----
@@ -218,13 +218,13 @@ def test_fsdp2_under_bf16_computes_in_bf16_but_reduces_gradients_and_returns_the
 
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    import train
+    from gpt2repro.launch import set_fsdp_precision
 
     plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
     plugin.set_mixed_precision("bf16")  # Accelerate's own: parameters, reduction and outputs all bf16
     accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP, mixed_precision="bf16",
                                   state=SimpleNamespace(fsdp_plugin=plugin))
-    train.set_fsdp_precision(accelerator)
+    set_fsdp_precision(accelerator)
     policy = plugin.mixed_precision_policy
     assert (policy.param_dtype, policy.reduce_dtype, policy.output_dtype) == (torch.bfloat16, torch.float32, None)
 
@@ -363,14 +363,15 @@ def test_fsdp_ranks_share_validation_and_hellaswag_evenly_and_get_one_processs_r
 def test_nccl_errors_raise_in_python_unless_the_user_chose_otherwise(users, expected, monkeypatch, tmp_path):
     from accelerate.state import AcceleratorState
 
-    import train
+    from gpt2repro.launch import make_accelerator
+    from gpt2repro.settings import Settings
 
     if users is None:
         monkeypatch.delenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", raising=False)
     else:
         monkeypatch.setenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", users)
     AcceleratorState._reset_state(reset_partial_state=True)
-    train.make_accelerator(train.Settings(run_dir=str(tmp_path), log_with="none"))  # before any process group
+    make_accelerator(Settings(run_dir=str(tmp_path), log_with="none"))  # before any process group
     AcceleratorState._reset_state(reset_partial_state=True)
     assert os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == expected
 

@@ -65,15 +65,10 @@ def imported_modules(path) -> set[str]:
     return names
 
 
-# The one exception left: reproduce_gpt2.py resolves train.py's settings with train.parse_settings, until the
-# Settings dataclass and the training presets move into the library.
-KNOWN = {"reproduce_gpt2.py": {"train"}}
-
-
 @pytest.mark.parametrize("path", LIBRARY + COMMANDS, ids=lambda path: path.name)
 def test_no_entry_point_is_imported_by_the_library_or_by_another_entry_point(path):
     # an entry point runs another as a command (subprocess), and shares code through the library
-    assert not imported_modules(path) & set(ENTRY_POINTS) - {path.stem} - KNOWN.get(path.name, set())
+    assert not imported_modules(path) & set(ENTRY_POINTS) - {path.stem}
 
 
 def test_the_published_gpt2_figures_are_written_only_in_the_report_module():

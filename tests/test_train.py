@@ -14,14 +14,16 @@ from conftest import (REPO, SEQ, TINY, assert_same_weights, launcher, logged, me
 
 import train
 from gpt2repro.checkpoints import STATE_FILE, find_resume_checkpoint
+from gpt2repro.optim import learning_rate, make_optimizer
+from gpt2repro.settings import Settings, SettingsError, parse_settings
 
 
 # ---- the schedule and the optimizer ----
 
 
 def test_learning_rate_warms_up_linearly_then_decays_to_ten_percent():
-    s = train.Settings(lr=6e-4, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
-    lrs = [train.learning_rate(step, s) for step in range(111)]
+    s = Settings(lr=6e-4, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    lrs = [learning_rate(step, s) for step in range(111)]
     assert lrs[0] == pytest.approx(6e-5) and lrs[9] == pytest.approx(6e-4)
     assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
@@ -34,7 +36,7 @@ def test_weight_decay_only_on_matrices_and_embeddings():
     from modeling_gpt2repro import GPT2ReproForCausalLM
 
     model = GPT2ReproForCausalLM(GPT2ReproConfig(n_layer=2, n_head=2, n_embd=32, n_positions=32))
-    decay, no_decay = train.make_optimizer(model, train.Settings(), torch.device("cpu")).param_groups
+    decay, no_decay = make_optimizer(model, Settings(), torch.device("cpu")).param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert {names[id(p)] for p in decay["params"]} == {n for n, p in model.named_parameters() if p.dim() >= 2}
@@ -301,24 +303,12 @@ def test_a_fresh_run_refuses_a_directory_holding_another_runs_checkpoints(data_d
     common = ["--data-dir", data_dir, "--run-dir", tmp_path, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ,
               "--max-steps", 1]
     run_in_process(*common)
-    with pytest.raises(train.SettingsError, match="holds another run's checkpoints; continue it with --resume auto"):
+    with pytest.raises(SettingsError, match="holds another run's checkpoints; continue it with --resume auto"):
         run_in_process(*common)
     # a group that torch elastic restarts resumes from the newest checkpoint, whatever --resume said
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    _, s = train.parse_settings([*TINY, *map(str, common), "--resume", str(tmp_path / "gone")])
+    _, s = parse_settings([*TINY, *map(str, common), "--resume", str(tmp_path / "gone")])
     assert train.resume_candidates(s) == [tmp_path / "final"]
-
-
-def test_config_files_are_typed_like_flags(tmp_path):
-    config = tmp_path / "run.yaml"
-    config.write_text("lr: 6e-4\nmax_steps: 100\ncompile: false\n")  # YAML reads 6e-4 as a string
-    _, s = train.parse_settings(["--config", str(config)])
-    assert (s.lr, s.max_steps, s.compile) == (6e-4, 100, False)
-    for text, message in [("lr: fast\n", "lr: 'fast' is not a float"), ("max_steps: 1.5\n", "is not a int"),
-                          ("mixed_precision: fp16\n", "choose one of auto, bf16, no"), ("lrr: 1\n", "unknown")]:
-        config.write_text(text)
-        with pytest.raises(train.SettingsError, match=message):
-            train.parse_settings(["--config", str(config)])
 
 
 @pytest.mark.slow
@@ -334,8 +324,8 @@ def test_a_malformed_hellaswag_file_named_by_the_user_stops_the_run(data_dir, tm
 def test_the_tiny_default_prepares_its_data_on_first_use_through_the_prepare_data_command(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # data/tinyshakespeare is relative to where train.py runs
     accelerator = type("OneProcess", (), {"is_main_process": True, "wait_for_everyone": lambda self: None})()
-    train.prepare_default_data(train.Settings(), accelerator)
-    manifest = json.loads((tmp_path / train.Settings.data_dir / "manifest.json").read_text())
+    train.prepare_default_data(Settings(), accelerator)
+    manifest = json.loads((tmp_path / Settings.data_dir / "manifest.json").read_text())
     assert manifest["complete"] and manifest["splits"]["val"]["tokens"] > 0
 
 
@@ -364,29 +354,6 @@ def test_rerunning_a_finished_run_is_a_no_op_that_says_so_and_changes_no_file(da
     run_in_process(*[str(a) for a in common[:4]], "--max-steps", 3, *map(str, common[6:]))
     out = capsys.readouterr().out
     assert f"resumed from {tmp_path / 'final'} at step 2" in out and "step     3/3" in out
-
-
-def test_help_says_what_every_flag_means_with_its_default_and_choices(capsys):
-    with pytest.raises(SystemExit):
-        train.parse_settings(["--help"])
-    text = capsys.readouterr().out
-    assert "one dataclass below" not in text
-    entries = {}  # each option's entry: its first line (two spaces, then the flag) and the deeper-indented ones
-    for line in text.split("options:", 1)[1].splitlines():
-        if line.startswith("  --"):
-            flag = line.split()[0].rstrip(",")
-            entries[flag] = line
-        elif line.startswith("   ") and entries:
-            entries[flag] += line
-    entries = {flag: " ".join(entry.split()) for flag, entry in entries.items()}  # argparse wraps: word by word
-    options = " ".join(entries.values())
-    for f in train.dataclasses.fields(train.Settings):
-        entry = entries.get("--" + f.name.replace("_", "-"), "")
-        comment = " ".join(train.settings_help()[f.name][1].split())
-        assert comment and comment[:30] in entry, f.name  # the dataclass comment is the help text
-        assert "(default: " in entry, f.name
-    assert "--mixed-precision {auto,bf16,no}" in options and "--hellaswag off|auto|FILE" in options
-    assert "--max-steps N optimizer steps to train" in options and "gpt2-124m-40b: 76292" in options
 
 
 @pytest.mark.slow

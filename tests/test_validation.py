@@ -12,8 +12,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import eval_hellaswag
 import prepare_data
-import train
 from gpt2repro import validation
+from gpt2repro.settings import PRESETS, Settings
 from gpt2repro.token_shards import VAL_SPLIT_TOKENS, VAL_TOKENS, ShardedTokenLoader, write_shard
 from gpt2repro.tokenizer import EOT_ID, get_encoding
 
@@ -90,7 +90,7 @@ def test_one_budget_the_hub_split_holds_what_every_preset_and_the_eval_score_by_
     # every training preset and eval_hellaswag score the whole split unless told otherwise.
     assert VAL_SPLIT_TOKENS == VAL_TOKENS + 1 == 10_485_761
     assert prepare_data.default_val_split_tokens(SimpleNamespace(size_bytes=None)) == VAL_SPLIT_TOKENS
-    assert train.Settings().val_tokens == 0 and all("val_tokens" not in p for p in train.PRESETS.values())
+    assert Settings().val_tokens == 0 and all("val_tokens" not in p for p in PRESETS.values())
     assert eval_hellaswag.parse_args(["--model", "m"]).val_tokens == 0
 
 
