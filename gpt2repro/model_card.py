@@ -26,6 +26,7 @@ from gpt2repro.hellaswag import HELLASWAG_ITEMS, HELLASWAG_METRICS
 from gpt2repro.report import (
     GPT2_124M_REFERENCE,
     SAMPLE_PROMPT,
+    base_model_text,
     hardware_lines,
     markdown_table,
     reproduce_command,
@@ -42,7 +43,8 @@ UPLOAD_PATTERNS = (
     "model.safetensors.index.json", "*.py", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "vocab.json", "merges.txt", "README.md", RunDir.CURVES, RunDir.REPORT_MD, RunDir.REPORT_JSON,
 )
-TAGS = ["gpt2", "gpt2repro", "causal-lm", "pretrained-from-scratch"]
+FROM_SCRATCH_TAG = "pretrained-from-scratch"
+TAGS = ["gpt2", "gpt2repro", "causal-lm", FROM_SCRATCH_TAG]
 # What a push puts on the Hub: both formats (native on main, ours on GPT2REPRO_BRANCH), or only one, on main.
 HUB_FORMATS = ("both", "native", "gpt2repro")
 GPT2REPRO_BRANCH = "gpt2repro"
@@ -144,9 +146,11 @@ def build_model_card(report: dict, repo_id: str | None = None, layout: HubLayout
     """The card of a checkpoint trained by train.py. `repo_id`: the Hub repo it is pushed to, or None for a card
     that is not pushed (its example then loads a placeholder id or the local folder). `layout`: what the push puts
     where; None for the card of a checkpoint folder (our format, loaded with remote code)."""
-    data, settings = report.get("data") or {}, report.get("settings") or {}
+    data, settings, base = report.get("data") or {}, report.get("settings") or {}, report.get("base_model") or {}
     card_data = ModelCardData(
-        language="en", license="mit", library_name="transformers", pipeline_tag="text-generation", tags=TAGS,
+        language="en", license="mit", library_name="transformers", pipeline_tag="text-generation",
+        tags=TAGS if not base else [tag for tag in TAGS if tag != FROM_SCRATCH_TAG],
+        base_model=base.get("hub_id"),  # the Hub links a model to the one it was trained from
         datasets=[data["hub_dataset"]] if data.get("hub_dataset") else None,
         model_name=repo_id or f"gpt2repro-{settings.get('model', 'gpt2')}",
         eval_results=eval_results(report.get("final_eval") or {}, data, settings.get("hellaswag")) or None,
@@ -163,13 +167,14 @@ def use_lines(repo_id: str | None, layout: HubLayout | None) -> list[str]:
     ]
     remote_code = ("`trust_remote_code=True` runs the model code shipped beside the weights (`modeling_gpt2repro.py`, "
                    "`configuration_gpt2repro.py`); read it first.")
-    if layout is None or not layout.native:  # our format, on main or in a local folder
+    if layout is None or not layout.native:  # our format: in a local folder, on main, or on its branch
+        on_branch = f', revision="{layout.gpt2repro}"' if layout and layout.gpt2repro not in (None, "main") else ""
         return [
             "## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
             *([] if repo_id else ["# the Hub repo this folder was uploaded to, or the path of this folder on your disk"]),
             f'name = "{name}"',
-            'model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=True)',
-            "tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=True)",
+            f"model = AutoModelForCausalLM.from_pretrained(name{on_branch}, trust_remote_code=True)",
+            f"tokenizer = AutoTokenizer.from_pretrained(name{on_branch}, trust_remote_code=True)",
             *example, "```", "",
             remote_code + " The tokenizer is OpenAI's GPT-2 BPE in transformers' own `GPT2TokenizerFast`; "
             "transformers 5's AutoTokenizer reads config.json first, hence the same `trust_remote_code`.",
@@ -210,8 +215,9 @@ def card_body(report: dict, repo_id: str | None = None, layout: HubLayout | None
     on = data.get("hub_dataset") or data.get("name") or "its data"
     if data.get("hub_config"):
         on += f" ({data['hub_config']})"
-    intro = (f"A GPT-2 architecture trained from scratch with gpt2repro's `train.py` on "
-             f"{training.get('tokens') or 0:,} tokens of {on}.")
+    base = report.get("base_model")
+    start = f"GPT-2 trained on from {base_model_text(base)}" if base else "A GPT-2 architecture trained from scratch"
+    intro = f"{start} with gpt2repro's `train.py` on {training.get('tokens') or 0:,} tokens of {on}."
     if report.get("context_length"):
         trained_on = f" (trained on sequences of {settings['seq_len']:,})" if settings.get("seq_len") else ""
         intro += f" Context length: {report['context_length']:,} tokens{trained_on}."
@@ -474,10 +480,9 @@ def push_to_hub(folder: Path, repo_id: str, private: bool = False, hub_format: s
                 if branch:
                     api.create_branch(repo_id, branch=branch, exist_ok=True)
                 layout = HubLayout(native=False, gpt2repro=branch or "main")
-                commit = api.create_commit(
-                    repo_id, operations=_operations(api, repo_id, branch, {**ours, **_card_for(folder, repo_id, layout)}),
-                    commit_message="Upload gpt2repro checkpoint", revision=branch,
-                )
+                files = {**ours, **_card_for(folder, repo_id, layout)}
+                commit = api.create_commit(repo_id, operations=_operations(api, repo_id, branch, files),
+                                           commit_message="Upload gpt2repro checkpoint", revision=branch)
                 revision = getattr(commit, "oid", None) or branch
             if native:
                 files = {p.name: p for p in Path(exported).iterdir() if p.is_file()}

@@ -144,6 +144,19 @@ def test_a_card_of_local_data_names_no_hub_dataset_and_a_partial_run_says_so(tmp
     assert "No published GPT-2 validation loss exists for this data" in card.text
 
 
+def test_the_card_and_report_of_a_run_from_openai_gpt2_name_and_link_its_base_model(tmp_path, data_dir):
+    facts = dict(command=["train.py", "--init-from", "gpt2"], preset="tiny", world_size=1, device_type="cpu", steps=10,
+                 tokens=40_960, n_params=124_439_808, settings=dict(model="gpt2-124m", init_from="gpt2",
+                                                                   data_dir=str(data_dir), max_steps=10),
+                 final_eval=dict(val_loss=3.5))
+    report = reporting.write_report(tmp_path, facts)
+    assert report["base_model"] == {"name": "gpt2", "hub_id": "openai-community/gpt2"}
+    assert "- started from the weights of `openai-community/gpt2` (--init-from)" in (tmp_path / "report.md").read_text()
+    card = ModelCard(str(model_card.build_model_card(report, REPO_ID)))  # as the Hub parses it
+    assert card.data.base_model == "openai-community/gpt2" and "pretrained-from-scratch" not in card.data.tags
+    assert card.text.splitlines()[2].startswith("GPT-2 trained on from `openai-community/gpt2` with gpt2repro's")
+
+
 def test_added_eval_results_replace_what_they_measure_again_and_keep_the_rest(checkpoint, fineweb_edu):
     card = ModelCard.load(checkpoint / "README.md")
     before = len(card.data.eval_results)
@@ -224,6 +237,8 @@ def test_a_push_puts_native_gpt2_on_main_and_our_checkpoint_on_its_branch(checkp
     pinned = online.revision(REPO_ID, model_card.GPT2REPRO_BRANCH)
     assert f'from_pretrained("{REPO_ID}", revision="{pinned}", trust_remote_code=True)' in card.text
     assert "![training curves](curves.png)" in card.text
+    # the branch's own card loads the branch
+    assert 'from_pretrained(name, revision="gpt2repro", trust_remote_code=True)' in branch["README.md"].read_text()
 
 
 def test_pushed_main_loads_with_no_remote_code_and_greedy_tokens_equal_ours(checkpoint, online):
@@ -259,8 +274,8 @@ def test_the_branch_loads_with_its_own_remote_code_where_gpt2repro_is_not_instal
         model = AutoModelForCausalLM.from_pretrained({REPO_ID!r}, revision={pinned!r}, trust_remote_code=True)
         print(type(model).__module__, type(model).__name__)
     """)
-    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"), "GPT2REPRO_STAND_IN_HUB": str(hub.root),
-           "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "stand_in_hub_site"), str(REPO)])}
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"),
+           "GPT2REPRO_STAND_IN_HUB": str(hub.root), "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "stand_in_hub_site"), str(REPO)])}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
