@@ -168,13 +168,11 @@ def parse_settings(argv=None, description: str = "") -> tuple[str, Settings]:
     args = settings_parser(description).parse_args(argv)
 
     values = dict(PRESETS[args.preset])
-    if args.config:
-        values.update(read_config(Path(args.config)))
-    chosen = {k: v for k, v in vars(args).items() if k not in ("preset", "config") and v is not None}
+    chosen = read_config(Path(args.config)) if args.config else {}
+    chosen.update({k: v for k, v in vars(args).items() if k not in ("preset", "config") and v is not None})
     values.update(chosen)
     values["run_dir"] = values.get("run_dir") or f"runs/{args.preset}"
-    if values.get("init_from") and "model" not in chosen and "model" not in (read_config(Path(args.config))
-                                                                            if args.config else {}):
+    if values.get("init_from") and "model" not in chosen:
         values["model"] = ""  # the size of the weights (check_settings); a --model given too must match them
     settings = Settings(**values)
     check_ranges(settings)
