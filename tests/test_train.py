@@ -547,3 +547,16 @@ def test_init_from_a_gpt2_folder_starts_at_its_loss_keeps_the_head_tied_and_reco
     card = ModelCard.load(run / "final" / "README.md")
     assert "started from the weights of the local folder `gpt2`" in card.text and card.data.base_model is None
     assert "pretrained-from-scratch" not in card.data.tags and str(tmp_path) not in card.text.split("## Reproduce")[0]
+
+
+def test_init_from_one_of_our_checkpoints_loads_its_weights_as_they_are(tiny_config, tmp_path):
+    from modeling_gpt2repro import GPT2ReproForCausalLM
+
+    from gpt2repro.export import load_pretrained, pretrained_config, save_ours
+
+    ours = GPT2ReproForCausalLM(tiny_config).eval()
+    save_ours(ours, tmp_path / "final")
+    assert pretrained_config(str(tmp_path / "final")).n_positions == tiny_config.n_positions
+    loaded = load_pretrained(str(tmp_path / "final"))
+    assert type(loaded) is GPT2ReproForCausalLM and loaded.lm_head.weight is loaded.transformer.wte.weight
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), ours.state_dict().values()))
