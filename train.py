@@ -41,6 +41,7 @@ from gpt2repro.checkpoints import (
 )
 from gpt2repro.dir_lock import DirectoryInUseError, exclusive
 from gpt2repro.errors import UserError, cli, first_line
+from gpt2repro.export import load_pretrained, weights_source
 from gpt2repro.hellaswag import HellaSwagDataError, load_hellaswag, score_hellaswag
 from gpt2repro.launch import LostProcessError, lost_a_process, make_accelerator
 from gpt2repro.model_card import PublishError, card_files, check_push_access, push_to_hub
@@ -72,6 +73,18 @@ def check_disk_space(s: Settings, model, accelerator) -> None:
         raise DiskSpaceError(problem)
     if problem and accelerator.is_main_process:
         print(f"warning: {problem} (--require-disk refuses to start then)", flush=True)
+
+
+def initial_model(s: Settings, model_config, checkpoints: list[Path], accelerator) -> GPT2ReproForCausalLM:
+    """The model the first step trains: --init-from's weights (its size, checked by check_settings), or GPT-2's
+    initialization; a resumed run loads its checkpoint over either, so it does not read the weights again."""
+    if not s.init_from or checkpoints:
+        return GPT2ReproForCausalLM(model_config)
+    with accelerator.main_process_first():  # one download; the other ranks read it from the cache
+        model = load_pretrained(s.init_from)
+    if accelerator.is_main_process:
+        print(f"weights from {weights_source(s.init_from)}; a fresh optimizer and learning-rate schedule", flush=True)
+    return model
 
 
 def prepare_default_data(s: Settings, accelerator) -> None:
@@ -301,7 +314,7 @@ def training(argv, held: contextlib.ExitStack):
     check_push(s, accelerator, accelerator.print)  # seconds now, not after hours of training
     held.enter_context(hold_run_dir(s, accelerator))  # before the first write into it: resume may remove a branch
 
-    model = GPT2ReproForCausalLM(model_config)
+    model = initial_model(s, model_config, checkpoints, accelerator)
     check_disk_space(s, model, accelerator)
     attention, notice = choose_attention(s.attention, device)
     model.set_attn_implementation(attention)
@@ -375,7 +388,7 @@ def training(argv, held: contextlib.ExitStack):
         save(accelerator, model, tokenizer, final, state, loader, log)
         log.print(f"final checkpoint: {final}\nreport: {log.run_dir.report_md} | curves: {log.run_dir.curves}")
         if s.push_to_hub and accelerator.is_main_process:
-            push_to_hub(final, s.push_to_hub, private=s.hub_private)
+            push_to_hub(final, s.push_to_hub, private=s.hub_private, hub_format=s.hub_format)
             log.print(f"pushed to https://huggingface.co/{s.push_to_hub}")
     # A last barrier, waited on without the GIL: gloo's worker thread frees the previous collective's tensors, which
     # needs the GIL, and the process group's destructor (when the DDP model is freed) would otherwise wait for that

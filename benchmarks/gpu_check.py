@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from gpt2repro.fileio import write_atomically  # noqa: E402
 from gpt2repro.report import git_state, markdown_table  # noqa: E402
-from gpt2repro.throughput import keep_freed_memory_for_reuse  # noqa: E402
+from gpt2repro.launch import tune_device  # noqa: E402
 from gpu_sections import PROFILES, SECTION_NAMES, SECTIONS, Row  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
@@ -45,11 +45,7 @@ def prepare_process(args) -> None:
     """The settings train.py uses: TF32 matmuls on a GPU (fp32 parity turns them off locally), glibc keeping
     freed memory on a CPU."""
     torch.manual_seed(0)
-    if args.device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    else:
-        keep_freed_memory_for_reuse()
+    tune_device(args.device)
 
 
 def run_here(name, args, context) -> tuple[list[Row], dict]:

@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 
 from gpt2repro.errors import UserError, first_line
 from gpt2repro.fileio import write_atomically, write_files
+from gpt2repro.tokenizer import save_tokenizer
 
 STATE_FILE = Path("training_state") / "trainer_state.json"
 DIGESTS = "file_sha256"  # trainer_state.json's key: {path inside the checkpoint: sha256}
@@ -156,8 +157,8 @@ def _write_model_folder(accelerator, model, weights, tmp: Path, tokenizer, files
         model = unsharded_copy(model, weights)
     with quiet_tied_weights_save():
         model.save_pretrained(tmp, save_function=accelerator.save)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
+    if tokenizer is not None:  # GPT-2's files, for every transformers version, with the context the tokenizer says
+        save_tokenizer(tmp, tokenizer.model_max_length)
     write_files(tmp, files or {})
     trainer_state = {**trainer_state, DIGESTS: file_digests(tmp)}
     write_atomically(tmp / STATE_FILE, json.dumps(trainer_state, indent=2))

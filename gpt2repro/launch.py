@@ -45,13 +45,19 @@ def make_accelerator(s: Settings) -> Accelerator:
     if multi_cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         keep_fsdp(accelerator)
     set_fsdp_precision(accelerator)
-    if accelerator.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: free speed for the fp32 parts
-        torch.backends.cudnn.allow_tf32 = True
-    elif accelerator.device.type == "cpu":
-        keep_freed_memory_for_reuse()  # no page faults re-zeroing each step's buffers (benchmarks/RESULTS.md)
+    tune_device(accelerator.device.type)
     set_seed(s.seed)  # the same initial weights on every rank
     return accelerator
+
+
+def tune_device(device_type: str) -> None:
+    """What a training process sets for its device: TF32 matmuls on a GPU (free speed for the fp32 parts); on a CPU,
+    glibc keeping freed memory, so each step's buffers do not page-fault again (benchmarks/RESULTS.md)."""
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    elif device_type == "cpu":
+        keep_freed_memory_for_reuse()
 
 
 def start_restarted_group(timeout: datetime.timedelta) -> None:

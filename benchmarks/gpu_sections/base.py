@@ -72,7 +72,7 @@ def compiled(model, mode: str):
 
 def recipe_124m():
     """train.py's gpt2-124m preset: the optimizer and the optimizer step's token layout the GPU run measures."""
-    from train import PRESETS, Settings
+    from gpt2repro.settings import PRESETS, Settings
 
     return Settings(**PRESETS["gpt2-124m"])
 

@@ -24,7 +24,7 @@ def run(args, profile, context):
     if gpus < 2:
         return [Row(NAME, check, f"needs 2 GPUs or more ({gpus} here); tests/test_gpu_path.py runs it on 2 CPU "
                     "processes", status="n/a")]
-    from train import read_metrics
+    from gpt2repro.run_log import read_metrics
 
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:

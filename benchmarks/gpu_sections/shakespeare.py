@@ -33,7 +33,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args, profile, context):
-    from train import read_metrics
+    from gpt2repro.run_log import read_metrics
 
     steps = args.shakespeare_steps or STEPS[profile.name]
     with tempfile.TemporaryDirectory() as tmp:

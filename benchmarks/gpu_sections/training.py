@@ -95,7 +95,7 @@ SIDES = {  # name: (build from our reference weights, training loss, logits)
 
 def time_training(side, reference, batch, args, profile) -> dict:
     """One side at one micro-batch: warm-up (compilation), then timed steps; OOM is a result, not a crash."""
-    from train import make_optimizer
+    from gpt2repro.optim import make_optimizer
 
     build, loss_fn, _ = SIDES[side]
     device = torch.device(args.device)
