@@ -530,6 +530,7 @@ def test_a_malformed_repo_id_is_refused_by_huggingface_hubs_validator_in_one_sho
          "--push-results 'me/x--y' is not a Hub repo id: Cannot have -- or .. in repo_id"),
         (convert_gpt2.main, ["from-gpt2", "not a repo id!!", str(tmp_path / "out")],
          "not a repo id!!: no such directory, and not a Hub repo id (Repo id must use alphanumeric chars"),
+        (convert_gpt2.main, ["push", str(tmp_path), "not a repo id!!"], f"push REPO 'not a repo id!!' {rule}"),
     ]
     for command, argv, expected in commands:
         AcceleratorState._reset_state(reset_partial_state=True)
