@@ -26,6 +26,7 @@ pre-tokenized dataset repo (--from-hub REPO) instead of tokenizing: gpt2repro/hu
 
 import argparse
 import collections
+import contextlib
 import multiprocessing
 import os
 import re
@@ -44,7 +45,9 @@ from tqdm import tqdm
 from gpt2repro.document_sources import (
     DATA_PRESETS, DEFAULT_CORPUS, FILE_TYPES, HUB_TOKENS, Source, data_dir_for, file_source, hub_source,
 )
+from gpt2repro.dir_lock import exclusive
 from gpt2repro.errors import UserError, cli
+from gpt2repro.hub import check_repo_id
 from gpt2repro.hub_data import download_tokens, push_tokens, verify_tokens
 from gpt2repro.token_shards import (
     MANIFEST_NAME,
@@ -379,6 +382,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--verify-hub-tokens compares with the source text: name a data preset, --dataset or the files")
     if args.from_hub is None and (args.max_train_shards or args.revision):
         parser.error("--max-train-shards and --revision go with --from-hub")
+    for flag, repo_id in (("--from-hub", args.from_hub), ("--push-to-hub", args.push_to_hub)):
+        if repo_id:  # before hours of tokenizing, not at the upload after them
+            check_repo_id(repo_id, flag)
     if preset:
         args.dataset, args.name, args.inputs = *DATA_PRESETS[preset], []
     args.preset = preset
@@ -435,18 +441,22 @@ def main(argv=None) -> None:
         if part:
             out = out / f"part-{part[0]:05d}-of-{part[1]:05d}"
             val_split = val_split if part[0] == 0 else 0  # the validation split comes from part 0 only
-        if args.from_hub is not None:
-            from_hub(args, out)
-        elif args.verify_hub_tokens is None or args.push_to_hub:  # --verify-hub-tokens alone checks, prepares nothing
-            prepare(source, out, val_split, args.shard_tokens, args.num_proc, args.overwrite, made_by(argv))
-        if args.verify_hub_tokens:
-            match, line = verify_tokens(out, source.documents(), args.verify_hub_tokens, encode_documents, source.label)
-            print(line)
-            if not match:
-                sys.exit(1)
-        if args.push_to_hub:
-            url = push_tokens(out, args.push_to_hub, private=args.private, commit=made_by(argv)["commit"])
-            print(f"pushed {out} to {url}")
+        writes = args.from_hub is not None or args.verify_hub_tokens is None or args.push_to_hub
+        # one preparation at a time into --out (gpt2repro/dir_lock.py); a killed one's lock blocks nothing
+        with exclusive(out, "--out", "choose another --out") if writes else contextlib.nullcontext():
+            if args.from_hub is not None:
+                from_hub(args, out)
+            elif writes:  # --verify-hub-tokens alone checks, prepares nothing
+                prepare(source, out, val_split, args.shard_tokens, args.num_proc, args.overwrite, made_by(argv))
+            if args.verify_hub_tokens:
+                match, line = verify_tokens(out, source.documents(), args.verify_hub_tokens, encode_documents,
+                                            source.label)
+                print(line)
+                if not match:
+                    sys.exit(1)
+            if args.push_to_hub:
+                url = push_tokens(out, args.push_to_hub, private=args.private, commit=made_by(argv)["commit"])
+                print(f"pushed {out} to {url}")
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to continue from the last complete shard", file=sys.stderr)
         sys.exit(130)

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -38,7 +39,9 @@ from gpt2repro.checkpoints import (
     read_trainer_state,
     save_checkpoint,
 )
+from gpt2repro.dir_lock import DirectoryInUseError, exclusive
 from gpt2repro.errors import UserError, cli, first_line
+from gpt2repro.export import load_pretrained, weights_source
 from gpt2repro.hellaswag import HellaSwagDataError, load_hellaswag, score_hellaswag
 from gpt2repro.launch import LostProcessError, lost_a_process, make_accelerator
 from gpt2repro.model_card import PublishError, card_files, check_push_access, push_to_hub
@@ -70,6 +73,18 @@ def check_disk_space(s: Settings, model, accelerator) -> None:
         raise DiskSpaceError(problem)
     if problem and accelerator.is_main_process:
         print(f"warning: {problem} (--require-disk refuses to start then)", flush=True)
+
+
+def initial_model(s: Settings, model_config, checkpoints: list[Path], accelerator) -> GPT2ReproForCausalLM:
+    """The model the first step trains: --init-from's weights (its size, checked by check_settings), or GPT-2's
+    initialization; a resumed run loads its checkpoint over either, so it does not read the weights again."""
+    if not s.init_from or checkpoints:
+        return GPT2ReproForCausalLM(model_config)
+    with accelerator.main_process_first():  # one download; the other ranks read it from the cache
+        model = load_pretrained(s.init_from)
+    if accelerator.is_main_process:
+        print(f"weights from {weights_source(s.init_from)}; a fresh optimizer and learning-rate schedule", flush=True)
+    return model
 
 
 def prepare_default_data(s: Settings, accelerator) -> None:
@@ -190,6 +205,29 @@ def check_push(s: Settings, accelerator, print0) -> None:
         raise problem or PublishError(f"--push-to-hub {s.push_to_hub}: refused on the main process (see its error)")
 
 
+# A torch elastic restart may start on another node before the replaced process's lock is released there (a lost
+# node's lock on a network filesystem lasts until its lease runs out): it waits this long before refusing.
+RESTART_LOCK_WAIT_SECONDS = 120
+
+
+@contextlib.contextmanager
+def hold_run_dir(s: Settings, accelerator) -> Iterator[None]:
+    """One training at a time in a run directory: the main process holds its lock (gpt2repro/dir_lock.py) until the
+    run ends, however it ends; if it cannot, every rank stops with the main process's line."""
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    with contextlib.ExitStack() as held:
+        problem = None
+        if accelerator.is_main_process:
+            try:
+                held.enter_context(exclusive(s.run_dir, "--run-dir", "use another --run-dir",
+                                             wait=RESTART_LOCK_WAIT_SECONDS if restarted else 0))
+            except DirectoryInUseError as e:
+                problem = e
+        if any_rank(accelerator, problem is not None)[0]:
+            raise problem or DirectoryInUseError(f"--run-dir {s.run_dir}: in use (see the main process's error)")
+        yield
+
+
 def resume_candidates(s: Settings) -> list[Path]:
     """The checkpoints to resume from, newest first. A group that torch elastic restarted after losing a rank
     continues from the run's own newest checkpoint (else from where its first start did); a fresh run never mixes
@@ -258,6 +296,12 @@ def save(accelerator, model, tokenizer, path: Path, state: RunState, loader, log
 
 
 def main(argv=None):
+    """The training, its run directory held from before its first write until it ends (hold_run_dir)."""
+    with contextlib.ExitStack() as held:
+        return training(argv, held)
+
+
+def training(argv, held: contextlib.ExitStack):
     preset, s = parse_settings(argv, description=__doc__)
     accelerator = make_accelerator(s)
     device, world = accelerator.device, accelerator.num_processes
@@ -268,8 +312,9 @@ def main(argv=None):
     if finished := finished_run(s, checkpoints):
         return accelerator.print(finished)  # a rerun of a finished run (make demo twice) changes nothing
     check_push(s, accelerator, accelerator.print)  # seconds now, not after hours of training
+    held.enter_context(hold_run_dir(s, accelerator))  # before the first write into it: resume may remove a branch
 
-    model = GPT2ReproForCausalLM(model_config)
+    model = initial_model(s, model_config, checkpoints, accelerator)
     check_disk_space(s, model, accelerator)
     attention, notice = choose_attention(s.attention, device)
     model.set_attn_implementation(attention)
@@ -343,13 +388,13 @@ def main(argv=None):
         save(accelerator, model, tokenizer, final, state, loader, log)
         log.print(f"final checkpoint: {final}\nreport: {log.run_dir.report_md} | curves: {log.run_dir.curves}")
         if s.push_to_hub and accelerator.is_main_process:
-            push_to_hub(final, s.push_to_hub, private=s.hub_private)
+            push_to_hub(final, s.push_to_hub, private=s.hub_private, hub_format=s.hub_format)
             log.print(f"pushed to https://huggingface.co/{s.push_to_hub}")
     # A last barrier, waited on without the GIL: gloo's worker thread frees the previous collective's tensors, which
     # needs the GIL, and the process group's destructor (when the DDP model is freed) would otherwise wait for that
     # thread while holding the GIL: a hang at exit.
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    log.finish()
 
 
 class StopRequest:

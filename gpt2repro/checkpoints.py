@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 
 from gpt2repro.errors import UserError, first_line
 from gpt2repro.fileio import write_atomically, write_files
+from gpt2repro.tokenizer import save_tokenizer
 
 STATE_FILE = Path("training_state") / "trainer_state.json"
 DIGESTS = "file_sha256"  # trainer_state.json's key: {path inside the checkpoint: sha256}
@@ -65,6 +66,7 @@ class RunDir:
         report.json/.md     the run report (report.py; run_report.py re-renders it)
         checkpoint-NNNNNN/  periodic checkpoints; final/ the last one
         eval_results.json   eval_hellaswag.py --output of the final checkpoint (scripts/reproduce_gpt2.py)
+        .gpt2repro.lock     while a training writes here: who it is (dir_lock.py; gone when it ends)
     """
 
     SETTINGS = "settings.yaml"
@@ -155,8 +157,8 @@ def _write_model_folder(accelerator, model, weights, tmp: Path, tokenizer, files
         model = unsharded_copy(model, weights)
     with quiet_tied_weights_save():
         model.save_pretrained(tmp, save_function=accelerator.save)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
+    if tokenizer is not None:  # GPT-2's files, for every transformers version, with the context the tokenizer says
+        save_tokenizer(tmp, tokenizer.model_max_length)
     write_files(tmp, files or {})
     trainer_state = {**trainer_state, DIGESTS: file_digests(tmp)}
     write_atomically(tmp / STATE_FILE, json.dumps(trainer_state, indent=2))
@@ -190,13 +192,17 @@ def _stop_if_any_failed(accelerator, failure: str | None, path: Path, tmp: Path,
         return
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-    intact = complete_checkpoints(path.parent)
+    raise CheckpointSaveError(f"could not write checkpoint {path} ({failure or 'a write failed on another rank'}): "
+                              f"{after_a_full_disk(path.parent, resume_with)}")
+
+
+def after_a_full_disk(run_dir: Path, resume_with: str) -> str:
+    """What a write into the run directory that failed for space (a checkpoint, the metrics, a tracker's files)
+    leaves, and how to go on: the newest intact checkpoint and the command that continues from it."""
+    intact = complete_checkpoints(run_dir)
     newest = f"the newest intact checkpoint is {intact[-1]}" if intact else "no checkpoint of this run is intact yet"
-    raise CheckpointSaveError(
-        f"could not write checkpoint {path} ({failure or 'a write failed on another rank'}): the disk is full or a "
-        f"file size limit was reached; {newest}; free space (or lower --keep-checkpoints), then continue with: "
-        f"{resume_with}"
-    )
+    return (f"the disk is full or a file size limit was reached; {newest}; free space (or lower --keep-checkpoints), "
+            f"then continue with: {resume_with}")
 
 
 def continue_command(argv: list[str], processes: int = 1) -> str:

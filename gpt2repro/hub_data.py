@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from gpt2repro.errors import UserError, first_line
 from gpt2repro.fileio import copy_atomically, write_atomically
+from gpt2repro.hub import check_repo_id, failure_reason, repo_info
 from gpt2repro.token_shards import (
     HEADER_BYTES,
     LLMC_SHARD_NAME,
@@ -53,7 +54,6 @@ from gpt2repro.token_shards import (
 
 ORIGIN_NAME = "hub_download.json"
 PENDING_KEY = "downloading"  # in the manifest of a download under way: the repository it comes from
-HUB_TIMEOUT = 10  # seconds for the one metadata call that decides whether the Hub is reachable
 DOWNLOAD_WORKERS = 8
 PROGRESS_EVERY = 10.0  # seconds between progress lines
 
@@ -68,36 +68,13 @@ class HubDataError(UserError, ValueError):
 
 def _hub_failure(error: Exception, repo_id: str, fallback: str) -> HubDataError:
     """One line for whatever the Hub call raised: offline, no such repo, no access, no network."""
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    if isinstance(error, OfflineModeIsEnabled):
-        why = "HF_HUB_OFFLINE is set (offline mode); unset it to download"
-    elif isinstance(error, GatedRepoError):
-        why = "it is gated: accept its terms on the Hub and log in (hf auth login)"
-    elif isinstance(error, RevisionNotFoundError):
-        why = "no such revision"
-    elif isinstance(error, RepositoryNotFoundError):
-        why = "no such dataset repository, or it is private (log in: hf auth login)"
-    else:
-        import httpx2
-
-        why = first_line(error, with_type=True, limit=1000)
-        if isinstance(error, httpx2.TransportError):
-            why = f"cannot reach the Hub ({why})"
-    return HubDataError(f"cannot download {repo_id}: {why}; {fallback}")
+    return HubDataError(f"cannot download {repo_id}: {failure_reason(error, 'dataset')}; {fallback}")
 
 
 def repo_files(repo_id: str, revision: str | None, fallback: str) -> tuple[str, dict[str, int]]:
     """The commit `revision` (default: main) resolves to, and the repository's files with their sizes."""
-    from huggingface_hub import HfApi
-
     try:
-        info = HfApi().dataset_info(repo_id, revision=revision, files_metadata=True, timeout=HUB_TIMEOUT)
+        info = repo_info(repo_id, "dataset", revision, files_metadata=True)
     except Exception as e:  # offline, unknown repo, no network: one message for all
         raise _hub_failure(e, repo_id, fallback) from None
     return info.sha, {s.rfilename: s.size for s in info.siblings or []}
@@ -232,6 +209,7 @@ def download_tokens(
     from huggingface_hub import snapshot_download
 
     out_dir = Path(out_dir)
+    check_repo_id(repo_id, "--from-hub", HubDataError)
     _check_directory(out_dir, repo_id, overwrite)
     commit, files = repo_files(repo_id, revision, fallback)
     ours = MANIFEST_NAME in files
@@ -542,6 +520,7 @@ def push_tokens(data_dir: str | Path, repo_id: str, private: bool = False, commi
     manifest has every shard it lists. Returns the repo's URL."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
+    check_repo_id(repo_id, "--push-to-hub", HubDataError)
     data_dir = Path(data_dir)
     manifest = load_manifest(data_dir)
     if not (data_dir / MANIFEST_NAME).is_file():

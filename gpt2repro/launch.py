@@ -36,7 +36,8 @@ def make_accelerator(s: Settings) -> Accelerator:
     timeout = datetime.timedelta(minutes=s.collective_timeout_minutes)
     # NCCL's default (1) has its watchdog kill a process whose collective failed or timed out, before Python sees it;
     # 2 aborts the communicator and raises in Python, so that run() prints its one line as over gloo.
-    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
+    if not nccl_error_handling_chosen():
+        os.environ[NCCL_ERROR_HANDLING] = "2"
     start_restarted_group(timeout)
     accelerator = Accelerator(
         mixed_precision=mixed_precision_for(s.mixed_precision), log_with=None if s.log_with == "none" else s.log_with,
@@ -48,6 +49,24 @@ def make_accelerator(s: Settings) -> Accelerator:
     tune_device(accelerator.device.type)
     set_seed(s.seed)  # the same initial weights on every rank
     return accelerator
+
+
+NCCL_ERROR_HANDLING = "TORCH_NCCL_ASYNC_ERROR_HANDLING"
+
+
+def nccl_error_handling_chosen() -> bool:
+    """Whether the user set TORCH_NCCL_ASYNC_ERROR_HANDLING. torch elastic's agent (torchrun, accelerate launch) hands
+    every worker 1 when the user set nothing, so under an agent the variable alone cannot tell: the agent's own
+    environment, as it was started, does (its parent process on Linux, where NCCL runs)."""
+    if NCCL_ERROR_HANDLING not in os.environ:
+        return False
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return True
+    try:
+        agent_environment = Path(f"/proc/{os.getppid()}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return True  # cannot tell: the value stands
+    return any(entry.startswith(NCCL_ERROR_HANDLING.encode() + b"=") for entry in agent_environment)
 
 
 def tune_device(device_type: str) -> None:

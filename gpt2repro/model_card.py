@@ -5,21 +5,29 @@ model-index (HellaSwag acc_norm in both conventions, validation loss and bits pe
 reads it back. Its body holds the results next to OpenAI's GPT-2 (124M), the curves, the command that
 reproduces the run and the hardware, time and cost from the run report (report.py).
 
-push_to_hub uploads exactly what a user of the model needs, never training_state/ (optimizer, RNG).
+push_to_hub uploads exactly what a user of the model needs, never training_state/ (optimizer, RNG): by default
+transformers' own GPT2LMHeadModel (export.py) on the repo's main branch, which every GPT-2 client loads with no remote
+code, and our checkpoint (its model code, the padded vocabulary) on the `gpt2repro` branch, for training on with this
+project. The card on main shows both, the remote-code example pinned to the branch's commit.
 """
 
+import dataclasses
 import fnmatch
 import json
+import tempfile
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, EvalResult, HfApi, ModelCard, ModelCardData
 
 from gpt2repro.checkpoints import RunDir
 from gpt2repro.errors import UserError, first_line
+from gpt2repro.export import export_gpt2
 from gpt2repro.hellaswag import HELLASWAG_ITEMS, HELLASWAG_METRICS
+from gpt2repro.hub import check_repo_id
 from gpt2repro.report import (
     GPT2_124M_REFERENCE,
     SAMPLE_PROMPT,
+    base_model_text,
     hardware_lines,
     markdown_table,
     reproduce_command,
@@ -36,7 +44,14 @@ UPLOAD_PATTERNS = (
     "model.safetensors.index.json", "*.py", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "vocab.json", "merges.txt", "README.md", RunDir.CURVES, RunDir.REPORT_MD, RunDir.REPORT_JSON,
 )
-TAGS = ["gpt2", "gpt2repro", "causal-lm", "pretrained-from-scratch"]
+FROM_SCRATCH_TAG = "pretrained-from-scratch"
+TAGS = ["gpt2", "gpt2repro", "causal-lm", FROM_SCRATCH_TAG]
+# What a push puts on the Hub: both formats (native on main, ours on GPT2REPRO_BRANCH), or only one, on main.
+HUB_FORMATS = ("both", "native", "gpt2repro")
+GPT2REPRO_BRANCH = "gpt2repro"
+# Files a push replaces wholesale: those of an earlier push that this one does not write are deleted (the model code
+# of a gpt2repro push left on a main branch that now holds the native model, the shards of another size).
+REPLACED_PATTERNS = ("*.py", "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json")
 HELLASWAG_HUB_ID = "Rowan/hellaswag"
 CONVENTION_STYLES = {"completion": "completion style (build-nanogpt, llm.c)", "lm_eval": "lm-evaluation-harness style"}
 # Markers around the section eval_hellaswag.py --push-results maintains, so a second push replaces it.
@@ -119,20 +134,81 @@ PLACEHOLDER_REPO = "YOUR-NAME/YOUR-MODEL"
 FLUENT_VAL_LOSS = 4.0
 
 
-def build_model_card(report: dict, repo_id: str | None = None) -> ModelCard:
+@dataclasses.dataclass(frozen=True)
+class HubLayout:
+    """Where a push puts each format in the repo: `native` on main (or not pushed), our checkpoint at the revision
+    `gpt2repro` (None: not pushed; "main"; a commit of GPT2REPRO_BRANCH)."""
+
+    native: bool = True
+    gpt2repro: str | None = GPT2REPRO_BRANCH
+
+
+def build_model_card(report: dict, repo_id: str | None = None, layout: HubLayout | None = None) -> ModelCard:
     """The card of a checkpoint trained by train.py. `repo_id`: the Hub repo it is pushed to, or None for a card
-    that is not pushed (its example then loads a placeholder id or the local folder)."""
-    data, settings = report.get("data") or {}, report.get("settings") or {}
+    that is not pushed (its example then loads a placeholder id or the local folder). `layout`: what the push puts
+    where; None for the card of a checkpoint folder (our format, loaded with remote code)."""
+    data, settings, base = report.get("data") or {}, report.get("settings") or {}, report.get("base_model") or {}
     card_data = ModelCardData(
-        language="en", license="mit", library_name="transformers", pipeline_tag="text-generation", tags=TAGS,
+        language="en", license="mit", library_name="transformers", pipeline_tag="text-generation",
+        tags=TAGS if not base else [tag for tag in TAGS if tag != FROM_SCRATCH_TAG],
+        base_model=base.get("hub_id"),  # the Hub links a model to the one it was trained from
         datasets=[data["hub_dataset"]] if data.get("hub_dataset") else None,
         model_name=repo_id or f"gpt2repro-{settings.get('model', 'gpt2')}",
         eval_results=eval_results(report.get("final_eval") or {}, data, settings.get("hellaswag")) or None,
     )
-    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{card_body(report, repo_id)}")
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{card_body(report, repo_id, layout)}")
 
 
-def card_body(report: dict, repo_id: str | None = None) -> str:
+def use_lines(repo_id: str | None, layout: HubLayout | None) -> list[str]:
+    """The card's Use section: how to load what the repo (or the folder) holds."""
+    name = repo_id or PLACEHOLDER_REPO
+    example = [
+        f"ids = tokenizer({SAMPLE_PROMPT!r}, return_tensors=\"pt\")",
+        "print(tokenizer.decode(model.generate(**ids, max_new_tokens=30, do_sample=True, top_k=50)[0]))",
+    ]
+    remote_code = ("`trust_remote_code=True` runs the model code shipped beside the weights (`modeling_gpt2repro.py`, "
+                   "`configuration_gpt2repro.py`); read it first.")
+    if layout is None or not layout.native:  # our format: in a local folder, on main, or on its branch
+        on_branch = f', revision="{layout.gpt2repro}"' if layout and layout.gpt2repro not in (None, "main") else ""
+        return [
+            "## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+            *([] if repo_id else ["# the Hub repo this folder was uploaded to, or the path of this folder on your disk"]),
+            f'name = "{name}"',
+            f"model = AutoModelForCausalLM.from_pretrained(name{on_branch}, trust_remote_code=True)",
+            f"tokenizer = AutoTokenizer.from_pretrained(name{on_branch}, trust_remote_code=True)",
+            *example, "```", "",
+            remote_code + " The tokenizer is OpenAI's GPT-2 BPE in transformers' own `GPT2TokenizerFast`; "
+            "transformers 5's AutoTokenizer reads config.json first, hence the same `trust_remote_code`.",
+        ]
+    lines = [
+        "## Use", "",
+        "This repo holds transformers' own GPT-2 (`GPT2LMHeadModel`, vocabulary 50,257, OpenAI's GPT-2 tokenizer): it "
+        "loads with no remote code in transformers 4.x and 5.x, in `pipeline`, and in the tools that take GPT-2 "
+        "(vLLM, TGI, ONNX export, llama.cpp's GGUF conversion).", "",
+        "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline", "",
+        f'name = "{name}"',
+        "model = AutoModelForCausalLM.from_pretrained(name)",
+        "tokenizer = AutoTokenizer.from_pretrained(name)",
+        *example,
+        f'print(pipeline("text-generation", model=name)({SAMPLE_PROMPT!r}, max_new_tokens=30)[0]["generated_text"])',
+        "```",
+    ]
+    if layout.gpt2repro:
+        lines += [
+            "", "### Continue training with gpt2repro", "",
+            f"The `{GPT2REPRO_BRANCH}` branch holds the same weights as gpt2repro saved them (its model code, the "
+            "vocabulary padded to a multiple of 64 rows for speed), for training on with this project:", "",
+            "```python",
+            f'model = AutoModelForCausalLM.from_pretrained("{name}", revision="{layout.gpt2repro}", '
+            "trust_remote_code=True)",
+            "```", "",
+            remote_code + f" `revision` pins the commit of the `{GPT2REPRO_BRANCH}` branch this card was written with, "
+            "so the code you read is the code that runs.",
+        ]
+    return lines
+
+
+def card_body(report: dict, repo_id: str | None = None, layout: HubLayout | None = None) -> str:
     data, settings, training = report.get("data") or {}, report.get("settings") or {}, report.get("training") or {}
     code, final = report.get("code") or {}, report.get("final_eval") or {}
     n_params, steps, max_steps = training.get("n_params"), training.get("steps"), training.get("max_steps")
@@ -140,8 +216,9 @@ def card_body(report: dict, repo_id: str | None = None) -> str:
     on = data.get("hub_dataset") or data.get("name") or "its data"
     if data.get("hub_config"):
         on += f" ({data['hub_config']})"
-    intro = (f"A GPT-2 architecture trained from scratch with gpt2repro's `train.py` on "
-             f"{training.get('tokens') or 0:,} tokens of {on}.")
+    base = report.get("base_model")
+    start = f"GPT-2 trained on from {base_model_text(base)}" if base else "A GPT-2 architecture trained from scratch"
+    intro = f"{start} with gpt2repro's `train.py` on {training.get('tokens') or 0:,} tokens of {on}."
     if report.get("context_length"):
         trained_on = f" (trained on sequences of {settings['seq_len']:,})" if settings.get("seq_len") else ""
         intro += f" Context length: {report['context_length']:,} tokens{trained_on}."
@@ -150,21 +227,7 @@ def card_body(report: dict, repo_id: str | None = None) -> str:
         lines += ["", f"This checkpoint is from step {steps:,} of {max_steps:,}: training had not finished."]
     lines += [
         "",
-        "## Use",
-        "",
-        "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "",
-        *([] if repo_id else ["# the Hub repo this folder was uploaded to, or the path of this folder on your disk"]),
-        f'name = "{repo_id or PLACEHOLDER_REPO}"',
-        'model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=True)',
-        "tokenizer = AutoTokenizer.from_pretrained(name)",
-        f"ids = tokenizer({SAMPLE_PROMPT!r}, return_tensors=\"pt\")",
-        "print(tokenizer.decode(model.generate(**ids, max_new_tokens=30, do_sample=True, top_k=50)[0]))",
-        "```",
-        "",
-        "`trust_remote_code=True` runs the model code shipped beside the weights (`modeling_gpt2repro.py`, "
-        "`configuration_gpt2repro.py`); read it first. The tokenizer is OpenAI's GPT-2 BPE.",
+        *use_lines(repo_id, layout),
         "",
         "## Results",
         "",
@@ -291,6 +354,7 @@ def add_eval_results(card: ModelCard, summary: dict, model_name: str, data: dict
 
 def load_card(repo_id: str) -> ModelCard:
     """The model card of a Hub repo: before hours of evaluation, so a wrong id or no network fails first."""
+    check_repo_id(repo_id, "--push-results", PublishError)
     try:
         return ModelCard.load(repo_id)
     except Exception as e:  # offline, no such repo, no README, no permission
@@ -330,14 +394,15 @@ def check_push_access(repo_id: str, private: bool = False) -> str:
     """Before training: the login, the right to write to `repo_id`'s namespace and, for a private push, that the repo
     is not public. Returns the line to print; raises PublishError naming what to do, so a run that cannot push
     fails in seconds, not after hours of training."""
+    check_repo_id(repo_id, "--push-to-hub", PublishError)  # a malformed id: its own short line, not a login error
     api = HfApi()
     try:
         me = api.whoami()
     except Exception as e:  # offline, no token, a revoked token
         reason = first_line(e, with_type=True)
         raise PublishError(f"--push-to-hub {repo_id}: cannot check the Hugging Face login ({reason}); run "
-                           "`hf auth login` with a write token, or train without --push-to-hub and upload "
-                           "final/ later with `hf upload`") from None
+                           "`hf auth login` with a write token, or train without --push-to-hub and push "
+                           "final/ later with `python convert_gpt2.py push`") from None
     namespace = repo_id.split("/")[0] if "/" in repo_id else me.get("name")
     role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
     if role == "read":
@@ -357,22 +422,81 @@ def check_push_access(repo_id: str, private: bool = False) -> str:
     return f"push: logged in as {me.get('name')}; final/ goes to https://huggingface.co/{repo_id} ({kind}) at the end"
 
 
-def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
-    """Upload the files a user of the checkpoint needs in one commit; returns the repo's URL."""
-    folder = Path(folder)
-    files = files_to_upload(folder)
-    api = HfApi()
+def push_command(folder: Path, repo_id: str, private: bool = False, hub_format: str = "both") -> str:
+    """The command that pushes `folder` again: what a failed push says to rerun."""
+    flags = (f" --hub-format {hub_format}" if hub_format != "both" else "") + (" --private" if private else "")
+    return f"python convert_gpt2.py push {folder} {repo_id}{flags}"
+
+
+def _card_for(folder: Path, repo_id: str, layout: HubLayout) -> dict[str, str]:
+    """README.md for one revision of the push: made from the folder's report.json where there is one (the card of
+    the layout), else the folder's own README.md, else none."""
     try:
-        url = api.create_repo(repo_id, private=private, exist_ok=True)
-        if private and not api.repo_info(repo_id).private:  # create_repo leaves an existing repo as it is
-            raise PublishError(f"{repo_id} exists and is public: nothing was uploaded; make it private on the Hub "
-                               "first, or push without private")
-        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in files]
-        api.create_commit(repo_id, operations=operations, commit_message="Upload gpt2repro checkpoint")
-    except PublishError:
-        raise
-    except Exception as e:  # offline, no token, no permission: the local checkpoint stays as it is
-        retry = f"hf upload {repo_id} {folder} . --exclude 'training_state/*'" + (" --private" if private else "")
-        raise PublishError(f"could not push {folder} to {repo_id} ({first_line(e, with_type=True)}); the checkpoint "
-                           f"is intact: retry with `{retry}` once online and logged in") from None
+        report = json.loads((folder / RunDir.REPORT_JSON).read_text())
+    except (OSError, ValueError):
+        readme = folder / "README.md"
+        return {"README.md": readme.read_text()} if readme.is_file() else {}
+    report = dict(report, curves=RunDir.CURVES if (folder / RunDir.CURVES).is_file() else None)
+    if not report.get("context_length"):
+        try:
+            report["context_length"] = json.loads((folder / "config.json").read_text())["n_positions"]
+        except (OSError, ValueError, KeyError):
+            pass
+    return {"README.md": str(build_model_card(report, repo_id, layout))}
+
+
+def _operations(api: HfApi, repo_id: str, revision: str | None, files: dict[str, Path | str]) -> list:
+    """One commit's operations: `files` (name: a file to upload or text), and the deletion of the files an earlier
+    push left at `revision` that this one replaces (REPLACED_PATTERNS) and does not write again."""
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content.encode() if isinstance(content, str)
+                                     else str(content)) for name, content in sorted(files.items())]
+    try:
+        existing = api.list_repo_files(repo_id, revision=revision)
+    except Exception:  # a new repo or branch: nothing to replace
+        existing = []
+    stale = [name for name in existing if name not in files and "/" not in name
+             and any(fnmatch.fnmatchcase(name, pattern) for pattern in REPLACED_PATTERNS)]
+    return operations + [CommitOperationDelete(path_in_repo=name) for name in stale]
+
+
+def push_to_hub(folder: Path, repo_id: str, private: bool = False, hub_format: str = "both") -> str:
+    """Upload a checkpoint folder to `repo_id`, each revision in one commit; returns the repo's URL. `hub_format`:
+    both (native GPT-2 on main, our checkpoint on GPT2REPRO_BRANCH), native or gpt2repro (that one alone, on main)."""
+    if hub_format not in HUB_FORMATS:
+        raise PublishError(f"unknown hub format {hub_format!r}; choose one of: {', '.join(HUB_FORMATS)}")
+    check_repo_id(repo_id, "repo", PublishError)
+    folder = Path(folder)
+    ours = {name: folder / name for name in files_to_upload(folder) if name != "README.md"}
+    native, gpt2repro = hub_format in ("both", "native"), hub_format in ("both", "gpt2repro")
+    branch = GPT2REPRO_BRANCH if native and gpt2repro else None
+    extras = {name: folder / name for name in (RunDir.CURVES, RunDir.REPORT_MD, RunDir.REPORT_JSON) if name in ours}
+    api = HfApi()
+    with tempfile.TemporaryDirectory(prefix="gpt2repro-export-") as exported:
+        if native:  # before the Hub: a folder that does not convert uploads nothing
+            export_gpt2(folder, exported)
+        try:
+            url = api.create_repo(repo_id, private=private, exist_ok=True)
+            if private and not api.repo_info(repo_id).private:  # create_repo leaves an existing repo as it is
+                raise PublishError(f"{repo_id} exists and is public: nothing was uploaded; make it private on the Hub "
+                                   "first, or push without private")
+            revision = None
+            if gpt2repro:
+                if branch:
+                    api.create_branch(repo_id, branch=branch, exist_ok=True)
+                layout = HubLayout(native=False, gpt2repro=branch or "main")
+                files = {**ours, **_card_for(folder, repo_id, layout)}
+                commit = api.create_commit(repo_id, operations=_operations(api, repo_id, branch, files),
+                                           commit_message="Upload gpt2repro checkpoint", revision=branch)
+                revision = getattr(commit, "oid", None) or branch
+            if native:
+                files = {p.name: p for p in Path(exported).iterdir() if p.is_file()}
+                card = _card_for(folder, repo_id, HubLayout(native=True, gpt2repro=revision))
+                api.create_commit(repo_id, operations=_operations(api, repo_id, None, {**files, **extras, **card}),
+                                  commit_message="Upload GPT-2 (GPT2LMHeadModel) exported from a gpt2repro checkpoint")
+        except PublishError:
+            raise
+        except Exception as e:  # offline, no token, no permission: the local checkpoint stays as it is
+            raise PublishError(f"could not push {folder} to {repo_id} ({first_line(e, with_type=True)}); the checkpoint "
+                               f"is intact: retry with `{push_command(folder, repo_id, private, hub_format)}` once "
+                               "online and logged in") from None
     return str(url)

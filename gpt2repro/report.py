@@ -22,6 +22,7 @@ import yaml
 
 from gpt2repro.checkpoints import RunDir
 from gpt2repro.errors import UserError
+from gpt2repro.export import base_model
 from gpt2repro.fileio import write_atomically
 from gpt2repro.hellaswag import HELLASWAG_ITEMS, HELLASWAG_METRICS, HELLASWAG_VAL_ITEMS
 from gpt2repro.hub_data import download_origin
@@ -216,6 +217,7 @@ def build_report(run_dir: Path, facts: dict, eval_results: dict | None = None) -
         "command": list(facts.get("command") or []),
         "preset": facts.get("preset"),
         "settings": settings,
+        "base_model": base_model(settings.get("init_from")),
         "hardware": hw,
         "data": data,
         "training": training,
@@ -468,9 +470,16 @@ def lock_lines(report: dict) -> list[str]:
     return [f"Dependencies: {lock['file']} sha256 `{lock['sha256'][:16]}`; {match}.", ""]
 
 
+def base_model_text(base: dict) -> str:
+    """A run's base model as the report and the card name it: its Hub repo, or a local folder by its name alone."""
+    return f"`{base['hub_id']}`" if base.get("hub_id") else f"the local folder `{Path(base['name']).name}`"
+
+
 def training_lines(report: dict) -> list[str]:
-    tr, settings = report.get("training") or {}, report.get("settings") or {}
+    tr, settings, base = report.get("training") or {}, report.get("settings") or {}, report.get("base_model")
     return [
+        *([f"- started from the weights of {base_model_text(base)} (--init-from), with a fresh optimizer and "
+             "learning-rate schedule"] if base else []),
         *([tokens_line(report["data"])] if report.get("data") else []),
         f"- steps: {_num(tr.get('steps'), ',')} of {_num(tr.get('max_steps'), ',')}; "
         f"tokens: {_num(tr.get('tokens'), ',')}"

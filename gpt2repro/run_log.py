@@ -2,17 +2,21 @@
 checkpoint, the progress line on the console, metrics.jsonl, the Accelerate trackers and the facts the report
 states."""
 
+import contextlib
 import dataclasses
 import json
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 
-from gpt2repro.checkpoints import RunDir
+from gpt2repro.checkpoints import RunDir, after_a_full_disk, continue_command
+from gpt2repro.errors import UserError, first_line
 from gpt2repro.fileio import write_atomically
 from gpt2repro.micro_batch import MicroBatch
 from gpt2repro.report import describe_data, plot_curves, val_loss_reference
@@ -55,6 +59,23 @@ def read_metrics(path: Path) -> list[dict]:
     return rows
 
 
+def quiet_tracker_thread(previous):
+    """threading.excepthook, less the write errors of tensorboard's writer thread: the thread hands its error to the
+    main thread (raised at the next flush, where RunLog.writing makes it the run's one line), and its traceback
+    printed as well would bury that line."""
+    def hook(args):
+        if not (isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+            previous(args)
+
+    hook.quiet_tracker_thread = True
+    return hook
+
+
+class LogWriteError(UserError, RuntimeError):
+    """The run's logs (settings, metrics.jsonl, the curves, a tracker's files) could not be written: the message names
+    the newest intact checkpoint and the command that continues from it."""
+
+
 class RunLog:
     """Where a run reports as it goes: the console, metrics.jsonl and the Accelerate trackers; and the facts of the
     run that its report states (report.py draws the curves and writes the report)."""
@@ -63,13 +84,30 @@ class RunLog:
         self.accelerator, self.settings, self.preset, self.run_dir = accelerator, s, preset, RunDir(s.run_dir)
         self.command = ["train.py", *(sys.argv[1:] if argv is None else argv)]
         self.write_settings()
-        accelerator.init_trackers("gpt2repro", config={k: v for k, v in dataclasses.asdict(s).items() if v is not None})
+        if not getattr(threading.excepthook, "quiet_tracker_thread", False):
+            threading.excepthook = quiet_tracker_thread(threading.excepthook)
+        with self.writing():
+            accelerator.init_trackers("gpt2repro",
+                                      config={k: v for k, v in dataclasses.asdict(s).items() if v is not None})
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """A write of the logs that fails (a full disk, a file size limit) ends the run in one line. Nothing the
+        resume needs is lost: the checkpoints are intact, and the resume drops the metrics after its step (a torn
+        last row included) and logs those steps again."""
+        try:
+            yield
+        except OSError as e:
+            resume_with = continue_command(self.command, self.accelerator.num_processes)
+            raise LogWriteError(f"could not write the run's logs in {self.run_dir.path} ({first_line(e)}): "
+                                f"{after_a_full_disk(self.run_dir.path, resume_with)}") from None
 
     def write_settings(self) -> None:
         if self.accelerator.is_main_process:
             self.run_dir.path.mkdir(parents=True, exist_ok=True)
             settings = yaml.safe_dump({"preset": self.preset, **dataclasses.asdict(self.settings)}, sort_keys=False)
-            write_atomically(self.run_dir.settings, settings)
+            with self.writing():
+                write_atomically(self.run_dir.settings, settings)
 
     def start(self, state: RunState, model, model_config, batch: MicroBatch, compiled: bool) -> None:
         """Note what the run is (for the banner, MFU and the report), print the banner, start the clocks (elapsed
@@ -90,7 +128,8 @@ class RunLog:
         )
         if self.accelerator.is_main_process and self.run_dir.metrics.exists():
             kept = [row for row in read_metrics(self.run_dir.metrics) if row["step"] <= state.step]
-            write_atomically(self.run_dir.metrics, "".join(json.dumps(row) + "\n" for row in kept))
+            with self.writing():
+                write_atomically(self.run_dir.metrics, "".join(json.dumps(row) + "\n" for row in kept))
         self.started = time.perf_counter()
         self.first_step, self.total_before = state.step, state.total_seconds
 
@@ -135,10 +174,11 @@ class RunLog:
             print(*args, **kwargs, flush=True)
 
     def metrics(self, step: int, metrics: dict) -> None:
-        self.accelerator.log(metrics, step=step)
-        if self.accelerator.is_main_process:
-            with open(self.run_dir.metrics, "a") as f:  # appended: a torn last line is skipped on reading
-                f.write(json.dumps({"step": step, **metrics}) + "\n")
+        with self.writing():
+            self.accelerator.log(metrics, step=step)  # tensorboard's writer thread's error surfaces at its flush here
+            if self.accelerator.is_main_process:
+                with open(self.run_dir.metrics, "a") as f:  # appended: a torn last line is skipped on reading
+                    f.write(json.dumps({"step": step, **metrics}) + "\n")
 
     def evaluation(self, step: int, results: dict, samples: list[str]) -> None:
         self.metrics(step, results)
@@ -148,4 +188,10 @@ class RunLog:
             self.print(f"  sample: {text!r}")
         if self.accelerator.is_main_process:
             reference = val_loss_reference(describe_data(self.settings.data_dir))
-            plot_curves(read_metrics(self.run_dir.metrics), self.run_dir.curves, reference)
+            with self.writing():
+                plot_curves(read_metrics(self.run_dir.metrics), self.run_dir.curves, reference)
+
+    def finish(self) -> None:
+        """Close the trackers (their last buffered writes happen here)."""
+        with self.writing():
+            self.accelerator.end_training()

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import yaml
 
+from configuration_gpt2repro import PRESETS as MODEL_SIZES
 from configuration_gpt2repro import GPT2ReproConfig
 from gpt2repro.attention import ATTENTION_CHOICES
 from gpt2repro.document_sources import DEFAULT_DATA_DIR, data_dir_for
 from gpt2repro.errors import UserError, first_line
 from gpt2repro.micro_batch import MicroBatch
+from gpt2repro.model_card import HUB_FORMATS
 from gpt2repro.token_shards import check_shards, check_tokenizer
 from gpt2repro.validation import resolve_val_tokens
 
@@ -28,6 +30,7 @@ from gpt2repro.validation import resolve_val_tokens
 class Settings:
     # what to train, on what, where to write
     model: str = "tiny"  # size preset (configuration_gpt2repro): tiny, gpt2-124m, gpt2-350m, gpt2-774m, gpt2-1558m
+    init_from: str = ""  # start from these weights, their size, a fresh optimizer: gpt2 ... gpt2-xl, a Hub id, a folder
     data_dir: str = str(DEFAULT_DATA_DIR)  # token shards written by prepare_data.py
     run_dir: str = ""  # checkpoints, metrics, curves and the report; "": runs/<preset>
     # token layout of each optimizer step: total = micro-batch x seq-len x processes x accumulation
@@ -60,6 +63,7 @@ class Settings:
     resume: str = ""  # auto (newest complete checkpoint of --run-dir) | a checkpoint dir; torch elastic restarts: auto
     push_to_hub: str = ""  # a Hub repo id for the final checkpoint
     hub_private: bool = False  # create that repo private
+    hub_format: str = "both"  # both: GPT2LMHeadModel on main, ours on branch gpt2repro; native|gpt2repro: one, on main
     # system
     seed: int = 1337  # initial weights, data order and samples
     mixed_precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | no (fp32)
@@ -96,7 +100,8 @@ PRESETS = {
 # Settings with a fixed set of values (fp16 is not offered: bf16 needs no loss scaling, and GPUs without bf16
 # train in fp32).
 CHOICES = {"mixed_precision": ("auto", "bf16", "no"), "log_with": ("tensorboard", "wandb", "trackio", "none"),
-           "attention": ATTENTION_CHOICES, "optimizer": ("adamw", "muon"), "lr_schedule": ("cosine", "wsd")}
+           "attention": ATTENTION_CHOICES, "hub_format": HUB_FORMATS, "optimizer": ("adamw", "muon"),
+           "lr_schedule": ("cosine", "wsd")}
 
 
 # Settings with a range: (test, what the value must be). Checked before anything is built.
@@ -123,7 +128,7 @@ class SettingsError(UserError, ValueError):
 
 # What a flag's value is, where its name alone would not say.
 METAVARS = {"model": "PRESET", "data_dir": "DIR", "run_dir": "DIR", "hellaswag": "off|auto|FILE",
-            "resume": "auto|DIR", "push_to_hub": "REPO_ID"}
+            "resume": "auto|DIR", "push_to_hub": "REPO_ID", "init_from": "NAME|HUB_ID|DIR"}
 
 
 def settings_help() -> dict[str, tuple[str, str]]:
@@ -175,10 +180,12 @@ def parse_settings(argv=None, description: str = "") -> tuple[str, Settings]:
     args = settings_parser(description).parse_args(argv)
 
     values = dict(PRESETS[args.preset])
-    if args.config:
-        values.update(read_config(Path(args.config)))
-    values.update({k: v for k, v in vars(args).items() if k not in ("preset", "config") and v is not None})
+    chosen = read_config(Path(args.config)) if args.config else {}
+    chosen.update({k: v for k, v in vars(args).items() if k not in ("preset", "config") and v is not None})
+    values.update(chosen)
     values["run_dir"] = values.get("run_dir") or f"runs/{args.preset}"
+    if values.get("init_from") and "model" not in chosen:
+        values["model"] = ""  # the size of the weights (check_settings); a --model given too must match them
     settings = Settings(**values)
     check_ranges(settings)
     return args.preset, settings
@@ -233,13 +240,35 @@ def read_config(path: Path) -> dict:
     return values
 
 
+def initial_config(s: Settings, chosen: GPT2ReproConfig | None) -> GPT2ReproConfig:
+    """--init-from: the config of its weights, which set the model's size; a --model of another size is refused.
+    Sets s.model to the size preset of the weights' shape, if one has it."""
+    from gpt2repro.export import SHAPE, ConversionError, pretrained_config
+
+    try:
+        config = pretrained_config(s.init_from)
+    except ConversionError as e:
+        raise SettingsError(f"--init-from {s.init_from}: {e}") from None
+    shape = lambda c: tuple(getattr(c, key) for key in SHAPE)  # noqa: E731
+    size = f"{config.n_layer} layers of width {config.n_embd}, {config.n_head} heads, context {config.n_positions}"
+    if chosen is not None and shape(chosen) != shape(config):
+        raise SettingsError(f"--model {s.model} conflicts with --init-from {s.init_from}, whose weights have {size}; "
+                            "drop --model: the size comes from the weights")
+    # named as the preset of that size, if there is one ("" stays: the size of the weights)
+    named = [name for name in MODEL_SIZES if shape(GPT2ReproConfig.from_preset(name)) == shape(config)]
+    s.model = s.model or (named[0] if named else "")
+    return config
+
+
 def check_settings(s: Settings, world_size: int) -> tuple[GPT2ReproConfig, MicroBatch, int]:
     """Refuse settings that cannot work, up front; return the model config, the micro-batch and accumulation,
     and the number of validation targets."""
     try:
-        model_config = GPT2ReproConfig.from_preset(s.model)
+        model_config = GPT2ReproConfig.from_preset(s.model) if s.model else None
     except ValueError as e:
         raise SettingsError(f"--model: {e}") from None
+    if s.init_from:
+        model_config = initial_config(s, model_config)
     if s.seq_len > model_config.n_positions:
         raise SettingsError(
             f"--seq-len {s.seq_len} exceeds the model's context ({model_config.n_positions}); lower --seq-len"

@@ -1,11 +1,12 @@
-"""A stand-in for the Hugging Face Hub's dataset repos: local folders (ROOT/owner/name/...) reached through
-huggingface_hub's own calls, with only the network edge replaced.
+"""A stand-in for the Hugging Face Hub's dataset and model repos: local folders (ROOT/owner/name/..., a branch in
+ROOT/owner/name/.branches/BRANCH/...) reached through huggingface_hub's own calls, with only the network edge replaced.
 
-Replaced: HfApi.dataset_info / list_repo_tree (the metadata calls), file_download.get_hf_file_metadata (the
-per-file HEAD) and file_download.http_get (the transfer), HfApi.create_repo / upload_folder / create_commit (the
-uploads). Everything between them (snapshot_download's planning, filtering and threads, hf_hub_download's temp
-files, renames and local_dir metadata) is huggingface_hub's real code. A repo's revision is a hash of its
-content, so an upload makes a new one.
+Replaced: HfApi.dataset_info / repo_info / list_repo_tree / list_repo_files (the metadata calls),
+file_download.get_hf_file_metadata (the per-file HEAD) and file_download.http_get (the transfer),
+HfApi.create_repo / create_branch / upload_folder / create_commit (the uploads). Everything between them
+(snapshot_download's planning, filtering and threads, hf_hub_download's temp files, renames, cache and local_dir
+metadata, transformers' from_pretrained above it) is the libraries' real code. A revision's commit id is a hash of
+its content, so an upload makes a new one.
 
 In a subprocess, put tests/stand_in_hub_site on PYTHONPATH and set GPT2REPRO_STAND_IN_HUB=ROOT: its
 sitecustomize installs the stand-in before the command runs.
@@ -20,10 +21,10 @@ from urllib.parse import unquote
 
 import httpx2
 import numpy as np
-from huggingface_hub import HfApi, constants, file_download
-from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub import CommitInfo, CommitOperationDelete, HfApi, constants, file_download
+from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.file_download import HfFileMetadata
-from huggingface_hub.hf_api import DatasetInfo, RepoFile, RepoUrl
+from huggingface_hub.hf_api import DatasetInfo, ModelInfo, RepoFile, RepoUrl
 from huggingface_hub.utils import filter_repo_objects
 
 import prepare_data
@@ -31,11 +32,13 @@ from gpt2repro.token_shards import load_manifest, read_shard, write_shard
 
 VAL = 2048  # the validation budget of the data prepared for the stand-in Hub (conftest's `prepared`)
 SETTINGS = ".stand_in.json"  # per repo: private flag (hidden files are not part of the repo)
+BRANCHES = ".branches"  # per repo: the branches other than main, a folder each
 
 
-def _missing(kind, repo_id: str):
+def _missing(kind, repo_id: str, what: str | None = None, headers: dict | None = None):
     url = f"{constants.ENDPOINT}/api/datasets/{repo_id}"
-    return kind(f"{repo_id}: not found", response=httpx2.Response(404, request=httpx2.Request("GET", url)))
+    response = httpx2.Response(404, request=httpx2.Request("GET", url), headers=headers or {})
+    return kind(f"{what or repo_id}: not found", response=response)
 
 
 class StandInHub:
@@ -49,16 +52,34 @@ class StandInHub:
     def repo(self, repo_id: str) -> Path:
         return self.root / repo_id
 
-    def files(self, repo_id: str) -> dict[str, Path]:
-        folder = self.repo(repo_id)
-        if not folder.is_dir():
+    def branch(self, repo_id: str, branch: str | None = None) -> Path:
+        """The folder of a branch (main: the repo's own)."""
+        return self.repo(repo_id) if branch in (None, "main") else self.repo(repo_id) / BRANCHES / branch
+
+    def branches(self, repo_id: str) -> list[str]:
+        extra = self.repo(repo_id) / BRANCHES
+        return ["main", *sorted(p.name for p in extra.iterdir())] if extra.is_dir() else ["main"]
+
+    def files(self, repo_id: str, revision: str | None = None) -> dict[str, Path]:
+        """{name: path} of the files at `revision` (a branch or a commit id; None: main)."""
+        if not self.repo(repo_id).is_dir():
             raise _missing(RepositoryNotFoundError, repo_id)
+        folder = self.branch(repo_id, self._branch_of(repo_id, revision))
         return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*"))
                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
 
-    def revision(self, repo_id: str) -> str:
+    def _branch_of(self, repo_id: str, revision: str | None) -> str:
+        if revision in (None, "main") or revision in self.branches(repo_id):
+            return revision or "main"
+        for branch in self.branches(repo_id):
+            if self.revision(repo_id, branch) == revision:
+                return branch
+        raise _missing(RevisionNotFoundError, repo_id, f"{repo_id}@{revision}")
+
+    def revision(self, repo_id: str, revision: str | None = None) -> str:
+        """The commit id of `revision` (a branch, or a commit id itself)."""
         digest = hashlib.sha1()
-        for name, path in self.files(repo_id).items():
+        for name, path in self.files(repo_id, revision).items():
             digest.update(f"{name}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\0".encode())
         return digest.hexdigest()
 
@@ -67,38 +88,50 @@ class StandInHub:
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def _resolve(self, repo_id: str, revision: str | None) -> str:
-        sha = self.revision(repo_id)
-        if revision not in (None, "main", sha):
-            raise _missing(RevisionNotFoundError, repo_id)
-        return sha
+        return self.revision(repo_id, revision)
 
     # -- the network edge -----------------------------------------------------------------------
 
     def dataset_info(self, api, repo_id, *, revision=None, timeout=None, files_metadata=False, **_):
         sha = self._resolve(repo_id, revision)
         siblings = [{"rfilename": name, "size": path.stat().st_size if files_metadata else None}
-                    for name, path in self.files(repo_id).items()]
+                    for name, path in self.files(repo_id, revision).items()]
         return DatasetInfo(id=repo_id, sha=sha, siblings=siblings, private=self.settings(repo_id).get("private"))
 
+    def repo_info(self, api, repo_id, *, repo_type=None, revision=None, files_metadata=False, **_):
+        if repo_type == "dataset":
+            return self.dataset_info(api, repo_id, revision=revision, files_metadata=files_metadata)
+        siblings = [{"rfilename": name} for name in self.files(repo_id, revision)]
+        return ModelInfo(id=repo_id, sha=self.revision(repo_id, revision), siblings=siblings,
+                         private=self.settings(repo_id).get("private"))
+
     def list_repo_tree(self, api, repo_id, path_in_repo=None, *, recursive=False, revision=None, **_):
-        self._resolve(repo_id, revision)
-        for name, path in self.files(repo_id).items():
+        for name, path in self.files(repo_id, revision).items():
             yield RepoFile(path=name, size=path.stat().st_size, oid=hashlib.sha1(path.read_bytes()).hexdigest())
 
-    def _file(self, url: str) -> tuple[str, str, Path]:
-        # {endpoint}/datasets/{owner}/{name}/resolve/{revision}/{file}
-        tail = unquote(url.split("/datasets/", 1)[1])
+    def list_repo_files(self, api, repo_id, *, revision=None, **_):
+        return list(self.files(repo_id, revision))
+
+    def _file(self, url: str) -> tuple[str, str, str, Path]:
+        # {endpoint}/datasets/{owner}/{name}/resolve/{revision}/{file}, or {endpoint}/{owner}/{name}/resolve/... (models)
+        tail = unquote(url[len(constants.ENDPOINT) + 1:] if url.startswith(constants.ENDPOINT) else url)
+        tail = tail.removeprefix("datasets/")
         repo_id, rest = tail.split("/resolve/", 1)
         revision, name = rest.split("/", 1)
-        return repo_id, name, self.files(repo_id)[name]
+        files = self.files(repo_id, revision)
+        if name not in files:
+            commit = {constants.HUGGINGFACE_HEADER_X_REPO_COMMIT: self.revision(repo_id, revision)}
+            raise _missing(RemoteEntryNotFoundError, repo_id, f"{repo_id}/{name}", commit)
+        return repo_id, revision, name, files[name]
 
     def get_hf_file_metadata(self, url, *args, **kwargs):
-        repo_id, name, path = self._file(url)
-        return HfFileMetadata(commit_hash=self.revision(repo_id), etag=hashlib.sha256(path.read_bytes()).hexdigest(),
+        repo_id, revision, name, path = self._file(url)
+        return HfFileMetadata(commit_hash=self.revision(repo_id, revision),
+                              etag=hashlib.sha256(path.read_bytes()).hexdigest(),
                               location=url, size=path.stat().st_size, xet_file_data=None)
 
     def http_get(self, url, temp_file, *, resume_size=0, expected_size=None, tqdm_class=None, _tqdm_bar=None, **_):
-        _, name, path = self._file(url)
+        _, _, name, path = self._file(url)
         data = path.read_bytes()
         bar = tqdm_class(total=len(data), initial=resume_size) if tqdm_class is not None else None
         for start in range(resume_size, len(data), 4096):
@@ -118,7 +151,7 @@ class StandInHub:
         if not folder.exists():
             folder.mkdir(parents=True)
             (folder / SETTINGS).write_text(json.dumps({"private": bool(private), "repo_type": repo_type}))
-        return RepoUrl(f"{constants.ENDPOINT}/datasets/{repo_id}")
+        return RepoUrl(f"{constants.ENDPOINT}/{'datasets/' if repo_type == 'dataset' else ''}{repo_id}")
 
     def upload_folder(self, api, *, repo_id, folder_path, allow_patterns=None, ignore_patterns=None, **_):
         self.files(repo_id)  # the repo must exist
@@ -129,17 +162,37 @@ class StandInHub:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(folder / name, target)
 
-    def create_commit(self, api, repo_id, operations, **_):
-        self.files(repo_id)
+    def create_branch(self, api, repo_id, *, branch, revision=None, exist_ok=False, **_):
+        source = self.files(repo_id, revision)
+        folder = self.branch(repo_id, branch)
+        if folder.exists():
+            if not exist_ok:
+                raise FileExistsError(f"{repo_id}@{branch}")
+            return
+        folder.mkdir(parents=True)
+        for name, path in source.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, folder / name)
+
+    def create_commit(self, api, repo_id, operations, *, commit_message="", revision=None, **_):
+        self.files(repo_id, revision)
+        folder = self.branch(repo_id, self._branch_of(repo_id, revision))
         for op in operations:
-            target = self.repo(repo_id) / op.path_in_repo
+            target = folder / op.path_in_repo
+            if isinstance(op, CommitOperationDelete):
+                target.unlink()
+                continue
             target.parent.mkdir(parents=True, exist_ok=True)
             content = op.path_or_fileobj
             target.write_bytes(content if isinstance(content, bytes) else Path(content).read_bytes())
+        oid = self.revision(repo_id, revision)
+        return CommitInfo(commit_url=f"{constants.ENDPOINT}/{repo_id}/commit/{oid}", commit_message=commit_message,
+                          commit_description="", oid=oid)
 
     def install(self, setattr_=setattr) -> "StandInHub":
         """Route huggingface_hub's network edge here (`setattr_`: e.g. pytest's monkeypatch.setattr)."""
-        for name in ("dataset_info", "list_repo_tree", "create_repo", "upload_folder", "create_commit"):
+        for name in ("dataset_info", "repo_info", "list_repo_tree", "list_repo_files", "create_repo", "create_branch",
+                     "upload_folder", "create_commit"):
             method = getattr(self, name)
             setattr_(HfApi, name, lambda api, *args, _m=method, **kwargs: _m(api, *args, **kwargs))
         setattr_(file_download, "get_hf_file_metadata", self.get_hf_file_metadata)

@@ -1,11 +1,14 @@
 """Every distributed path on CPU processes over gloo: FSDP2, two machines on 127.0.0.1, torch.compile under DDP,
-a killed rank restarted by torch elastic, a hung rank ending the others, and every accelerate config as documented.
+a killed rank restarted by torch elastic, a lost node survived by the others, a hung rank ending the others, and
+every accelerate config as documented.
 
 All runs share one layout (8 steps of 8 x 32 tokens on 2 processes) so that any two can be compared step by step.
 """
 
 import json
+import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -220,6 +223,81 @@ def test_a_killed_rank_is_restarted_and_the_run_ends_as_if_uninterrupted(data_di
     assert_same_weights(ddp / "final", tmp_path / "final")  # fp32: exactly
 
 
+def elastic_node(node: int, port: int, train: list[str], last_call: int = 5) -> subprocess.Popen:
+    """Node `node` of 2 as scripts/slurm_multinode.sbatch starts it (srun runs scripts/elastic_node.sh with SLURM_*
+    set), on 127.0.0.1 with one process of one thread: CPU matmuls sum in an order that follows the thread count,
+    and accelerate launch gives each of the reference's two processes one thread."""
+    env = {**os.environ, "SLURM_NODEID": str(node), "SLURM_NNODES": "2", "SLURM_JOB_ID": f"test-{port}",
+           "RDZV_HOST": "127.0.0.1", "RDZV_PORT": str(port), "GPUS_PER_NODE": "1", "MAX_RESTARTS": "1",
+           "LAST_CALL_SECONDS": str(last_call), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([str(REPO / "scripts" / "elastic_node.sh"), *train], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_a_lost_node_leaves_the_run_on_the_other_which_ends_as_a_switch_to_one_process_would(data_dir, ddp,
+                                                                                            tmp_path):
+    train = train_argv("--data-dir", data_dir, "--run-dir", tmp_path, *COMMON, "--save-every", 2)
+    port = free_port()
+    # Node 1 first: ranks follow the agents' pids, so the node lost below holds rank 0 (the one that logs and
+    # saves) and the workers' store; node 0 hosts the rendezvous, the one node a run cannot lose.
+    nodes = {1: elastic_node(1, port, train)}
+    nodes[0] = elastic_node(0, port, train)
+    try:
+        wait_for(lambda: (tmp_path / "checkpoint-000004").is_dir(), nodes[0])
+        lost = psutil.Process(nodes[1].pid)
+        for process in [lost, *lost.children(recursive=True)]:  # the node: its agent and its worker, no notice
+            process.kill()
+        lost_stdout = nodes[1].communicate(timeout=60)[0]
+        stdout, stderr = nodes[0].communicate(timeout=600)
+    finally:
+        for node in nodes.values():
+            stop_all(node)
+    assert nodes[0].returncode == 0, stderr[-3000:]
+    assert "2 process(es)" in lost_stdout  # the lost node held rank 0
+    resumed = re.search(rf"resumed from {re.escape(str(tmp_path))}/checkpoint-\d+ at step (\d+)", stdout)
+    assert resumed, stdout
+    step = int(resumed[1])
+    # the same 256 tokens a step: 4 x 32 x 1 process x 2 micro-steps instead of 4 x 32 x 2 processes x 1
+    assert "batch: 256 tokens/step = 4 x 32 x 1 processes x 2 accumulation" in stdout
+    assert "[rank0]: Traceback" not in stderr
+    switched = tmp_path / "switched"  # 2 processes to `step`, then 1: the reference's checkpoint resumed here
+    result = run_cli("--data-dir", data_dir, "--run-dir", switched, *COMMON, "--resume", ddp / f"checkpoint-{step:06d}",
+                     env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_weights(switched / "final", tmp_path / "final", atol=1e-7)
+    assert losses(tmp_path) == losses(ddp)[:step] + losses(switched)
+
+
+@pytest.mark.slow
+def test_a_node_that_joins_is_taken_in_at_a_save_and_the_run_goes_on_with_both(data_dir, tmp_path):
+    # 16 micro-steps a step on one process: slow enough for the second node to start while the first trains alone
+    layout = ["--max-steps", 20, "--total-batch-tokens", 16 * 4 * SEQ, "--micro-batch-size", 4]
+    train = train_argv("--data-dir", data_dir, "--run-dir", tmp_path / "run", *layout, "--resume", "auto")
+    port = free_port()
+    nodes = {0: elastic_node(0, port, train, last_call=1)}
+    try:
+        wait_for(lambda: (tmp_path / "run" / "metrics.jsonl").exists(), nodes[0])  # training alone
+        nodes[1] = elastic_node(1, port, train)
+        outputs = {n: node.communicate(timeout=600) for n, node in nodes.items()}
+    finally:
+        for node in nodes.values():
+            stop_all(node)
+    for n, node in nodes.items():
+        assert node.returncode == 0, outputs[n][1][-3000:]
+    stdout = outputs[0][0]
+    # the agents stop their processes (SIGTERM) to take the new node in: a save first, so that nothing is lost
+    stopped = re.search(r"stop requested: saved (\S+/checkpoint-(\d+)); continue: --resume auto", stdout)
+    assert stopped, stdout
+    step = int(stopped[2])
+    assert f"resumed from {stopped[1]} at step {step}" in stdout and 0 < step < 20
+    assert "1 processes x 16 accumulation" in stdout and "2 processes x 8 accumulation" in stdout
+    reference = tmp_path / "reference"  # that checkpoint resumed on 2 processes by hand
+    launch("cpu_2proc.yaml", "--data-dir", data_dir, "--run-dir", reference, *layout, "--resume", stopped[1])
+    assert_same_weights(reference / "final", tmp_path / "run" / "final")
+    assert losses(tmp_path / "run")[step:] == losses(reference)
+
+
 @pytest.mark.slow
 def test_a_hung_rank_ends_the_others_after_the_collective_timeout_in_one_line(data_dir, tmp_path):
     process = subprocess.Popen(
@@ -301,3 +379,33 @@ def test_every_launch_command_in_the_readme_table_has_a_batch_its_processes_divi
         _, s = parse_settings(shlex.split(args))
         per_micro_step = s.micro_batch_size * s.seq_len * int(processes)
         assert s.total_batch_tokens % per_micro_step == 0, (args, processes)  # else train.py refuses to start
+
+
+def test_the_slurm_script_starts_on_every_node_the_elastic_launch_the_readme_documents():
+    readme = (REPO / "README.md").read_text()
+    sbatch = (REPO / "scripts" / "slurm_multinode.sbatch").read_text()
+    node_script = (REPO / "scripts" / "elastic_node.sh").read_text()
+    for script in ("slurm_multinode.sbatch", "elastic_node.sh"):
+        assert subprocess.run(["bash", "-n", str(REPO / "scripts" / script)]).returncode == 0
+    # a lost node leaves the job allocated (--no-kill) and its step running; one torch elastic agent per node
+    assert {"--no-kill", "--ntasks-per-node=1", "--requeue"} <= set(re.findall(r"^#SBATCH (\S+)", sbatch, re.M))
+    srun = next(line for line in re.sub(r"\\\n\s*", " ", sbatch).splitlines() if line.startswith("srun "))
+    documented = re.search(r"`(srun [^`]+)`", readme)[1]
+    assert shlex.split(srun) == shlex.split(documented)
+    assert {"--no-kill", "--kill-on-bad-exit=0"} <= set(shlex.split(srun))
+    node_command = shlex.split(srun)[shlex.split(srun).index("scripts/elastic_node.sh"):]
+    by_hand = re.search(r"^    (SLURM_NODEID=I .*)$", readme, re.M)[1].split()
+    assert by_hand[by_hand.index("scripts/elastic_node.sh"):] == node_command
+    assert set(re.findall(r"^export (\w+)", sbatch, re.M)) <= set(re.findall(r"\$\{(\w+)", node_script))
+
+    # what the script runs, with the README's placeholders for a node's values: the README's torchrun line
+    env = {**os.environ, "SLURM_NODEID": "0", "SLURM_NNODES": "N", "SLURM_JOB_ID": "gpt2", "RDZV_HOST": "NODE0",
+           "PYTHON": "echo"}
+    ran = subprocess.run([str(REPO / "scripts" / "elastic_node.sh"), *node_command[1:]], env=env, cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout.split()
+    torchrun = re.search(r"^    (\.venv/bin/python -m torch\.distributed\.run .*)$", readme, re.M)[1].split()
+    assert [word.replace("is_host=1", "is_host=IS_NODE0") for word in ran] == torchrun[1:]
+    from torch.distributed.run import get_args_parser
+
+    args = get_args_parser().parse_args([a.replace("1:N", "1:2") for a in torchrun[3:]])  # every flag is torchrun's
+    assert (args.rdzv_backend, args.nnodes, args.max_restarts) == ("c10d", "1:2", 3)

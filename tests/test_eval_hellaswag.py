@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -353,6 +354,50 @@ def test_hub_id_offline_is_a_one_line_error_that_says_how_to_work_offline():
     message = str(error.value)
     assert "'gpt2'" in message and "HF_HUB_OFFLINE=1" in message and "local save_pretrained directory" in message
     assert "\n" not in message
+
+
+
+def test_a_hub_id_where_the_hub_does_not_answer_fails_after_one_short_call(monkeypatch, tmp_path):
+    # HF_HUB_OFFLINE unset on a machine without network: one metadata call with the short timeout decides, not the
+    # download retries of most of a minute (counted here, not timed: every call goes through this client)
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub.utils import _http
+
+    from gpt2repro.hub import HUB_TIMEOUT
+
+    requests = []
+
+    def no_network(request):
+        requests.append(request)
+        raise httpx2.ConnectError("[Errno 101] Network is unreachable", request=request)
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(no_network)))
+    try:
+        with pytest.raises(ev.ModelLoadError) as error:
+            ev.load_model("openai-community/gpt2", "cpu", torch.float32)
+    finally:
+        huggingface_hub.set_client_factory(_http.default_client_factory)
+    assert len(requests) == 1, [str(r.url) for r in requests]
+    assert requests[0].extensions["timeout"]["connect"] == HUB_TIMEOUT
+    message = str(error.value)
+    assert message.startswith("cannot load model 'openai-community/gpt2'") and "\n" not in message
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("runs/x/finl", "no such local directory, and not a Hub repo id (Repo id must be in the form"),
+    ("not a repo id!!", "no such local directory, and not a Hub repo id (Repo id must use alphanumeric"),
+])
+def test_a_model_that_is_neither_a_directory_nor_a_repo_id_is_named_without_a_hub_call(monkeypatch, name,
+                                                                                        expected):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(ev, "repo_info", lambda *a, **k: pytest.fail("asked the Hub"))
+    with pytest.raises(ev.ModelLoadError, match=re.escape(f"cannot load model {name!r}: {expected}")):
+        ev.load_model(name, "cpu", torch.float32)
 
 
 def damaged_model_dir(path, gpt2, tokenizer, file, data: bytes | None = None):

@@ -1,20 +1,27 @@
 """Faults a long run meets: a full disk, out-of-memory, a damaged shard, a checkpoint changed on disk, bad numbers."""
 
 import json
+import os
 import resource
 import shlex
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import SEQ, TINY, assert_same_weights, launcher, logged, run_cli, run_in_process
+from conftest import REPO, SEQ, TINY, assert_same_weights, launcher, logged, run_cli, run_in_process, train_argv
 
 import prepare_data
 import train
 from gpt2repro import checkpoints
 from gpt2repro.checkpoints import STATE_FILE, find_resume_checkpoint
+from gpt2repro.dir_lock import LOCK_NAME
 from gpt2repro.token_shards import write_shard
 
 
@@ -63,6 +70,47 @@ def test_a_full_disk_save_names_the_intact_checkpoint_removes_the_temp_folder_an
     assert not list(run.glob(".tmp-*")) and [p.name for p in run.glob("checkpoint-*")] == ["checkpoint-000001"]
 
     monkeypatch.setattr(train, "save_checkpoint", save_checkpoint)
+    run_in_process(*shlex.split(message.split("continue with: python train.py ")[1])[len(TINY):])
+    assert_same_weights(tmp_path / "whole" / "final", run / "final")
+    assert logged(run, "loss") == logged(tmp_path / "whole", "loss")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("log_with", ["none", "tensorboard"])
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # a traceback beside the line
+def test_a_full_disk_while_logging_ends_in_one_line_and_the_resume_is_exact(data_dir, tmp_path, monkeypatch,
+                                                                            log_with):
+    from gpt2repro.run_log import RunLog
+
+    common = ["--data-dir", data_dir, "--max-steps", 4, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ,
+              "--save-every", 1, "--keep-checkpoints", 3, "--log-with", log_with]
+    run_in_process(*common, "--run-dir", tmp_path / "whole")
+
+    log_metrics, rows = RunLog.metrics, []
+
+    def third_row_on_a_full_disk(self, step, values):  # as `ulimit -f`: files stop growing mid-write (EFBIG)
+        rows.append(step)
+        if len(rows) != 3:
+            return log_metrics(self, step, values)
+        # metrics.jsonl: a torn row; tensorboard: its event file cannot grow at all (the tracker writes first)
+        room = 20 if log_with == "none" else 0
+        limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.run_dir.metrics.stat().st_size + room, limits[1]))
+        try:
+            return log_metrics(self, step, values)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+
+    monkeypatch.setattr(RunLog, "metrics", third_row_on_a_full_disk)
+    run = tmp_path / "run"
+    message = run_for_error(*common, "--run-dir", run)
+    assert message.startswith(f"error: could not write the run's logs in {run} (")
+    assert f"the newest intact checkpoint is {run / 'checkpoint-000002'}" in message
+    assert message.endswith("--resume auto") and "continue with: python train.py" in message
+    if log_with == "none":
+        assert not (run / "metrics.jsonl").read_text().endswith("\n")  # the torn row the resume drops
+
+    monkeypatch.setattr(RunLog, "metrics", log_metrics)
     run_in_process(*shlex.split(message.split("continue with: python train.py ")[1])[len(TINY):])
     assert_same_weights(tmp_path / "whole" / "final", run / "final")
     assert logged(run, "loss") == logged(tmp_path / "whole", "loss")
@@ -257,3 +305,109 @@ def test_a_damaged_downloaded_shard_is_fetched_again_by_the_command_its_line_giv
     prepare_data.main(shlex.split(command)[2:])
     assert shard.read_bytes() == intact
     check_shards(out)
+
+
+# ---- two processes, one directory ----
+
+
+def test_a_lock_held_only_by_the_orphans_of_a_dead_command_is_set_aside_and_a_live_one_refuses(tmp_path):
+    from gpt2repro import dir_lock
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    # a forked child of the dead command still holds the lock it inherited
+    hold = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
+            "print('locked', flush=True); time.sleep(600)")
+    orphan = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / LOCK_NAME)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert orphan.stdout.readline() == "locked\n"
+        with dir_lock.exclusive(tmp_path, "--out", "choose another --out"):
+            assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+            with pytest.raises(dir_lock.DirectoryInUseError) as refused:  # this process, as a second command
+                dir_lock.acquire(tmp_path, "--out", "choose another --out")
+    finally:
+        orphan.kill()
+        orphan.communicate()
+    assert str(refused.value).startswith(f"--out {tmp_path} is in use by ")
+    assert f"(pid {os.getpid()} on {socket.gethostname()}, since " in str(refused.value)
+    assert not (tmp_path / LOCK_NAME).exists()  # released: nothing left behind
+
+
+def holding(directory, process) -> dict:
+    """Once `process` holds `directory`'s lock: who the lock file says holds it."""
+    lock, deadline = directory / LOCK_NAME, time.time() + 300
+    while not (lock.exists() and lock.read_text()):
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+    return json.loads(lock.read_text())
+
+
+def started(argv) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *map(str, argv)], cwd=REPO, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def snapshot(directory) -> dict:
+    return {p.relative_to(directory).as_posix(): p.stat().st_mtime_ns for p in directory.rglob("*")}
+
+
+@pytest.mark.slow
+def test_a_second_training_in_a_run_directory_is_refused_naming_the_first_and_a_killed_runs_lock_blocks_nothing(
+    data_dir, tmp_path
+):
+    common = ["--data-dir", data_dir, "--run-dir", tmp_path, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ,
+              "--save-every", 1]
+    first = started(train_argv(*common, "--max-steps", 10_000))
+    try:
+        holder = holding(tmp_path, first)
+        while not (tmp_path / "checkpoint-000001").is_dir():  # a checkpoint the second one would resume from
+            assert first.poll() is None, first.communicate()[1][-3000:]
+            time.sleep(0.05)
+        first.send_signal(signal.SIGSTOP)  # still running, frozen so that its files can be compared
+        before = snapshot(tmp_path)
+        message = run_for_error(*common, "--max-steps", 4, "--resume", "auto")
+        assert message.startswith(f"error: --run-dir {tmp_path} is in use by train.py (pid {first.pid} on "
+                                  f"{socket.gethostname()}, since ") and message.endswith("use another --run-dir")
+        assert holder["pid"] == first.pid and snapshot(tmp_path) == before  # refused before touching anything
+        first.send_signal(signal.SIGKILL)  # a crash: its lock file stays, its lock goes with it
+        first.communicate()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert (tmp_path / LOCK_NAME).exists()
+    run_in_process(*common, "--max-steps", 4, "--resume", "auto")
+    assert (tmp_path / "final").is_dir() and not (tmp_path / LOCK_NAME).exists()
+
+
+@pytest.mark.slow
+def test_a_second_preparation_into_one_out_is_refused_and_a_killed_ones_lock_blocks_nothing(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((REPO / "gpt2repro" / "assets" / "tinyshakespeare.txt").read_text() * 4)
+    args = [corpus, "--out", tmp_path / "out", "--shard-tokens", 100_000, "--val-split-tokens", 2048,
+            "--num-proc", 1]
+    first = started([REPO / "prepare_data.py", *args])
+    try:
+        holder = holding(tmp_path / "out", first)
+        first.send_signal(signal.SIGSTOP)
+        assert first.poll() is None and (tmp_path / "out" / LOCK_NAME).exists()  # not finished before the stop
+        with pytest.raises(SystemExit) as exit_info:
+            prepare_data.main(list(map(str, args)))
+        message = str(exit_info.value)
+        assert message.startswith(f"error: --out {tmp_path / 'out'} is in use by prepare_data.py (pid {first.pid} on "
+                                  f"{socket.gethostname()}, since ") and "\n" not in message, message
+        assert holder["pid"] == first.pid
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    prepare_data.main(list(map(str, args)))  # resumes what the killed one left
+    prepare_data.main(list(map(str, [*args[:2], tmp_path / "whole", *args[3:]])))
+    out, whole = tmp_path / "out", tmp_path / "whole"
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in whole.iterdir())
+    for shard in whole.glob("*.bin"):
+        assert (out / shard.name).read_bytes() == shard.read_bytes()

@@ -346,6 +346,27 @@ def test_nccl_errors_raise_in_python_unless_the_user_chose_otherwise(users, expe
     assert os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == expected
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("users, expected", [(None, False), ("1", True)])
+def test_under_torchrun_the_agents_default_is_not_taken_for_the_users_choice(users, expected, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    # torch elastic's agent gives every worker TORCH_NCCL_ASYNC_ERROR_HANDLING=1 when the user set nothing
+    script = tmp_path / "worker.py"
+    script.write_text("import os\nfrom gpt2repro.launch import nccl_error_handling_chosen\n"
+                      "print('seen', os.environ['TORCH_NCCL_ASYNC_ERROR_HANDLING'], 'chosen', nccl_error_handling_chosen())\n")
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_NCCL_ASYNC_ERROR_HANDLING"}
+    env["PYTHONPATH"] = str(REPO)
+    if users is not None:
+        env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = users
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
+                             str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert f"seen 1 chosen {expected}" in result.stdout, result.stdout + result.stderr
+
+
 # ---- FlashAttention-3 through `kernels`: optional, with a clean fallback ----
 
 

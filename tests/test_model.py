@@ -13,7 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from configuration_gpt2repro import HUB_NAMES, PRESETS, GPT2ReproConfig
 from modeling_gpt2repro import GPT2ReproForCausalLM
-from gpt2repro.tokenizer import EOT_ID, VOCAB_SIZE, load_tokenizer
+from gpt2repro.tokenizer import EOT_ID, VOCAB_SIZE, load_tokenizer, save_tokenizer
 
 
 def random_gpt2(n_layer=2, n_head=2, n_embd=64, n_positions=64):
@@ -235,6 +235,39 @@ def test_to_gpt2_round_trip_loads_in_plain_transformers(tmp_path):
         assert (again(input_ids).logits - ours(input_ids).logits).abs().max() < 1e-5
 
 
+def test_the_export_holds_what_gpt2_clients_read_and_loads_from_its_files_alone(tiny_config, tmp_path):
+    from transformers import GPT2Tokenizer
+
+    from gpt2repro.export import ConversionError, export_gpt2, save_ours
+
+    ours = GPT2ReproForCausalLM(tiny_config).eval()
+    save_ours(ours, tmp_path / "ours")
+    export_gpt2(tmp_path / "ours", tmp_path / "plain")
+    plain = tmp_path / "plain"
+    assert sorted(p.name for p in plain.iterdir()) == ["config.json", "generation_config.json", "merges.txt",
+                                                        "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                                                        "vocab.json"]  # no model code
+    config = json.loads((plain / "config.json").read_text())
+    assert (config["model_type"], config["architectures"], config["vocab_size"]) == ("gpt2", ["GPT2LMHeadModel"],
+                                                                                    VOCAB_SIZE)
+    # llama.cpp's convert_hf_to_gguf.py reads these for GPT2LMHeadModel; OpenAI's config has n_ctx
+    assert config["n_ctx"] == config["n_positions"] == tiny_config.n_positions
+    assert {"n_embd", "n_head", "n_layer", "layer_norm_epsilon"} <= set(config) and "auto_map" not in config
+    generation = json.loads((plain / "generation_config.json").read_text())
+    assert generation["bos_token_id"] == generation["eos_token_id"] == EOT_ID
+    tokenizer_config = json.loads((plain / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "GPT2TokenizerFast"
+    assert tokenizer_config["model_max_length"] == tiny_config.n_positions
+    # a 4.x-style load: the class named in the files, the slow tokenizer from vocab.json and merges.txt
+    gpt2 = GPT2LMHeadModel.from_pretrained(plain).eval()
+    ids = GPT2Tokenizer.from_pretrained(plain)("Hello, I'm a language model,", return_tensors="pt").input_ids
+    assert ids[0].tolist() == [15496, 11, 314, 1101, 257, 3303, 2746, 11]
+    with torch.no_grad():
+        assert (gpt2(ids).logits - ours(ids).logits).abs().max() < 1e-5
+    with pytest.raises(ConversionError, match="not a gpt2repro checkpoint"):  # the other direction's input
+        export_gpt2(plain, tmp_path / "again")
+
+
 def test_from_gpt2_offline_hub_id_is_a_clear_error():
     with pytest.raises(OSError, match="pass a local directory"):
         GPT2ReproForCausalLM.from_gpt2("openai-community/not-a-real-model-xyz")
@@ -259,6 +292,22 @@ def test_convert_cli_both_directions(tmp_path):
     assert missing.returncode != 0 and missing.stderr.startswith("error:")
 
 
+
+def test_converting_in_the_wrong_direction_says_which_direction_in_one_line(tiny_config, tmp_path):
+    import convert_gpt2
+
+    GPT2ReproForCausalLM(tiny_config).save_pretrained(tmp_path / "ours")
+    random_gpt2().save_pretrained(tmp_path / "gpt2")
+    for direction, source, expected in [("from-gpt2", "ours", "already a gpt2repro checkpoint"),
+                                        ("to-gpt2", "gpt2", "already a GPT-2 checkpoint")]:
+        with pytest.raises(SystemExit) as exit_info:
+            convert_gpt2.main([direction, str(tmp_path / source), str(tmp_path / "out")])
+        message = str(exit_info.value)
+        assert message.startswith(f"error: {tmp_path / source} is already") and "\n" not in message, message
+        assert expected in message and "convert_gpt2.py " in message
+        assert not (tmp_path / "out").exists()
+
+
 # ---- checkpoints load anywhere ----
 
 
@@ -267,7 +316,7 @@ def test_checkpoint_loads_through_auto_classes_from_a_foreign_directory(tiny_con
     model = GPT2ReproForCausalLM(tiny_config).eval()
     checkpoint = tmp_path / "checkpoint"
     model.save_pretrained(checkpoint)
-    load_tokenizer().save_pretrained(checkpoint)
+    save_tokenizer(checkpoint, tiny_config.n_positions)  # as train.py saves it
     assert (checkpoint / "model.safetensors").exists()
     assert {"modeling_gpt2repro.py", "configuration_gpt2repro.py"} <= {p.name for p in checkpoint.glob("*.py")}
     auto_map = json.loads((checkpoint / "config.json").read_text())["auto_map"]

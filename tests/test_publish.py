@@ -1,23 +1,34 @@
-"""Publishing: the model card round-trips through huggingface_hub, the upload holds exactly what a user needs
-(the Hub intercepted at its commit call), eval_hellaswag.py adds its results to a Hub card, and the trackers
-record exactly the scalars of metrics.jsonl."""
+"""Publishing: the model card round-trips through huggingface_hub; a push puts transformers' own GPT-2 on the
+repo's main branch and our checkpoint on a branch, exactly the files their users need, and both load as users load
+them (against the stand-in Hub, tests/stand_in_hub.py); eval_hellaswag.py adds its results to the Hub card; the
+trackers record exactly the scalars of metrics.jsonl."""
 
 import json
 import math
+import os
+import subprocess
 import sys
+import textwrap
 
 import huggingface_hub
 import pytest
+import torch
 from conftest import REPO, SEQ, as_hub_dataset, run_in_process
-from huggingface_hub import HfApi, ModelCard
+from huggingface_hub import HfApi, ModelCard, constants
 
 from gpt2repro import model_card
 from gpt2repro import report as reporting
+from gpt2repro.report import SAMPLE_PROMPT
 
 FIXTURE = REPO / "tests" / "fixtures" / "hellaswag_tiny.jsonl"
-USER_FILES = ["README.md", "config.json", "configuration_gpt2repro.py", "curves.png", "generation_config.json",
-              "model.safetensors", "modeling_gpt2repro.py", "report.json", "report.md", "tokenizer.json",
-              "tokenizer_config.json"]
+TOKENIZER_FILES = ["merges.txt", "tokenizer.json", "tokenizer_config.json", "vocab.json"]
+REPORT_FILES = ["README.md", "curves.png", "report.json", "report.md"]
+# our checkpoint, as train.py saves it (training_state/ aside)
+USER_FILES = sorted([*REPORT_FILES, *TOKENIZER_FILES, "config.json", "configuration_gpt2repro.py",
+                     "generation_config.json", "model.safetensors", "modeling_gpt2repro.py"])
+# transformers' own GPT-2, as OpenAI's gpt2 repo holds it, with the card and the report
+NATIVE_FILES = sorted([*REPORT_FILES, *TOKENIZER_FILES, "config.json", "generation_config.json", "model.safetensors"])
+REPO_ID = "someone/gpt2-repro"
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +63,11 @@ def make_report(run_dir, data_dir, **final_eval):
 def checkpoint(tmp_path, tiny_config, fineweb_edu):
     """A final/ folder as train.py leaves it: save_pretrained + tokenizer + card + training_state/."""
     from modeling_gpt2repro import GPT2ReproForCausalLM
-    from gpt2repro.tokenizer import load_tokenizer
+    from gpt2repro.tokenizer import save_tokenizer
 
     run_dir, folder = tmp_path / "run", tmp_path / "run" / "final"
     GPT2ReproForCausalLM(tiny_config).save_pretrained(folder)
-    load_tokenizer().save_pretrained(folder)
+    save_tokenizer(folder, tiny_config.n_positions)
     (folder / "training_state").mkdir()
     for name in ("optimizer.bin", "random_states_0.pkl", "trainer_state.json"):
         (folder / "training_state" / name).write_bytes(b"state")
@@ -133,6 +144,19 @@ def test_a_card_of_local_data_names_no_hub_dataset_and_a_partial_run_says_so(tmp
     assert "No published GPT-2 validation loss exists for this data" in card.text
 
 
+def test_the_card_and_report_of_a_run_from_openai_gpt2_name_and_link_its_base_model(tmp_path, data_dir):
+    facts = dict(command=["train.py", "--init-from", "gpt2"], preset="tiny", world_size=1, device_type="cpu", steps=10,
+                 tokens=40_960, n_params=124_439_808, settings=dict(model="gpt2-124m", init_from="gpt2",
+                                                                   data_dir=str(data_dir), max_steps=10),
+                 final_eval=dict(val_loss=3.5))
+    report = reporting.write_report(tmp_path, facts)
+    assert report["base_model"] == {"name": "gpt2", "hub_id": "openai-community/gpt2"}
+    assert "- started from the weights of `openai-community/gpt2` (--init-from)" in (tmp_path / "report.md").read_text()
+    card = ModelCard(str(model_card.build_model_card(report, REPO_ID)))  # as the Hub parses it
+    assert card.data.base_model == "openai-community/gpt2" and "pretrained-from-scratch" not in card.data.tags
+    assert card.text.splitlines()[2].startswith("GPT-2 trained on from `openai-community/gpt2` with gpt2repro's")
+
+
 def test_added_eval_results_replace_what_they_measure_again_and_keep_the_rest(checkpoint, fineweb_edu):
     card = ModelCard.load(checkpoint / "README.md")
     before = len(card.data.eval_results)
@@ -185,15 +209,90 @@ def test_the_card_of_an_unpushed_tiny_run_tells_the_truth(tmp_path, data_dir, ti
 # ---- the upload ----
 
 
-def test_push_uploads_exactly_the_users_files_never_training_state(checkpoint, monkeypatch):
-    hub = FakeHub(monkeypatch)
-    model_card.push_to_hub(checkpoint, "someone/gpt2-repro", private=True)
-    assert hub.repos == [("someone/gpt2-repro", {"private": True, "exist_ok": True})]
-    [(repo_id, operations, _)] = hub.commits
-    assert repo_id == "someone/gpt2-repro"
-    assert sorted(op.path_in_repo for op in operations) == USER_FILES
-    weights = next(op for op in operations if op.path_in_repo == "model.safetensors")
-    assert weights.path_or_fileobj == str(checkpoint / "model.safetensors")
+@pytest.fixture
+def online(hub, monkeypatch):
+    """The stand-in Hub, reachable: huggingface_hub out of the offline mode conftest sets."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    return hub
+
+
+def test_a_push_puts_native_gpt2_on_main_and_our_checkpoint_on_its_branch(checkpoint, online):
+    model_card.push_to_hub(checkpoint, REPO_ID, private=True)
+    main, branch = online.files(REPO_ID), online.files(REPO_ID, model_card.GPT2REPRO_BRANCH)
+    assert sorted(main) == NATIVE_FILES and sorted(branch) == USER_FILES  # never training_state/
+    assert online.settings(REPO_ID)["private"]
+    config = json.loads(main["config.json"].read_text())
+    assert (config["model_type"], config["architectures"], config["vocab_size"]) == ("gpt2", ["GPT2LMHeadModel"], 50257)
+    assert config["n_ctx"] == config["n_positions"] == 64 and "auto_map" not in config  # n_ctx: llama.cpp reads it
+    assert json.loads(main["tokenizer_config.json"].read_text())["model_max_length"] == 64
+    assert json.loads(branch["config.json"].read_text())["model_type"] == "gpt2repro"
+    assert branch["model.safetensors"].read_bytes() == (checkpoint / "model.safetensors").read_bytes()
+
+    card = ModelCard.load(main["README.md"])
+    assert (card.data.library_name, card.data.pipeline_tag, card.data.license) == ("transformers", "text-generation",
+                                                                                   "mit")
+    assert card.data.datasets == ["HuggingFaceFW/fineweb-edu"] and "gpt2" in card.data.tags
+    assert card.data.eval_results  # the model-index of the run
+    assert f'name = "{REPO_ID}"\nmodel = AutoModelForCausalLM.from_pretrained(name)\n' in card.text
+    pinned = online.revision(REPO_ID, model_card.GPT2REPRO_BRANCH)
+    assert f'from_pretrained("{REPO_ID}", revision="{pinned}", trust_remote_code=True)' in card.text
+    assert "![training curves](curves.png)" in card.text
+    # the branch's own card loads the branch
+    assert 'from_pretrained(name, revision="gpt2repro", trust_remote_code=True)' in branch["README.md"].read_text()
+
+
+def test_pushed_main_loads_with_no_remote_code_and_greedy_tokens_equal_ours(checkpoint, online):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, pipeline
+
+    from modeling_gpt2repro import GPT2ReproForCausalLM
+
+    ours = GPT2ReproForCausalLM.from_pretrained(checkpoint).eval()
+    model_card.push_to_hub(checkpoint, REPO_ID)
+    tokenizer = AutoTokenizer.from_pretrained(REPO_ID)
+    ids = tokenizer(SAMPLE_PROMPT, return_tensors="pt").input_ids
+    expected = ours.generate(ids, max_new_tokens=8, do_sample=False)
+    native = AutoModelForCausalLM.from_pretrained(REPO_ID)  # no trust_remote_code
+    assert type(native) is GPT2LMHeadModel and native.lm_head.weight is native.transformer.wte.weight
+    assert torch.equal(native.generate(ids, max_new_tokens=8, do_sample=False), expected)
+    generator = pipeline("text-generation", model=REPO_ID)
+    text = generator(SAMPLE_PROMPT, max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    assert text == tokenizer.decode(expected[0])
+    # the branch, at the commit the card pins
+    pinned = online.revision(REPO_ID, model_card.GPT2REPRO_BRANCH)
+    branch = AutoModelForCausalLM.from_pretrained(REPO_ID, revision=pinned, trust_remote_code=True).eval()
+    assert torch.equal(branch.generate(ids, max_new_tokens=8, do_sample=False), expected)
+
+
+@pytest.mark.slow
+def test_the_branch_loads_with_its_own_remote_code_where_gpt2repro_is_not_installed(checkpoint, hub, tmp_path):
+    model_card.push_to_hub(checkpoint, REPO_ID)
+    pinned = hub.revision(REPO_ID, model_card.GPT2REPRO_BRANCH)
+    script = textwrap.dedent(f"""
+        import sys
+        from transformers import AutoModelForCausalLM
+        assert "modeling_gpt2repro" not in sys.modules
+        model = AutoModelForCausalLM.from_pretrained({REPO_ID!r}, revision={pinned!r}, trust_remote_code=True)
+        print(type(model).__module__, type(model).__name__)
+    """)
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"),
+           "GPT2REPRO_STAND_IN_HUB": str(hub.root), "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "stand_in_hub_site"), str(REPO)])}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    module, name = result.stdout.split()[-2:]
+    assert module.startswith("transformers_modules.") and name == "GPT2ReproForCausalLM"
+
+
+@pytest.mark.parametrize("hub_format", ["native", "gpt2repro"])
+def test_a_flag_pushes_one_format_alone_onto_main_replacing_the_other(checkpoint, online, hub_format):
+    other = "gpt2repro" if hub_format == "native" else "native"
+    model_card.push_to_hub(checkpoint, REPO_ID, hub_format=other)
+    model_card.push_to_hub(checkpoint, REPO_ID, hub_format=hub_format)
+    assert online.branches(REPO_ID) == ["main"]
+    main = online.files(REPO_ID)
+    assert sorted(main) == (NATIVE_FILES if hub_format == "native" else USER_FILES)  # the other's model code gone
+    text = ModelCard.load(main["README.md"]).text
+    assert ("trust_remote_code" in text) == (hub_format == "gpt2repro") and "revision=" not in text
 
 
 def test_a_private_push_to_an_existing_public_repo_uploads_nothing(checkpoint, monkeypatch):
@@ -217,8 +316,8 @@ def test_push_offline_is_one_line_naming_a_retry_without_training_state(checkpoi
         model_card.push_to_hub(checkpoint, "someone/gpt2-repro", private=True)
     message = str(error.value)
     assert message.startswith(f"could not push {checkpoint} to someone/gpt2-repro") and "\n" not in message
-    assert f"checkpoint is intact: retry with `hf upload someone/gpt2-repro {checkpoint} . --exclude " \
-           "'training_state/*' --private`" in message
+    assert f"checkpoint is intact: retry with `python convert_gpt2.py push {checkpoint} someone/gpt2-repro --private`" \
+        in message
 
 
 def test_eval_hellaswag_push_results_adds_to_the_hub_card_and_uploads_only_readme(checkpoint, tmp_path, monkeypatch,
@@ -256,6 +355,23 @@ def test_eval_hellaswag_push_results_adds_to_the_hub_card_and_uploads_only_readm
     }
     row = f"| HellaSwag acc, completion style [4 items] | {100 * summary['hellaswag_completion_acc']:.2f} | 28.59 |"
     assert "## Evaluation (eval_hellaswag.py)" in card.text and row in card.text
+
+
+def test_pushed_results_land_on_the_card_of_main_which_keeps_both_formats(checkpoint, online, monkeypatch, tiny_config):
+    import eval_hellaswag as ev
+    from modeling_gpt2repro import GPT2ReproForCausalLM
+    from gpt2repro.tokenizer import load_tokenizer
+
+    model_card.push_to_hub(checkpoint, REPO_ID)
+    branch_card = online.files(REPO_ID, model_card.GPT2REPRO_BRANCH)["README.md"].read_text()
+    monkeypatch.setattr(ev, "load_model", lambda name, device, dtype: (GPT2ReproForCausalLM(tiny_config).eval(),
+                                                                       load_tokenizer()))
+    ev.main(["--model", "ours", "--data", str(FIXTURE), "--limit", "4", "--push-results", REPO_ID])
+    card = ModelCard.load(online.files(REPO_ID)["README.md"])
+    assert "## Evaluation (eval_hellaswag.py)" in card.text
+    assert {r.dataset_split for r in card.data.eval_results if r.metric_type == "acc_norm"} >= {"4 items"}
+    assert "model = AutoModelForCausalLM.from_pretrained(name)\n" in card.text and "trust_remote_code=True" in card.text
+    assert online.files(REPO_ID, model_card.GPT2REPRO_BRANCH)["README.md"].read_text() == branch_card
 
 
 def test_eval_output_records_provenance(checkpoint, tmp_path, monkeypatch, tiny_config):
@@ -388,3 +504,38 @@ def test_train_refuses_a_push_it_cannot_make_before_the_first_step(data_dir, tmp
                    "--push-to-hub", "someone/gpt2-repro"])
     assert str(error.value).startswith("error: --push-to-hub someone/gpt2-repro: cannot check the Hugging Face login")
     assert "step " not in capsys.readouterr().out and not list(tmp_path.iterdir())
+
+
+def test_a_malformed_repo_id_is_refused_by_huggingface_hubs_validator_in_one_short_line_before_any_work(
+    data_dir, tmp_path, monkeypatch
+):
+    import convert_gpt2
+    import eval_hellaswag
+    import prepare_data
+    import train
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the id is checked before the network
+    monkeypatch.setattr(HfApi, "whoami", lambda api: pytest.fail("checked the login of a malformed id"))
+    monkeypatch.setattr(ModelCard, "load", lambda *a, **k: pytest.fail("read a card of a malformed id"))
+    rule = "is not a Hub repo id: Repo id must use alphanumeric chars"
+    commands = [
+        (train.run, ["--data-dir", str(data_dir), "--run-dir", str(tmp_path / "run"), "--max-steps", "1",
+                     "--log-with", "none", "--push-to-hub", "not a repo id!!"], f"--push-to-hub 'not a repo id!!' {rule}"),
+        (prepare_data.main, ["--out", str(tmp_path / "data"), "--push-to-hub", "not a repo id!!"],
+         f"--push-to-hub 'not a repo id!!' {rule}"),
+        (prepare_data.main, ["--out", str(tmp_path / "data"), "--from-hub", "a/b/c"],
+         "--from-hub 'a/b/c' is not a Hub repo id: Repo id must be in the form 'repo_name' or 'namespace/repo_name'"),
+        (eval_hellaswag.main, ["--model", str(tmp_path), "--data", str(FIXTURE), "--push-results", "me/x--y"],
+         "--push-results 'me/x--y' is not a Hub repo id: Cannot have -- or .. in repo_id"),
+        (convert_gpt2.main, ["from-gpt2", "not a repo id!!", str(tmp_path / "out")],
+         "not a repo id!!: no such directory, and not a Hub repo id (Repo id must use alphanumeric chars"),
+        (convert_gpt2.main, ["push", str(tmp_path), "not a repo id!!"], f"push REPO 'not a repo id!!' {rule}"),
+    ]
+    for command, argv, expected in commands:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        with pytest.raises(SystemExit) as error:
+            command(argv)
+        message = str(error.value)
+        assert message.startswith(f"error: {expected}") and "\n" not in message and len(message) < 200, message
+    assert not list(tmp_path.iterdir())  # nothing prepared, trained or converted

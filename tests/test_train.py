@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import time
 import pytest
 import torch
 from conftest import (REPO, SEQ, TINY, assert_same_weights, launcher, logged, metrics, run_cli, run_in_process,
-                      train_argv)
+                      train_argv, weights)
 
 import train
 from gpt2repro.checkpoints import STATE_FILE, find_resume_checkpoint
@@ -448,3 +449,119 @@ def test_curves_with_hellaswag_draw_both_conventions_and_both_gpt2_references():
     levels = sorted(line.get_ydata()[0] for line in ax.get_lines() if "OpenAI" in line.get_label())
     assert levels == [0.2955, 0.3114]
     plt.close(fig)
+
+
+# ---- --init-from: training on from any GPT-2 ----
+
+NO_MODEL = [arg for i, arg in enumerate(TINY) if arg != "--model" and TINY[i - 1] != "--model"]  # size: the weights'
+
+
+def gpt2_folder(path, n_positions=64):
+    """A GPT2LMHeadModel as any save_pretrained folder holds one: random weights, its embedding scaled up so that its
+    loss is far from a fresh initialization's (about ln 50257)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=n_positions))
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(20)
+    model.save_pretrained(path)
+    return path
+
+
+def test_init_from_takes_the_size_of_the_weights_and_refuses_another_model_in_one_line(data_dir, tmp_path):
+    from gpt2repro.settings import check_settings
+
+    base = str(gpt2_folder(tmp_path / "gpt2"))
+    _, s = parse_settings(["--init-from", base, "--data-dir", str(data_dir), "--seq-len", "32"])
+    config, _, _ = check_settings(s, 1)
+    assert (config.n_layer, config.n_embd, config.n_positions, config.vocab_size) == (2, 64, 64, 50257)
+    _, s = parse_settings(["--preset", "gpt2-124m", "--init-from", base, "--data-dir", str(data_dir), "--seq-len", "32",
+                           "--micro-batch-size", "1", "--total-batch-tokens", "32"])
+    assert check_settings(s, 1)[0].n_layer == 2  # the preset's size gives way to the weights'
+    _, s = parse_settings(["--init-from", base, "--model", "gpt2-124m", "--data-dir", str(data_dir)])
+    with pytest.raises(SettingsError) as error:
+        check_settings(s, 1)
+    assert str(error.value).startswith(f"--model gpt2-124m conflicts with --init-from {base}, whose weights have 2 "
+                                       "layers of width 64") and "drop --model" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_init_from_a_name_offline_with_no_cached_copy_is_one_line(data_dir, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from gpt2repro.settings import check_settings
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # HF_HUB_OFFLINE=1 (conftest)
+    _, s = parse_settings(["--init-from", "gpt2", "--data-dir", str(data_dir)])
+    with pytest.raises(SettingsError) as error:
+        check_settings(s, 1)
+    message = str(error.value)
+    assert message.startswith("--init-from gpt2: cannot read the config.json of the Hub repo openai-community/gpt2")
+    assert "HF_HUB_OFFLINE=1" in message and "local folder" in message and "\n" not in message
+
+
+def test_init_from_openai_names_and_hub_repos_loads_gpt2_weights_tied(hub, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from transformers import GPT2LMHeadModel
+
+    from gpt2repro.export import base_model, load_pretrained, pretrained_config
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    gpt2_folder(hub.repo("openai-community/gpt2-medium"))  # the stand-in Hub serves it under OpenAI's id
+    assert pretrained_config("gpt2-medium").n_layer == 2
+    model = load_pretrained("gpt2-medium")
+    assert model.lm_head.weight is model.transformer.wte.weight and model.dtype == torch.float32
+    reference = GPT2LMHeadModel.from_pretrained(hub.repo("openai-community/gpt2-medium")).eval()
+    ids = torch.randint(0, 50257, (1, 12))
+    with torch.no_grad():
+        assert (model.eval()(ids).logits - reference(ids).logits).abs().max() < 1e-5
+    assert base_model("gpt2-medium") == {"name": "gpt2-medium", "hub_id": "openai-community/gpt2-medium"}
+    assert base_model(str(tmp_path)) == {"name": str(tmp_path), "hub_id": None}  # a local folder links no repo
+
+
+@pytest.mark.slow
+def test_init_from_a_gpt2_folder_starts_at_its_loss_keeps_the_head_tied_and_records_the_base(data_dir, tmp_path):
+    import torch.nn.functional as F
+    from accelerate.state import AcceleratorState
+    from huggingface_hub import ModelCard
+    from transformers import GPT2LMHeadModel
+
+    from gpt2repro.token_shards import ShardedTokenLoader
+
+    base, run = gpt2_folder(tmp_path / "gpt2"), tmp_path / "run"
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train.main([*NO_MODEL, "--init-from", str(base), "--data-dir", str(data_dir), "--run-dir", str(run),
+                "--max-steps", "2", "--micro-batch-size", "4", "--total-batch-tokens", str(4 * SEQ),
+                "--sample-tokens", "0"])
+    # the first step's loss is the GPT-2's own on the run's first batch: its weights, not a fresh init
+    window = ShardedTokenLoader(data_dir, "train", 4, SEQ, 0, 1, seed=Settings.seed).next_batch(torch.device("cpu"))
+    gpt2 = GPT2LMHeadModel.from_pretrained(base).eval()
+    with torch.no_grad():
+        logits = gpt2(window[:, :-1]).logits
+    expected = F.cross_entropy(logits.reshape(-1, logits.size(-1)), window[:, 1:].reshape(-1)).item()
+    assert logged(run, "loss")[0] == pytest.approx(expected, rel=1e-5) and abs(expected - math.log(50257)) > 1
+    # trained on, with lm_head still the embedding: one tensor saved, and it moved
+    final = weights(run / "final")
+    assert "lm_head.weight" not in final and json.loads((run / "final" / "config.json").read_text())[
+        "tie_word_embeddings"]
+    assert not torch.equal(final["transformer.wte.weight"][:50257], gpt2.transformer.wte.weight)
+    report = json.loads((run / "report.json").read_text())
+    assert report["base_model"] == {"name": str(base), "hub_id": None}
+    card = ModelCard.load(run / "final" / "README.md")
+    assert "started from the weights of the local folder `gpt2`" in card.text and card.data.base_model is None
+    assert "pretrained-from-scratch" not in card.data.tags and str(tmp_path) not in card.text.split("## Reproduce")[0]
+
+
+def test_init_from_one_of_our_checkpoints_loads_its_weights_as_they_are(tiny_config, tmp_path):
+    from modeling_gpt2repro import GPT2ReproForCausalLM
+
+    from gpt2repro.export import load_pretrained, pretrained_config, save_ours
+
+    ours = GPT2ReproForCausalLM(tiny_config).eval()
+    save_ours(ours, tmp_path / "final")
+    assert pretrained_config(str(tmp_path / "final")).n_positions == tiny_config.n_positions
+    loaded = load_pretrained(str(tmp_path / "final"))
+    assert type(loaded) is GPT2ReproForCausalLM and loaded.lm_head.weight is loaded.transformer.wte.weight
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), ours.state_dict().values()))
