@@ -39,7 +39,13 @@ import torch  # noqa: E402
 
 from configuration_gpt2repro import GPT2ReproConfig  # noqa: E402
 from gpt2repro.document_sources import DEFAULT_DATA_DIR  # noqa: E402
-from gpt2repro.optim import MUON_ADJUST_LR, MUON_QKV_SPLIT, learning_rate, make_optimizer, set_learning_rates  # noqa: E402
+from gpt2repro.optim import (  # noqa: E402
+    MUON_ADJUST_LR,
+    MUON_QKV_SPLIT,
+    learning_rate,
+    make_optimizer,
+    set_learning_rates,
+)
 from gpt2repro.throughput import device_name  # noqa: E402
 from gpt2repro.token_shards import ShardedTokenLoader, open_split  # noqa: E402
 from modeling_gpt2repro import GPT2ReproForCausalLM  # noqa: E402
@@ -52,7 +58,8 @@ QUICK = dict(steps=20, batch=8, seq=64, eval_every=5, val_targets=2048, seeds=1,
 
 def dense_ids(data_dir) -> np.ndarray:
     """A lookup from GPT-2 ids to 0..n-1 over the ids the data uses (both splits), in id order."""
-    used = np.unique(np.concatenate([np.unique(s) for split in ("train", "val") for s in open_split(data_dir, split)[1]]))
+    shards = [s for split in ("train", "val") for s in open_split(data_dir, split)[1]]
+    used = np.unique(np.concatenate([np.unique(s) for s in shards]))
     lookup = np.zeros(int(used.max()) + 1, dtype=np.int64)
     lookup[used] = np.arange(len(used))
     return lookup
@@ -218,7 +225,8 @@ def main():
     print("\nbest val loss per seed, median [min, max]:")
     for name, runs in results.items():
         bests = [min(r["val"]) for r in runs]
-        print(f"  {label(runs[0]['job'])}: {' '.join(f'{b:.4f}' for b in bests)} | median {statistics.median(bests):.4f} "
+        print(f"  {label(runs[0]['job'])}: {' '.join(f'{b:.4f}' for b in bests)} | "
+              f"median {statistics.median(bests):.4f} "
               f"[{min(bests):.4f}, {max(bests):.4f}]")
     if "adamw" not in results:
         return
