@@ -6,10 +6,13 @@
         --gguf-python /tmp/gguf-venv/bin/python --llama-cpp ~/llama.cpp \\  # convert_hf_to_gguf.py, GGUFReader, llama_cpp
         --onnx-python /tmp/onnx-venv/bin/python                          # optimum-onnx + onnxruntime
 
-The checkpoint is exported as `convert_gpt2.py to-gpt2` does (WORK/export); our model's logits on a fixed prompt and
-its greedy continuation are the reference. Each client then runs in its own interpreter (the clients pin
-transformers versions of their own) with this file in --client mode, and reports what it measured:
-- transformers: AutoTokenizer (fast and slow) ids, AutoModelForCausalLM logits and greedy tokens, pipeline text;
+The checkpoint is exported as `convert_gpt2.py to-gpt2` does (WORK/export); our model's greedy continuation of a
+fixed prompt, and its logits over prompt and continuation in one forward, are the reference. Each client runs the
+prompt in one forward (logits compared), then decodes greedily with its own cache, one token at a time (tokens and
+each step's logits compared: a small model's greedy text is often a run of newlines, its logits are not). Each
+client runs in its own interpreter (the clients pin transformers versions of their own) with this file in --client
+mode, and reports what it measured:
+- transformers: AutoTokenizer (fast and slow) ids, AutoModelForCausalLM logits, generate, pipeline text;
   no trust_remote_code anywhere.
 - gguf: llama.cpp's convert_hf_to_gguf.py on the export (f32, no edits), then gguf.GGUFReader: every tensor
   equal to the export's (c_attn/c_proj/c_fc transposed as the converter does), architecture, context length,
@@ -49,12 +52,12 @@ def write_reference(checkpoint: Path, work: Path) -> None:
     export_gpt2(model, work / "export")
     ids = get_encoding().encode(PROMPT)
     with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0, :, : 50257].numpy()
         tokens = list(ids)
         for _ in range(NEW_TOKENS):  # greedy, stopping at <|endoftext|> as generate() does
             tokens.append(int(model(torch.tensor([tokens])).logits[0, -1, : 50257].argmax()))
             if tokens[-1] == EOT_ID:
                 break
+        logits = model(torch.tensor([tokens])).logits[0, :, : 50257].numpy()
     np.savez(work / "reference.npz", ids=np.array(ids), logits=logits, greedy=np.array(tokens[len(ids):]),
              n_ctx=model.config.n_positions)
 
@@ -63,9 +66,12 @@ def write_reference(checkpoint: Path, work: Path) -> None:
 # the clients, each in its own interpreter
 
 
-def _compare(result: dict, name: str, logits, reference) -> None:
+def _compare(result: dict, name: str, logits, ref: dict, steps: bool = False) -> None:
+    """max |Δ| against our logits: of the prompt, or (steps) of the greedy steps, each predicting the next token."""
     import numpy as np
 
+    n, k = len(ref["ids"]), len(ref["greedy"])
+    reference = ref["logits"][n - 1 : n - 1 + k] if steps else ref["logits"][:n]
     result[f"{name} max|Δlogits|"] = float(np.abs(np.asarray(logits, dtype=np.float64) - reference).max())
 
 
@@ -84,10 +90,11 @@ def client_transformers(export: Path, ref: dict) -> dict:
     result["model class"] = type(model).__name__
     ids = torch.tensor([ref["ids"].tolist()])
     with torch.no_grad():
-        _compare(result, "AutoModelForCausalLM", model(ids).logits[0], ref["logits"])
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                             max_new_tokens=NEW_TOKENS, pad_token_id=fast.eos_token_id)
-    result["generate greedy tokens equal"] = out[0, ids.shape[1]:].tolist() == ref["greedy"].tolist()
+        _compare(result, "AutoModelForCausalLM", model(ids).logits[0], ref)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW_TOKENS,
+                             pad_token_id=fast.eos_token_id, output_logits=True, return_dict_in_generate=True)
+    result["generate greedy tokens equal"] = out.sequences[0, ids.shape[1]:].tolist() == ref["greedy"].tolist()
+    _compare(result, "generate steps", torch.cat(out.logits), ref, steps=True)
     generator = pipeline("text-generation", model=str(export))
     text = generator(PROMPT, do_sample=False, max_new_tokens=NEW_TOKENS, return_full_text=False)[0]["generated_text"]
     result["pipeline text equal"] = text == fast.decode(ref["greedy"].tolist())
@@ -156,12 +163,14 @@ def client_gguf(export: Path, ref: dict, llama_cpp_dir: Path) -> dict:
     ids = llm.tokenize(PROMPT.encode(), add_bos=False, special=False)
     result["llama_cpp tokenize equal"] = ids == ref["ids"].tolist()
     llm.eval(ref["ids"].tolist())
-    _compare(result, "llama_cpp", llm.scores[: len(ref["ids"])], ref["logits"])
-    greedy = []
+    _compare(result, "llama_cpp", llm.scores[: len(ref["ids"])], ref)
+    greedy, steps = [], []
     for _ in range(len(ref["greedy"])):
-        greedy.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        steps.append(np.array(llm.scores[llm.n_tokens - 1]))
+        greedy.append(int(np.argmax(steps[-1])))
         llm.eval([greedy[-1]])
     result["llama_cpp greedy tokens equal"] = greedy == ref["greedy"].tolist()
+    _compare(result, "llama_cpp steps", steps, ref, steps=True)
     return result
 
 
@@ -181,9 +190,12 @@ def client_onnx(export: Path, ref: dict) -> dict:
     ids = np.array([ref["ids"].tolist()])
     inputs = tokenizer(PROMPT, return_tensors="pt")
     result["tokenizer ids equal"] = inputs.input_ids[0].tolist() == ref["ids"].tolist()
-    _compare(result, "onnxruntime", model(**inputs).logits[0].detach().numpy(), ref["logits"])
-    out = model.generate(**inputs, do_sample=False, max_new_tokens=NEW_TOKENS, pad_token_id=tokenizer.eos_token_id)
-    result["onnxruntime greedy tokens equal"] = out[0, ids.shape[1]:].tolist() == ref["greedy"].tolist()
+    _compare(result, "onnxruntime", model(**inputs).logits[0].detach().numpy(), ref)
+    out = model.generate(**inputs, do_sample=False, max_new_tokens=NEW_TOKENS, pad_token_id=tokenizer.eos_token_id,
+                         output_logits=True, return_dict_in_generate=True)
+    result["onnxruntime greedy tokens equal"] = out.sequences[0, ids.shape[1]:].tolist() == ref["greedy"].tolist()
+    _compare(result, "onnxruntime steps", np.concatenate([step.detach().numpy() for step in out.logits]), ref,
+             steps=True)
     return result
 
 
