@@ -48,7 +48,8 @@ import torch.nn.functional as F  # noqa: E402
 from configuration_gpt2repro import GPT2ReproConfig  # noqa: E402
 from gpt2repro.checkpoints import RunDir  # noqa: E402
 from gpt2repro.fileio import write_atomically  # noqa: E402
-from gpt2repro.report import git_state, markdown_table  # noqa: E402
+from gpt2repro.provenance import git_state  # noqa: E402
+from gpt2repro.report import markdown_table  # noqa: E402
 from modeling_gpt2repro import GPT2ReproForCausalLM  # noqa: E402
 from gpt2repro.throughput import device_peak_flops, flops_per_token, keep_freed_memory_for_reuse, mfu  # noqa: E402
 from gpt2repro.tokenizer import VOCAB_SIZE  # noqa: E402

@@ -13,6 +13,7 @@ from huggingface_hub import HfApi, ModelCard
 
 from gpt2repro import model_card
 from gpt2repro import report as reporting
+from gpt2repro.provenance import git_state
 
 FIXTURE = REPO / "tests" / "fixtures" / "hellaswag_tiny.jsonl"
 USER_FILES = ["README.md", "config.json", "configuration_gpt2repro.py", "curves.png", "generation_config.json",
@@ -270,7 +271,7 @@ def test_eval_output_records_provenance(checkpoint, tmp_path, monkeypatch, tiny_
                                       "--output", str(output)])
     ev.main()
     provenance = json.loads(output.read_text())["provenance"]
-    assert provenance["code"] == reporting.git_state() and provenance["versions"]["torch"]
+    assert provenance["code"] == git_state() and provenance["versions"]["torch"]
     assert not list(tmp_path.glob("*.tmp"))
 
 
