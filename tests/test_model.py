@@ -13,7 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from configuration_gpt2repro import HUB_NAMES, PRESETS, GPT2ReproConfig
 from modeling_gpt2repro import GPT2ReproForCausalLM
-from gpt2repro.tokenizer import EOT_ID, VOCAB_SIZE, load_tokenizer, save_tokenizer
+from gpt2repro.tokenizer import EOT_ID, VOCAB_SIZE, save_tokenizer
 
 
 def random_gpt2(n_layer=2, n_head=2, n_embd=64, n_positions=64):
