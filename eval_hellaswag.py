@@ -33,7 +33,8 @@ from gpt2repro.fileio import write_atomically
 from gpt2repro.hellaswag import HELLASWAG_ITEMS, HELLASWAG_METRICS, cache_dir, load_hellaswag, score_hellaswag
 from gpt2repro.hub import failure_reason, repo_id_problem, repo_info, unreachable
 from gpt2repro.model_card import add_eval_results, load_card, upload_card
-from gpt2repro.report import describe_data, provenance
+from gpt2repro.provenance import provenance
+from gpt2repro.report import describe_data
 from gpt2repro.throughput import keep_freed_memory_for_reuse
 from gpt2repro.validation import resolve_val_tokens, validation_loss
 

@@ -49,6 +49,7 @@ from gpt2repro.dir_lock import exclusive
 from gpt2repro.errors import UserError, cli
 from gpt2repro.hub import check_repo_id
 from gpt2repro.hub_data import download_tokens, push_tokens, verify_tokens
+from gpt2repro.provenance import git_state
 from gpt2repro.token_shards import (
     MANIFEST_NAME,
     MANIFEST_VERSION,
@@ -393,8 +394,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def made_by(argv) -> dict:
     """The command and code that prepared a directory, for its manifest (and the dataset card of a push)."""
-    from gpt2repro.report import git_state  # imports torch: only here, never in the tokenizer workers' path
-
     words, command = list(sys.argv[1:] if argv is None else argv), ["python", "prepare_data.py"]
     while words:  # what publishing or checking asked for is not how the tokens were made
         word = words.pop(0)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from gpt2repro.errors import cli, first_line
 from gpt2repro.checkpoints import RunDir
-from gpt2repro.report import ReportError, eval_summaries, fill_final_eval, provenance, save_report
+from gpt2repro.provenance import provenance
+from gpt2repro.report import ReportError, eval_summaries, fill_final_eval, save_report
 
 
 def rerender(run_dir: Path, eval_results_path: Path | None = None) -> dict:

@@ -30,8 +30,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 from gpt2repro.fileio import write_atomically  # noqa: E402
-from gpt2repro.report import git_state, markdown_table  # noqa: E402
 from gpt2repro.launch import tune_device  # noqa: E402
+from gpt2repro.provenance import git_state  # noqa: E402
+from gpt2repro.report import markdown_table  # noqa: E402
 from gpu_sections import PROFILES, SECTION_NAMES, SECTIONS, Row  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "RESULTS.md"

@@ -31,7 +31,7 @@ from accelerate.utils import DistributedType
 from safetensors import SafetensorError
 
 from gpt2repro.errors import UserError, first_line
-from gpt2repro.fileio import write_atomically, write_files
+from gpt2repro.fileio import share_like, write_atomically, write_files
 from gpt2repro.tokenizer import save_tokenizer
 
 STATE_FILE = Path("training_state") / "trainer_state.json"
@@ -157,6 +157,7 @@ def _write_model_folder(accelerator, model, weights, tmp: Path, tokenizer, files
         model = unsharded_copy(model, weights)
     with quiet_tied_weights_save():
         model.save_pretrained(tmp, save_function=accelerator.save)
+    share_like(tmp.glob("*.safetensors"), tmp / "config.json")
     if tokenizer is not None:  # GPT-2's files, for every transformers version, with the context the tokenizer says
         save_tokenizer(tmp, tokenizer.model_max_length)
     write_files(tmp, files or {})

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from gpt2repro.checkpoints import RunDir
 from gpt2repro.errors import UserError, first_line
-from gpt2repro.fileio import write_atomically
+from gpt2repro.fileio import share_like, write_atomically
 from gpt2repro.tokenizer import save_tokenizer
 
 
@@ -62,6 +62,7 @@ def export_gpt2(model, out: str | Path):
     config = json.loads((out / "config.json").read_text())
     config["n_ctx"] = gpt2.config.n_positions
     write_atomically(out / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+    share_like(out.glob("*.safetensors"), out / "config.json")
     save_tokenizer(out, gpt2.config.n_positions)
     return gpt2
 
@@ -69,6 +70,7 @@ def export_gpt2(model, out: str | Path):
 def save_ours(model, out: str | Path) -> None:
     """Write our model (e.g. from GPT2ReproForCausalLM.from_gpt2) as a checkpoint folder with the GPT-2 tokenizer."""
     model.save_pretrained(out)
+    share_like(Path(out).glob("*.safetensors"), Path(out) / "config.json")
     save_tokenizer(out, model.config.n_positions)
 
 

@@ -1,4 +1,5 @@
-"""Small file I/O that every writer in the project shares: a reader never sees half a file."""
+"""Small file I/O that every writer in the project shares: a reader never sees half a file, nor a file it cannot
+open where its neighbours open."""
 
 import os
 import shutil
@@ -27,6 +28,15 @@ def copy_atomically(source: Path, target: Path) -> None:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def share_like(paths, like: Path) -> None:
+    """Give each of `paths` the permission bits of `like`. safetensors 0.8 writes through a temporary file created
+    0600 whatever the umask (safetensors issue 782), so saved weights are unreadable to the other users that can read
+    the config beside them: a serving container running as another user, a shared folder."""
+    mode = Path(like).stat().st_mode & 0o777
+    for path in paths:
+        os.chmod(path, mode)
 
 
 def write_files(folder: Path, files: dict[str, str | bytes | Path]) -> None:

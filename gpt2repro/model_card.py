@@ -177,7 +177,7 @@ def use_lines(repo_id: str | None, layout: HubLayout | None) -> list[str]:
             f"model = AutoModelForCausalLM.from_pretrained(name{on_branch}, trust_remote_code=True)",
             f"tokenizer = AutoTokenizer.from_pretrained(name{on_branch}, trust_remote_code=True)",
             *example, "```", "",
-            remote_code + " The tokenizer is OpenAI's GPT-2 BPE in transformers' own `GPT2TokenizerFast`; "
+            remote_code + " The tokenizer is OpenAI's GPT-2 BPE in transformers' own `GPT2Tokenizer`; "
             "transformers 5's AutoTokenizer reads config.json first, hence the same `trust_remote_code`.",
         ]
     lines = [

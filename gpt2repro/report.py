@@ -8,14 +8,9 @@ file.
 This module owns the published GPT-2 figures (GPT2_124M_REFERENCE) and which of them applies to which data.
 """
 
-import hashlib
-import importlib.metadata
 import io
 import json
-import platform
 import shlex
-import subprocess
-from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
@@ -26,11 +21,8 @@ from gpt2repro.export import base_model
 from gpt2repro.fileio import write_atomically
 from gpt2repro.hellaswag import HELLASWAG_ITEMS, HELLASWAG_METRICS, HELLASWAG_VAL_ITEMS
 from gpt2repro.hub_data import download_origin
+from gpt2repro.provenance import provenance
 from gpt2repro.token_shards import VAL_TOKENS, ShardError, load_manifest
-
-CODE_DIR = Path(__file__).resolve().parent
-LOCK_FILE = CODE_DIR.parent / "requirements.lock"  # the checkout's lock (make setup installs it)
-LIBRARIES = ("torch", "transformers", "accelerate", "datasets", "huggingface_hub", "tokenizers")
 
 SAMPLE_PROMPT = "Hello, I'm a language model,"  # train.py's samples and the model card's example
 # OpenAI's GPT-2 (124M) on all of HellaSwag validation, by (convention, accuracy): completion style as
@@ -60,59 +52,6 @@ class ReportError(UserError, ValueError):
 
 # ----------------------------------------------------------------------------------------------
 # what the report collects itself
-
-
-def git_state(directory: Path = CODE_DIR) -> dict:
-    """The commit the code in `directory` is at and whether it has uncommitted changes; "unknown" outside
-    git (an installed package, a tarball, no git binary): a report is never lost for want of it."""
-
-    def git(*args) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain") if commit else None
-    return {"commit": commit or "unknown", "dirty": None if status is None else bool(status)}
-
-
-def library_versions() -> dict:
-    versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def lock_state(lock: Path = LOCK_FILE) -> dict | None:
-    """The dependency lock the code ships (requirements.lock): its sha256, and which locked packages are installed
-    at another version (a hand-made environment); None without the file (an installed package)."""
-    try:
-        text = lock.read_bytes()
-    except OSError:
-        return None
-    differs = []
-    for line in text.decode().splitlines():
-        if line.startswith("#") or "==" not in line:
-            continue
-        name, version = line.split("==", 1)
-        try:
-            installed = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            installed = None
-        if installed != version.strip():
-            differs.append(f"{name} {installed or 'missing'} (locked {version.strip()})")
-    return {"file": lock.name, "sha256": hashlib.sha256(text).hexdigest(), "not_as_locked": differs}
-
-
-def provenance() -> dict:
-    """When, from which code and with which libraries: for any result file."""
-    return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "code": git_state(),
-            "versions": library_versions(), "lock": lock_state()}
 
 
 def hardware(device_type: str, world_size: int) -> dict:

@@ -6,7 +6,7 @@ Two faces of the same BPE, built from OpenAI's merge ranks shipped in gpt2repro/
   checkpoint and export, as OpenAI's gpt2 repo has them, so that `AutoTokenizer.from_pretrained(folder)` loads
   GPT-2's own tokenizer class in transformers 4.x and 5.x alike with no remote code: tokenizer.json for the fast
   tokenizer, vocab.json + merges.txt for the slow one (transformers 4.x, llama.cpp's converter), and a
-  tokenizer_config.json naming `GPT2TokenizerFast` with the model's context as `model_max_length`.
+  tokenizer_config.json naming `GPT2Tokenizer` with the model's context as `model_max_length`.
 Both faces produce identical ids (tests/test_tokenizer.py checks it on the whole shipped corpus).
 
     python -m gpt2repro.tokenizer --rebuild   # regenerate gpt2repro/assets/tokenizer/ from the ranks
@@ -29,10 +29,12 @@ VOCAB_SIZE = 50257  # 256 bytes + 50,000 merges + <|endoftext|>
 # per folder: it carries the model's context length.
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
 TOKENIZER_CONFIG = "tokenizer_config.json"
-# The class every transformers version knows for GPT-2 (4.x has it as written; 5.x maps the name to its GPT-2
-# tokenizer). Not 5.x's generic "TokenizersBackend", which 4.x cannot place, nor a class that makes AutoTokenizer
-# read config.json (whose auto_map then asks for remote code).
-TOKENIZER_CLASS = "GPT2TokenizerFast"
+# The class every transformers version knows for GPT-2, by the name transformers 4.x's own save_pretrained writes
+# (the "Fast" suffix dropped): 4.x's AutoTokenizer then gives the fast tokenizer, and the slow one with
+# use_fast=False (named "GPT2TokenizerFast", it gives the fast one either way); 5.x has one GPT-2 tokenizer by this
+# name. Not 5.x's generic "TokenizersBackend", which 4.x cannot place, nor a class that makes AutoTokenizer read
+# config.json (whose auto_map then asks for remote code).
+TOKENIZER_CLASS = "GPT2Tokenizer"
 
 # GPT-2's pre-tokenizer split as tiktoken writes it: possessive quantifiers (faster, same result). The transformers
 # files use GPT-2's original regex (tokenizers' ByteLevel pre-tokenizer); the tests check both give the same ids.

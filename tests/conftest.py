@@ -11,14 +11,31 @@ import sys
 import tempfile
 from pathlib import Path
 
+# The suite runs in the user's shell, which may hold a launcher's or a library's settings. Each would change what a
+# test sees: a leftover WORLD_SIZE/RANK/MASTER_ADDR (inside a torchrun or SLURM job) makes every Accelerator wait for
+# a process group that never forms; ACCELERATE_* and FSDP_* change the precision and the sharding of in-process runs;
+# HF_* and TRANSFORMERS_* point at the user's caches (a cached gpt2 loads where a test expects the offline error),
+# endpoint, token or transfer backend; GPT2REPRO_CACHE may hold the real HellaSwag. None of them is the test's: each
+# test sets what it needs (monkeypatch.setenv, or the env of its subprocess).
+LAUNCHER_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                      "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT")
+USER_PREFIXES = ("ACCELERATE_", "FSDP_", "TORCHELASTIC_", "PMI_", "OMPI_COMM_WORLD_", "MV2_COMM_WORLD_", "MPI_LOCAL",
+                 "HF_", "HUGGINGFACE_", "HUGGING_FACE_", "TRANSFORMERS_", "TRACKIO_", "GPT2REPRO_")
+for name in list(os.environ):
+    if name in LAUNCHER_VARIABLES or name.startswith(USER_PREFIXES):
+        del os.environ[name]
+_scratch = tempfile.mkdtemp(prefix="gpt2repro-test-home-")
+atexit.register(shutil.rmtree, _scratch, ignore_errors=True)
 # Tests never touch the network; fail fast instead of hanging on a Hub lookup.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# ... nor write to the user's caches: trackio keeps its runs where TRACKIO_DIR says when first imported.
-os.environ.setdefault("TRACKIO_DIR", tempfile.mkdtemp(prefix="gpt2repro-test-trackio-"))
-atexit.register(shutil.rmtree, os.environ["TRACKIO_DIR"], ignore_errors=True)
+# ... nor read or write the user's caches: empty ones of the session's own (trackio keeps its runs where TRACKIO_DIR
+# says when first imported).
+os.environ["HF_HOME"] = os.path.join(_scratch, "huggingface")
+os.environ["GPT2REPRO_CACHE"] = os.path.join(_scratch, "gpt2repro")
+os.environ["TRACKIO_DIR"] = os.path.join(_scratch, "trackio")
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))

@@ -6,6 +6,7 @@ measures the same things on a GPU.
 """
 
 import os
+import sys
 
 import pytest
 import torch
@@ -370,13 +371,33 @@ def test_under_torchrun_the_agents_default_is_not_taken_for_the_users_choice(use
 # ---- FlashAttention-3 through `kernels`: optional, with a clean fallback ----
 
 
-@pytest.mark.parametrize("capability, has_notice", [((8, 0), False), ((9, 0), True)])
-def test_attention_auto_falls_back_to_sdpa_without_hopper_or_without_kernels(capability, has_notice, monkeypatch):
-    import importlib.util
+@pytest.fixture(params=["as installed here", "with kernels installed"])
+def without_kernels(request, tmp_path, monkeypatch):
+    """`kernels` made absent, whether or not the environment has it: the README tells Hopper users to install it,
+    and the suite must pass for them too. The second case plays such an environment with a stand-in distribution
+    (at the version transformers asks for), so that a test which merely assumes the package absent fails here."""
+    from transformers.utils import import_utils
 
+    if request.param == "with kernels installed":
+        (tmp_path / "kernels").mkdir()
+        (tmp_path / "kernels" / "__init__.py").write_text("")
+        (tmp_path / f"kernels-{import_utils.KERNELS_MIN_VERSION}.dist-info").mkdir()
+        (tmp_path / f"kernels-{import_utils.KERNELS_MIN_VERSION}.dist-info" / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: kernels\nVersion: {import_utils.KERNELS_MIN_VERSION}\n")
+        monkeypatch.syspath_prepend(tmp_path)
+        import_utils.is_kernels_available.cache_clear()  # transformers remembers its first answer
+        assert import_utils.is_kernels_available()
+    monkeypatch.setitem(sys.modules, "kernels", None)  # unimportable, and importlib.util.find_spec finds nothing
+    import_utils.is_kernels_available.cache_clear()
+    yield
+    import_utils.is_kernels_available.cache_clear()  # asked afresh once the environment is back
+
+
+@pytest.mark.parametrize("capability, has_notice", [((8, 0), False), ((9, 0), True)])
+def test_attention_auto_falls_back_to_sdpa_without_hopper_or_without_kernels(capability, has_notice, without_kernels,
+                                                                            monkeypatch):
     from gpt2repro.attention import choose_attention
 
-    assert importlib.util.find_spec("kernels") is None  # this venv has no `kernels`: the fallback is the real one
     assert choose_attention("auto", "cpu") == ("sdpa", None)
     assert choose_attention("eager", "cpu") == ("eager", None)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)

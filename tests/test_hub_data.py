@@ -3,12 +3,15 @@ offline against a stand-in Hub: local folders in a dataset repo's layout, reache
 calls with only the network edge replaced (tests/stand_in_hub.py)."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
-from conftest import metrics, run_in_process
+from conftest import REPO, metrics, run_in_process
 from huggingface_hub import constants
 from stand_in_hub import VAL, download, llmc_repo
 
@@ -231,3 +234,36 @@ def test_part_of_a_pushed_repo_downloads_as_a_smaller_complete_dataset(hub, prep
     assert [s["file"] for s in manifest["shards"]] == [s["file"] for s in whole["shards"]][:2]  # val + 1 train
     assert manifest["splits"]["val"] == whole["splits"]["val"] and manifest["splits"]["train"]["shards"] == 1
     assert sorted(set(hub.served) - {"manifest.json"}) == sorted(s["file"] for s in manifest["shards"])
+
+
+# ----------------------------------------------------------------------------------------------
+# a light command
+
+
+# prepare_data's commands one after another in one process, then which of the training libraries it loaded
+COMMANDS_THEN_IMPORTED = """
+import json, sys
+import prepare_data
+for argv in json.loads(sys.argv[1]):
+    prepare_data.main(argv)
+print("imported:", [name for name in ("torch", "transformers", "accelerate") if name in sys.modules])
+"""
+
+
+@pytest.mark.slow
+def test_tokenizing_pushing_downloading_and_verifying_never_import_torch(corpus, tmp_path):
+    # Light commands stay light: importing PyTorch would cost every prepare_data.py run more time and memory than
+    # tokenizing a small corpus. In a fresh process, as the user runs it (this one has torch imported already).
+    site = str(REPO / "tests" / "stand_in_hub_site")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [site, str(REPO), os.environ.get("PYTHONPATH")])),
+           "GPT2REPRO_STAND_IN_HUB": str(tmp_path / "hub"), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    repo, here, back = "you/plays-gpt2", str(tmp_path / "plays"), str(tmp_path / "back")
+    commands = [[str(corpus), "--out", here, "--shard-tokens", "8000", "--val-split-tokens", str(VAL),
+                 "--num-proc", "1", "--push-to-hub", repo],
+                ["--from-hub", repo, "--out", back, "--val-split-tokens", str(VAL)],
+                [str(corpus), "--out", back, "--verify-hub-tokens", "3"]]
+    done = subprocess.run([sys.executable, "-c", COMMANDS_THEN_IMPORTED, json.dumps(commands)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "match: the first 3 documents" in done.stdout and load_manifest(back)["complete"]
+    assert done.stdout.splitlines()[-1] == "imported: []"

@@ -10,6 +10,7 @@ from conftest import REPO
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from gpt2repro import provenance
 from gpt2repro import report as reporting
 
 tomllib = pytest.importorskip("tomllib")
@@ -81,10 +82,10 @@ def test_reports_record_the_locks_hash_and_what_is_installed_otherwise(tmp_path,
     lock = tmp_path / "requirements.lock"
     installed = importlib.metadata.version("pyyaml")
     lock.write_text(f"# header\npyyaml=={installed}\nnumpy==0.0.1\n")
-    state = reporting.lock_state(lock)
+    state = provenance.lock_state(lock)
     assert state["sha256"] == hashlib.sha256(lock.read_bytes()).hexdigest()
     assert state["not_as_locked"] == [f"numpy {importlib.metadata.version('numpy')} (locked 0.0.1)"]
-    monkeypatch.setattr(reporting, "LOCK_FILE", LOCK)
-    assert reporting.provenance()["lock"]["sha256"] == hashlib.sha256(LOCK.read_bytes()).hexdigest()
+    monkeypatch.setattr(provenance, "LOCK_FILE", LOCK)
+    assert provenance.provenance()["lock"]["sha256"] == hashlib.sha256(LOCK.read_bytes()).hexdigest()
     md = reporting.render_markdown({"lock": state})
     assert f"requirements.lock sha256 `{state['sha256'][:16]}`; installed otherwise: numpy" in md

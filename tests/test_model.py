@@ -13,7 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from configuration_gpt2repro import HUB_NAMES, PRESETS, GPT2ReproConfig
 from modeling_gpt2repro import GPT2ReproForCausalLM
-from gpt2repro.tokenizer import EOT_ID, VOCAB_SIZE, load_tokenizer, save_tokenizer
+from gpt2repro.tokenizer import EOT_ID, VOCAB_SIZE, save_tokenizer
 
 
 def random_gpt2(n_layer=2, n_head=2, n_embd=64, n_positions=64):
@@ -243,6 +243,9 @@ def test_the_export_holds_what_gpt2_clients_read_and_loads_from_its_files_alone(
     ours = GPT2ReproForCausalLM(tiny_config).eval()
     save_ours(ours, tmp_path / "ours")
     export_gpt2(tmp_path / "ours", tmp_path / "plain")
+    for folder in ("ours", "plain"):  # whoever may read the config may read the weights (a server as another user)
+        mode = lambda name: (tmp_path / folder / name).stat().st_mode & 0o777  # noqa: E731
+        assert mode("model.safetensors") == mode("config.json"), folder
     plain = tmp_path / "plain"
     assert sorted(p.name for p in plain.iterdir()) == ["config.json", "generation_config.json", "merges.txt",
                                                         "model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -256,7 +259,7 @@ def test_the_export_holds_what_gpt2_clients_read_and_loads_from_its_files_alone(
     generation = json.loads((plain / "generation_config.json").read_text())
     assert generation["bos_token_id"] == generation["eos_token_id"] == EOT_ID
     tokenizer_config = json.loads((plain / "tokenizer_config.json").read_text())
-    assert tokenizer_config["tokenizer_class"] == "GPT2TokenizerFast"
+    assert tokenizer_config["tokenizer_class"] == "GPT2Tokenizer"
     assert tokenizer_config["model_max_length"] == tiny_config.n_positions
     # a 4.x-style load: the class named in the files, the slow tokenizer from vocab.json and merges.txt
     gpt2 = GPT2LMHeadModel.from_pretrained(plain).eval()

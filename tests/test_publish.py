@@ -18,6 +18,7 @@ from huggingface_hub import HfApi, ModelCard, constants
 
 from gpt2repro import model_card
 from gpt2repro import report as reporting
+from gpt2repro.provenance import git_state
 from gpt2repro.report import SAMPLE_PROMPT
 
 FIXTURE = REPO / "tests" / "fixtures" / "hellaswag_tiny.jsonl"
@@ -386,7 +387,7 @@ def test_eval_output_records_provenance(checkpoint, tmp_path, monkeypatch, tiny_
                                       "--output", str(output)])
     ev.main()
     provenance = json.loads(output.read_text())["provenance"]
-    assert provenance["code"] == reporting.git_state() and provenance["versions"]["torch"]
+    assert provenance["code"] == git_state() and provenance["versions"]["torch"]
     assert not list(tmp_path.glob("*.tmp"))
 
 

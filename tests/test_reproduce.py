@@ -166,11 +166,10 @@ def test_half_prepared_data_is_handed_back_to_prepare_data_which_resumes_it(caps
     assert commands[0] == [sys.executable, "prepare_data.py", "fineweb-edu-10b", "--out", str(data)]
 
 
-def test_the_training_preset_chooses_the_data_preset(capsys, monkeypatch, run_dir):
+def test_the_training_preset_chooses_the_data_preset(capsys, monkeypatch, tmp_path, run_dir):
     for name in reproduce.OFFLINE_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    if (REPO / "data" / "fineweb-10b").exists():
-        pytest.skip("data/fineweb-10b is prepared in this checkout")
+    monkeypatch.setattr(reproduce, "ROOT", tmp_path / "checkout")  # a checkout without data/fineweb-10b prepared
     commands = plan(capsys, "--preset", "gpt2-124m-fineweb", "--gpus", "8", "--run-dir", str(run_dir))
     assert commands[0] == [sys.executable, "prepare_data.py", "fineweb-10b", "--from-hub"]  # into data/fineweb-10b
     assert flag(commands[2], "--val-data") == os.path.join("data", "fineweb-10b")

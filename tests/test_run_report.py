@@ -8,6 +8,7 @@ from conftest import as_hub_dataset
 
 import run_report
 from gpt2repro import report as reporting
+from gpt2repro.provenance import git_state
 from gpt2repro.report import GPT2_124M_REFERENCE
 
 
@@ -100,7 +101,7 @@ def test_a_hellaswag_subset_is_labelled_with_its_item_count(data_dir, tmp_path):
 
 
 def test_git_state_is_unknown_outside_git_and_tracks_commit_and_changes(tmp_path):
-    assert reporting.git_state(tmp_path) == {"commit": "unknown", "dirty": None}
+    assert git_state(tmp_path) == {"commit": "unknown", "dirty": None}
 
     def git(*args):
         subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
@@ -110,10 +111,10 @@ def test_git_state_is_unknown_outside_git_and_tracks_commit_and_changes(tmp_path
     (tmp_path / "train.py").write_text("print(1)\n")
     git("add", "train.py")
     git("commit", "-q", "-m", "one")
-    state = reporting.git_state(tmp_path)
+    state = git_state(tmp_path)
     assert len(state["commit"]) == 40 and state["dirty"] is False
     (tmp_path / "train.py").write_text("print(2)\n")
-    assert reporting.git_state(tmp_path) == {"commit": state["commit"], "dirty": True}
+    assert git_state(tmp_path) == {"commit": state["commit"], "dirty": True}
 
 
 def test_cli_rerenders_the_report_with_every_evaluated_model_side_by_side(data_dir, tmp_path):

@@ -67,7 +67,8 @@ def test_loss_drops_and_the_run_leaves_its_artefacts(data_dir, tmp_path, capsys)
     assert "| elapsed 0:0" in out and "| eta 0:00:00" in out.split("step    40/40")[1].splitlines()[0]
     assert "sample: \"Hello, I'm a language model," in out
     assert (tmp_path / "settings.yaml").exists() and (tmp_path / "curves.png").stat().st_size > 1000
-    assert (tmp_path / "final" / "model.safetensors").exists()
+    final = tmp_path / "final"  # whoever may read the config may read the weights (a shared folder, a server)
+    assert (final / "model.safetensors").stat().st_mode & 0o777 == (final / "config.json").stat().st_mode & 0o777
 
 
 @pytest.mark.slow
