@@ -30,7 +30,7 @@ import time
 import types
 from pathlib import Path
 
-from _common import REPO  # first: puts the repository on sys.path
+from _common import REPO  # noqa: F401  (first: puts the repository on sys.path)
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 

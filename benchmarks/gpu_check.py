@@ -1,5 +1,5 @@
 """GPU acceptance in one command: parity, attention kernels, training speed against two peers, data loading,
-HellaSwag speed and a short real training run, printed as one markdown table and appended to RESULTS.md.
+HellaSwag speed, a short real training run and Muon's step, printed as one markdown table and appended to RESULTS.md.
 
     python benchmarks/gpu_check.py                              # everything, 124M shape (aimed at ~10 min on an H100)
     python benchmarks/gpu_check.py --sections parity,attention --no-append

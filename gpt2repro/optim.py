@@ -17,7 +17,6 @@ Two schedules, one setting (--lr-schedule), after a linear warmup:
 """
 
 import math
-import time
 
 import torch
 from accelerate.utils import DistributedType
@@ -213,35 +212,6 @@ class MuonAdamW(torch.optim.AdamW):
 # measurement (benchmarks/gpu_check)
 
 
-def optimizer_step_share(model, optimizer, input_ids: torch.Tensor, steps: int = 5, warmup: int = 2) -> dict:
-    """How long the optimizer step takes next to forward + backward, on `model`'s device: {"forward_backward_s",
-    "optimizer_s", "share"} (the optimizer's fraction of the whole step), medians over `steps` after `warmup`.
-    The device is drained around each part, so each clock reads finished work."""
-    device = input_ids.device
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fb, opt = [], []
-    for i in range(warmup + steps):
-        sync()
-        t0 = time.perf_counter()
-        loss = model(input_ids=input_ids[:, :-1], shift_labels=input_ids[:, 1:]).loss
-        loss.backward()
-        sync()
-        t1 = time.perf_counter()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        sync()
-        t2 = time.perf_counter()
-        if i >= warmup:
-            fb.append(t1 - t0)
-            opt.append(t2 - t1)
-    fb_s, opt_s = sorted(fb)[len(fb) // 2], sorted(opt)[len(opt) // 2]
-    return {"forward_backward_s": fb_s, "optimizer_s": opt_s, "share": opt_s / (fb_s + opt_s)}
-
-
 __all__ = ["MUON_ADJUST_LR", "MUON_QKV_SPLIT", "MuonAdamW", "check_optimizer", "cooldown_steps",
-           "learning_rate", "make_optimizer", "optimizer_step_share", "param_groups",
+           "learning_rate", "make_optimizer", "param_groups",
            "set_learning_rates", "stable_until"]

@@ -153,7 +153,8 @@ def test_a_failing_section_is_reported_in_its_row_and_the_others_still_run(monke
 
 
 def test_every_section_module_has_what_gpu_check_runs_it_by():
-    assert gpu_check.SECTION_NAMES == ("parity", "attention", "train", "data", "eval", "shakespeare", "syncs", "fsdp")
+    assert gpu_check.SECTION_NAMES == ("parity", "attention", "train", "data", "eval", "shakespeare", "syncs", "fsdp",
+                                       "muon")
     for name, module in gpu_sections.SECTIONS.items():
         assert module.NAME == name and module.SUMMARY.strip() and module.TIMEOUT > 0 and callable(module.run), name
 
@@ -184,7 +185,7 @@ def test_the_loader_share_is_measured_against_the_step_time_section_train_left()
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(name, marks=[] if name in ("data", "syncs", "fsdp") else [pytest.mark.slow])  # seconds, or n/a
+    [pytest.param(name, marks=[] if name in ("data", "syncs", "fsdp", "muon") else [pytest.mark.slow])  # seconds, or n/a
      for name in gpu_sections.SECTION_NAMES],
 )
 def test_each_section_runs_alone_on_cpu(name, tmp_path, monkeypatch, capsys):
@@ -250,3 +251,19 @@ def test_cpu_smoke_run_exits_0_and_reports_every_section(tmp_path):
     printed = table_lines(proc.stdout.split("## GPU acceptance")[-1])
     assert len(printed) == len(rows) + 2 and all(f"| {r['section']} | {r['check']} |" in proc.stdout for r in rows)
     assert results.read_text() == before  # --no-append
+
+
+def test_the_muon_section_times_the_optimizer_step_apart_from_the_accumulated_forward_and_backward():
+    from types import SimpleNamespace
+
+    from gpt2repro.optim import make_optimizer
+    from gpu_sections import muon
+
+    model = muon.GPT2ReproForCausalLM(muon.model_config(gpu_sections.PROFILES["cpu"]))
+    optimizer = make_optimizer(model, muon.settings("muon"))
+    batches = [torch.randint(0, 50257, (2, 17))] * 2
+    measured = muon.step_share(model, optimizer, batches, SimpleNamespace(device="cpu", precision="fp32"), 1, 2)
+    assert measured["forward_backward_s"] > 0 and measured["optimizer_s"] > 0
+    assert measured["share"] == pytest.approx(measured["optimizer_s"] / (measured["forward_backward_s"]
+                                                                         + measured["optimizer_s"]))
+    assert muon.settings("muon").total_batch_tokens // muon.GPUS_OF_THE_RECIPE == 4 * 16 * 1024  # 4 micro-steps

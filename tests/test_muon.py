@@ -286,11 +286,3 @@ def test_the_report_and_card_say_which_optimizer_and_schedule_trained_the_model(
     assert "250 warmup steps, then flat, then linear over the last 30% of the steps (WSD) to 0.0" in muon
     assert optimizer_line({"lr": 6e-4, "warmup_steps": 715, "min_lr_ratio": 0.1}) == (
         "AdamW (peak lr 0.0006); 715 warmup steps, then cosine to 0.1 x the peak")  # a report from before Muon
-
-
-def test_the_optimizer_step_s_share_of_a_training_step_is_measured(model):
-    from gpt2repro.optim import optimizer_step_share
-
-    optimizer = make_optimizer(model, muon_settings())
-    share = optimizer_step_share(model, optimizer, torch.randint(0, 50257, (2, 17)), steps=2, warmup=1)
-    assert share["forward_backward_s"] > 0 and share["optimizer_s"] > 0 and 0 < share["share"] < 1

@@ -20,10 +20,10 @@ Adding a section: write its module here and add it to MODULES; that is all gpu_c
 at the CPU shape (marked slow unless it takes about a second); test there what its own rows compute.
 """
 
-from . import attention, data, fsdp, hellaswag, parity, shakespeare, syncs, training
+from . import attention, data, fsdp, hellaswag, muon, parity, shakespeare, syncs, training
 from .base import PROFILES, CheckFailed, Profile, Row
 
-MODULES = (parity, attention, training, data, hellaswag, shakespeare, syncs, fsdp)
+MODULES = (parity, attention, training, data, hellaswag, shakespeare, syncs, fsdp, muon)
 SECTIONS = {module.NAME: module for module in MODULES}
 SECTION_NAMES = tuple(SECTIONS)
 
