@@ -387,14 +387,15 @@ def training(argv, held: contextlib.ExitStack):
         log.tick(state)
         save(accelerator, model, tokenizer, final, state, loader, log)
         log.print(f"final checkpoint: {final}\nreport: {log.run_dir.report_md} | curves: {log.run_dir.curves}")
-        if s.push_to_hub and accelerator.is_main_process:
-            push_to_hub(final, s.push_to_hub, private=s.hub_private, hub_format=s.hub_format)
-            log.print(f"pushed to https://huggingface.co/{s.push_to_hub}")
     # A last barrier, waited on without the GIL: gloo's worker thread frees the previous collective's tensors, which
     # needs the GIL, and the process group's destructor (when the DDP model is freed) would otherwise wait for that
     # thread while holding the GIL: a hang at exit.
     accelerator.wait_for_everyone()
     log.finish()
+    # After the barrier: an upload may take longer than --collective-timeout-minutes, and the other ranks are done.
+    if state.step == s.max_steps and s.push_to_hub and accelerator.is_main_process:
+        push_to_hub(log.run_dir.final, s.push_to_hub, private=s.hub_private, hub_format=s.hub_format)
+        log.print(f"pushed to https://huggingface.co/{s.push_to_hub}")
 
 
 class StopRequest:

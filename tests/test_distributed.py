@@ -367,18 +367,23 @@ def test_every_accelerate_config_loads_and_is_what_the_readme_says():
     assert fsdp_settings[0] == fsdp_settings[1]
 
 
-def test_every_launch_command_in_the_readme_table_has_a_batch_its_processes_divide():
+def test_every_launch_command_in_the_readme_table_has_a_batch_its_processes_divide_and_an_optimizer_it_allows():
     import shlex
 
+    from accelerate.utils import DistributedType
+
+    from gpt2repro.optim import check_optimizer
     from gpt2repro.settings import parse_settings
 
-    rows = re.findall(r"^\| `accelerate_configs/[\w.]+` \| (\d+) \|.*`[^`]*train\.py([^`]*)` \|$",
+    strategies = {"none": DistributedType.NO, "DDP": DistributedType.MULTI_GPU, "FSDP2": DistributedType.FSDP}
+    rows = re.findall(r"^\| `accelerate_configs/[\w.]+` \| (\d+) \| \d+ \| (\w+) \|.*`[^`]*train\.py([^`]*)` \|$",
                       (REPO / "README.md").read_text(), flags=re.M)
     assert len(rows) == len(readme_configs())
-    for processes, args in rows:
+    for processes, strategy, args in rows:
         _, s = parse_settings(shlex.split(args))
         per_micro_step = s.micro_batch_size * s.seq_len * int(processes)
         assert s.total_batch_tokens % per_micro_step == 0, (args, processes)  # else train.py refuses to start
+        check_optimizer(s, strategies[strategy])  # Muon (the tiny preset's) is refused under FSDP
 
 
 def test_the_slurm_script_starts_on_every_node_the_elastic_launch_the_readme_documents():

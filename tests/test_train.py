@@ -236,9 +236,17 @@ def test_a_push_that_fails_after_training_says_so_and_keeps_the_checkpoint(data_
                                                                            capsys):
     # the login checked out at the start (the network went away later); conftest's HF_HUB_OFFLINE=1 fails the push
     monkeypatch.setattr(train, "check_push_access", lambda repo_id, private: f"push: to {repo_id}")
+    # the upload starts after the last barrier: the other ranks must not wait out the collective timeout for it
+    from accelerate import Accelerator
+
+    events, push, finish = [], train.push_to_hub, train.RunLog.finish
+    monkeypatch.setattr(Accelerator, "wait_for_everyone", lambda self: events.append("barrier"))
+    monkeypatch.setattr(train.RunLog, "finish", lambda self: (events.append("finish"), finish(self)))
+    monkeypatch.setattr(train, "push_to_hub", lambda *a, **k: (events.append("push"), push(*a, **k)))
     with pytest.raises(train.PublishError, match="^could not push .* checkpoint is intact"):
         run_in_process("--data-dir", data_dir, "--run-dir", tmp_path, "--max-steps", 1, "--micro-batch-size", 4,
                        "--total-batch-tokens", 4 * SEQ, "--push-to-hub", "someone/gpt2repro-test")
+    assert events[-3:] == ["barrier", "finish", "push"]  # the run's last barrier, its trackers closed, then the push
     assert "push: to someone/gpt2repro-test" in capsys.readouterr().out.splitlines()[0]
     assert (tmp_path / "final" / "model.safetensors").exists()
 
