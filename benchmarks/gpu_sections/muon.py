@@ -14,7 +14,7 @@ from gpt2repro.optim import make_optimizer, set_learning_rates
 from gpt2repro.settings import PRESETS, Settings
 from modeling_gpt2repro import GPT2ReproForCausalLM
 
-from .base import Row, autocast, model_config, ok, verdict
+from .base import Row, compiled, model_config, ok, verdict
 
 NAME = "muon"
 SUMMARY = ("Muon: the optimizer step's share of a training step at the 124M shape (vs AdamW), and the first\n"
@@ -32,18 +32,26 @@ def settings(optimizer: str) -> Settings:
     return Settings(**PRESETS["gpt2-124m-muon" if optimizer == "muon" else "gpt2-124m"])
 
 
+def autocast(args, device: torch.device):
+    """bf16 autocast on `device` under --precision bf16, as train.py's Accelerator runs the forward there."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
+
 def step_share(model, optimizer, batches, args, warmup: int, steps: int) -> dict:
-    """Median seconds of forward + backward over `batches` (accumulated, as one optimizer step of train.py) and of
-    the optimizer step after it, and the optimizer's share of the two."""
+    """Median seconds of forward + backward over `batches` (accumulated, as one optimizer step of train.py, compiled
+    as --compile says) and of the optimizer step after it, and the optimizer's share of the two."""
     device = batches[0].device
+    forward = compiled(model, args.compile)
+    found_inf = torch.zeros((), device=device)  # train.py always passes it: Muon's gated path is the one timed
 
     def forward_backward():
         for window in batches:
-            with autocast(args):
-                loss = model(input_ids=window[:, :-1], shift_labels=window[:, 1:]).loss
+            with autocast(args, device):
+                loss = forward(input_ids=window[:, :-1], shift_labels=window[:, 1:]).loss
             (loss / len(batches)).backward()
 
     def optimizer_step():
+        optimizer.found_inf = found_inf
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -67,7 +75,7 @@ def first_losses(reference, device, batches, args) -> list[float]:
     losses = []
     for window in batches:
         window = window.to(device)
-        with autocast(args):
+        with autocast(args, device):
             loss = model(input_ids=window[:, :-1], shift_labels=window[:, 1:]).loss
         loss.backward()
         optimizer.step()
