@@ -43,7 +43,7 @@ from gpt2repro.dir_lock import DirectoryInUseError, exclusive
 from gpt2repro.errors import UserError, cli, first_line
 from gpt2repro.export import load_pretrained, weights_source
 from gpt2repro.hellaswag import HellaSwagDataError, load_hellaswag, score_hellaswag
-from gpt2repro.launch import LostProcessError, lost_a_process, make_accelerator
+from gpt2repro.launch import LostProcessError, lost_a_process, make_accelerator, restart_count
 from gpt2repro.model_card import PublishError, card_files, check_push_access, push_to_hub
 from gpt2repro.optim import check_optimizer, learning_rate, make_optimizer, set_learning_rates
 from gpt2repro.report import SAMPLE_PROMPT, write_report
@@ -214,7 +214,7 @@ RESTART_LOCK_WAIT_SECONDS = 120
 def hold_run_dir(s: Settings, accelerator) -> Iterator[None]:
     """One training at a time in a run directory: the main process holds its lock (gpt2repro/dir_lock.py) until the
     run ends, however it ends; if it cannot, every rank stops with the main process's line."""
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    restarted = restart_count() > 0
     with contextlib.ExitStack() as held:
         problem = None
         if accelerator.is_main_process:
@@ -232,7 +232,7 @@ def resume_candidates(s: Settings) -> list[Path]:
     """The checkpoints to resume from, newest first. A group that torch elastic restarted after losing a rank
     continues from the run's own newest checkpoint (else from where its first start did); a fresh run never mixes
     into another run's directory."""
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    restarted = restart_count() > 0
     own = find_resume_checkpoint("auto", s.run_dir) if restarted else []
     if not s.resume and not restarted and complete_checkpoints(s.run_dir):
         raise SettingsError(f"--run-dir {s.run_dir} holds another run's checkpoints; continue it with --resume auto, "

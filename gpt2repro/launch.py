@@ -79,13 +79,18 @@ def tune_device(device_type: str) -> None:
         keep_freed_memory_for_reuse()
 
 
+def restart_count() -> int:
+    """How many times torch elastic restarted this run's processes (0: the first start, or no torch elastic)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
 def start_restarted_group(timeout: datetime.timedelta) -> None:
     """Start the process group of a torch-elastic restart on keys of its own. torch stopped scoping the group's keys
     by attempt when its c10d rendezvous began making a new store for each restart (pytorch#135712), but the static
     rendezvous (Accelerate's default) keeps one store: a restarted rank can read a dead rank's address and fail to
     connect. Accelerate then finds the group started and uses it."""
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    if attempt == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+    attempt = restart_count()
+    if not attempt or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return
     store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                                        timeout=timeout)
