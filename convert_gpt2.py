@@ -15,8 +15,8 @@ from pathlib import Path
 from gpt2repro.checkpoints import RunDir
 from gpt2repro.errors import cli
 from gpt2repro.export import ConversionError, export_gpt2, save_ours
-from gpt2repro.hub import check_repo_id, repo_id_problem
-from gpt2repro.model_card import HUB_FORMATS, push_to_hub
+from gpt2repro.hub import HUB_FORMATS, check_repo_id, repo_id_problem
+from gpt2repro.model_card import push_to_hub
 
 
 @cli

@@ -7,6 +7,9 @@ huggingface_hub is imported inside the functions: prepare_data.py, which imports
 
 from gpt2repro.errors import UsageError, UserError, first_line
 
+# What a push puts on the Hub: both formats (native on main, ours on model_card.GPT2REPRO_BRANCH), or only one, on
+# main. Here rather than in model_card so that settings offers the choice without importing the upload's libraries.
+HUB_FORMATS = ("both", "native", "gpt2repro")
 HUB_TIMEOUT = 10  # seconds for the one metadata call that decides whether the Hub is reachable
 
 
