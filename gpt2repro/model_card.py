@@ -385,6 +385,9 @@ def upload_card(card: ModelCard, repo_id: str) -> None:
 def files_to_upload(folder: Path) -> list[str]:
     """The top-level files of a checkpoint folder that its users need, sorted."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise PublishError(f"{folder}: no such directory; push a checkpoint folder that train.py wrote "
+                           f"(RUN_DIR/{RunDir.FINAL} or a {RunDir.CHECKPOINT_PREFIX}* folder)")
     names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     chosen = [n for n in names if any(fnmatch.fnmatchcase(n, pattern) for pattern in UPLOAD_PATTERNS)]
     if "config.json" not in chosen or not any(n.endswith(".safetensors") for n in chosen):

@@ -311,6 +311,15 @@ def test_a_folder_without_weights_is_refused_before_the_hub(tmp_path, monkeypatc
     assert hub.repos == [] and hub.commits == []
 
 
+def test_a_missing_folder_is_refused_in_one_line_before_the_hub(tmp_path, monkeypatch):
+    hub = FakeHub(monkeypatch)
+    with pytest.raises(model_card.PublishError) as error:
+        model_card.push_to_hub(tmp_path / "DOES_NOT_EXIST", "someone/x")
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'DOES_NOT_EXIST'}: no such directory; push a checkpoint folder")
+    assert "\n" not in message and hub.repos == [] and hub.commits == []
+
+
 def test_push_offline_is_one_line_naming_a_retry_without_training_state(checkpoint):
     # conftest sets HF_HUB_OFFLINE=1: the Hub is unreachable, as on a machine without internet
     with pytest.raises(model_card.PublishError) as error:
