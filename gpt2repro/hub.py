@@ -40,6 +40,27 @@ def repo_info(repo_id: str, repo_type: str = "model", revision: str | None = Non
                              timeout=HUB_TIMEOUT)
 
 
+def hub_answers(repo_id: str, refusal, repo_type: str = "model") -> bool:
+    """Whether the Hub answers about `repo_id`, asked in one short call: huggingface_hub's download retries would make
+    a machine that cannot reach it wait most of a minute. False (offline mode, or no answer, with a note on stderr):
+    read the local cache only. A refusal (no such repo, gated) raises refusal(reason), a UserError, at once."""
+    import sys
+
+    import huggingface_hub.constants
+
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        repo_info(repo_id, repo_type)
+    except Exception as e:
+        if unreachable(e):
+            print(f"note: the Hugging Face Hub does not answer ({failure_reason(e, repo_type)}); reading {repo_id} "
+                  "from the local cache", file=sys.stderr)
+            return False
+        raise refusal(failure_reason(e, repo_type)) from None
+    return True
+
+
 def unreachable(error: Exception) -> bool:
     """The Hub did not answer (no network, a refused connection, a timeout): not a refusal by the Hub."""
     import httpx2
