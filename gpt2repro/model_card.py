@@ -469,6 +469,13 @@ def push_to_hub(folder: Path, repo_id: str, private: bool = False, hub_format: s
     check_repo_id(repo_id, "repo", PublishError)
     folder = Path(folder)
     ours = {name: folder / name for name in files_to_upload(folder) if name != "README.md"}
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        model_type = None
+    if model_type != "gpt2repro":  # a push of --hub-format gpt2repro exports nothing that would refuse it
+        raise PublishError(f"{folder} holds a {model_type!r} model, not a gpt2repro checkpoint; push a folder that "
+                           f"train.py wrote (RUN_DIR/{RunDir.FINAL} or a {RunDir.CHECKPOINT_PREFIX}* folder)")
     native, gpt2repro = hub_format in ("both", "native"), hub_format in ("both", "gpt2repro")
     branch = GPT2REPRO_BRANCH if native and gpt2repro else None
     extras = {name: folder / name for name in (RunDir.CURVES, RunDir.REPORT_MD, RunDir.REPORT_JSON) if name in ours}
