@@ -140,7 +140,8 @@ def cache_only(source: str) -> bool:
     return not hub_answers(source, lambda why: ConversionError(f"cannot read the Hub repo {source}: {why}"))
 
 
-def _read_config(source: str, local_only: bool = False) -> dict:
+def _read_config(source: str, local_only: bool | None = None) -> dict:
+    """The config.json of a folder or Hub repo; `local_only`: cache_only(source), where the caller has asked it."""
     if Path(source).is_dir():
         path = Path(source) / "config.json"
         if not path.is_file():
@@ -148,8 +149,9 @@ def _read_config(source: str, local_only: bool = False) -> dict:
     else:
         from huggingface_hub import hf_hub_download
 
+        local_only = cache_only(source) if local_only is None else local_only
         try:
-            path = hf_hub_download(source, "config.json", local_files_only=local_only or cache_only(source))
+            path = hf_hub_download(source, "config.json", local_files_only=local_only)
         except Exception as e:  # offline with no cached copy, no such repo, no permission
             raise ConversionError(f"cannot read the config.json of the Hub repo {source} "
                                   f"({first_line(e, with_type=True)}); online, check the id; offline (HF_HUB_OFFLINE=1), "
