@@ -14,9 +14,9 @@ from pathlib import Path
 
 from gpt2repro.checkpoints import RunDir
 from gpt2repro.errors import cli
-from gpt2repro.export import ConversionError, export_gpt2, save_ours
-from gpt2repro.hub import check_repo_id, repo_id_problem
-from gpt2repro.model_card import HUB_FORMATS, push_to_hub
+from gpt2repro.export import ConversionError, cache_only, check_output, export_gpt2, save_ours
+from gpt2repro.hub import HUB_FORMATS, check_repo_id, repo_id_problem
+from gpt2repro.model_card import push_to_hub
 
 
 @cli
@@ -43,12 +43,16 @@ def main(argv=None):
         check_repo_id(args.repo, "push REPO", ConversionError)
         print(f"pushed to {push_to_hub(args.source, args.repo, private=args.private, hub_format=args.hub_format)}")
         return
-    check_direction(args.direction, args.source)
+    check_output(args.out, args.source)
+    local_only = check_direction(args.direction, args.source)
     if args.direction == "from-gpt2":
+        from transformers import GPT2LMHeadModel
+
         from modeling_gpt2repro import GPT2ReproForCausalLM
 
         try:
-            model = GPT2ReproForCausalLM.from_gpt2(args.source)
+            gpt2 = GPT2LMHeadModel.from_pretrained(args.source, local_files_only=True) if local_only else args.source
+            model = GPT2ReproForCausalLM.from_gpt2(gpt2)
         except (OSError, ValueError) as e:
             raise ConversionError(str(e)) from None
         save_ours(model, args.out)
@@ -57,26 +61,29 @@ def main(argv=None):
     print(f"wrote {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters) to {args.out}")
 
 
-def check_direction(direction: str, source: str) -> None:
+def check_direction(direction: str, source: str) -> bool:
     """Refuse, in one line, a source that is neither a directory nor a Hub repo id, and one that is already what the
     direction makes (loading it would end in a report of mismatched weights): our checkpoint given to from-gpt2,
-    GPT-2's given to to-gpt2."""
+    GPT-2's given to to-gpt2. Returns whether a Hub source is to be read from the local cache alone (export.cache_only:
+    the Hub does not answer)."""
     from transformers import PretrainedConfig
 
     from configuration_gpt2repro import GPT2ReproConfig
 
     if not Path(source).exists() and (problem := repo_id_problem(source)):
         raise ConversionError(f"{source}: no such directory, and not a Hub repo id ({problem})")
+    local_only = cache_only(source)
     try:
-        kind = PretrainedConfig.get_config_dict(source)[0].get("model_type")
+        kind = PretrainedConfig.get_config_dict(source, local_files_only=local_only)[0].get("model_type")
     except (OSError, ValueError):
-        return  # no config to read: loading it names the problem
+        return local_only  # no config to read: loading it names the problem
     if direction == "from-gpt2" and kind == GPT2ReproConfig.model_type:
         raise ConversionError(f"{source} is already a gpt2repro checkpoint; to make a plain GPT-2 of it, use "
                               f"python convert_gpt2.py to-gpt2 {source} OUT")
     if direction == "to-gpt2" and kind == "gpt2":
         raise ConversionError(f"{source} is already a GPT-2 checkpoint; to make a gpt2repro one of it, use "
                               f"python convert_gpt2.py from-gpt2 {source} OUT")
+    return local_only
 
 
 if __name__ == "__main__":

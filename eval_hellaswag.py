@@ -31,7 +31,7 @@ import modeling_gpt2repro  # noqa: F401  registers our classes with Auto*: check
 from gpt2repro.errors import UsageError, UserError, cli, first_line
 from gpt2repro.fileio import write_atomically
 from gpt2repro.hellaswag import HELLASWAG_ITEMS, HELLASWAG_METRICS, cache_dir, load_hellaswag, score_hellaswag
-from gpt2repro.hub import failure_reason, repo_id_problem, repo_info, unreachable
+from gpt2repro.hub import hub_answers, repo_id_problem
 from gpt2repro.model_card import add_eval_results, load_card, upload_card
 from gpt2repro.provenance import provenance
 from gpt2repro.report import describe_data
@@ -47,22 +47,6 @@ class ModelLoadError(UserError, ValueError):
     """A --model that cannot be loaded: the message says why and what to pass instead."""
 
 
-def hub_answers(name: str) -> bool:
-    """Whether the Hub answers about the model `name`, asked in one short call: the downloads' retries would make a
-    machine that cannot reach it wait most of a minute. A refusal (no such repo, gated) is its one line at once."""
-    if huggingface_hub.constants.HF_HUB_OFFLINE:
-        return False
-    try:
-        repo_info(name)
-    except Exception as e:
-        if unreachable(e):
-            print(f"note: the Hugging Face Hub does not answer ({failure_reason(e)}); loading {name} from the local "
-                  "cache", file=sys.stderr)
-            return False
-        raise ModelLoadError(f"cannot load model {name!r}: {failure_reason(e)}") from None
-    return True
-
-
 def load_model(name: str, device: str, dtype: torch.dtype):
     """A causal LM and its tokenizer from a checkpoint dir, any HF model dir, or a Hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -71,7 +55,7 @@ def load_model(name: str, device: str, dtype: torch.dtype):
     if not local and (problem := repo_id_problem(name)):
         raise ModelLoadError(f"cannot load model {name!r}: no such local directory, and not a Hub repo id "
                              f"({problem})")
-    cache_only = not local and not hub_answers(name)
+    cache_only = not local and not hub_answers(name, lambda why: ModelLoadError(f"cannot load model {name!r}: {why}"))
     # transformers builds an empty tokenizer for a GPT-2 directory without tokenizer files, so ask
     # the directory, not AutoTokenizer. Weights-only checkpoints get the GPT-2 BPE they were trained on.
     # The tokenizer loads first: a damaged one fails in a moment, not after gigabytes of weights.

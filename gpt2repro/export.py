@@ -12,11 +12,14 @@ folder or Hub repo, or one of our checkpoints; the model's size is theirs.
 """
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 from gpt2repro.checkpoints import RunDir
 from gpt2repro.errors import UserError, first_line
 from gpt2repro.fileio import share_like, write_atomically
+from gpt2repro.hub import hub_answers
 from gpt2repro.tokenizer import save_tokenizer
 
 
@@ -50,28 +53,65 @@ def load_checkpoint_model(folder: str | Path):
         raise ConversionError(f"{folder}: cannot load the checkpoint ({e})") from None
 
 
+def check_output(out: str | Path, source: str | Path | None = None) -> None:
+    """Refuse, before any weights load, an output folder that a conversion would overwrite: its own source, or a
+    folder that already holds something (a checkpoint's config and weights replaced in place would no longer match
+    its training_state's digests)."""
+    out = Path(out)
+    if source is not None and Path(source).exists() and out.exists() and out.resolve() == Path(source).resolve():
+        raise ConversionError(f"OUT {out} is the source folder: converting in place would overwrite it; choose an "
+                              "empty or new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        holds = "holds a model" if (out / "config.json").is_file() else "is not an empty folder"
+        raise ConversionError(f"OUT {out} {holds}: a conversion never overwrites one; choose an empty or new folder")
+
+
+def _write_folder(out: str | Path, write) -> None:
+    """write(tmp) into a temp folder beside `out`, renamed to `out` once complete: an interrupted conversion leaves
+    no half folder, and a failed one leaves nothing."""
+    out = Path(out)
+    check_output(out)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write(tmp)
+        os.replace(tmp, out)  # over an empty folder too
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def export_gpt2(model, out: str | Path):
-    """Write `model` (a GPT2ReproForCausalLM, or a checkpoint folder of one) into `out` as a GPT2LMHeadModel with
-    the GPT-2 tokenizer; returns the GPT2LMHeadModel."""
+    """Write `model` (a GPT2ReproForCausalLM, or a checkpoint folder of one) into `out` (new or empty) as a
+    GPT2LMHeadModel with the GPT-2 tokenizer; returns the GPT2LMHeadModel."""
     if isinstance(model, (str, Path)):
+        check_output(out, model)
         model = load_checkpoint_model(model)
     gpt2 = model.to_gpt2()
-    out = Path(out)
-    gpt2.save_pretrained(out)
-    # llama.cpp's GGUF converter reads n_ctx, as OpenAI's gpt2 config.json has it; transformers 5 no longer writes it
-    config = json.loads((out / "config.json").read_text())
-    config["n_ctx"] = gpt2.config.n_positions
-    write_atomically(out / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
-    share_like(out.glob("*.safetensors"), out / "config.json")
-    save_tokenizer(out, gpt2.config.n_positions)
+
+    def write(folder: Path) -> None:
+        gpt2.save_pretrained(folder)
+        # llama.cpp's GGUF converter reads n_ctx, as OpenAI's gpt2 config.json has it; transformers 5 no longer
+        # writes it
+        config = json.loads((folder / "config.json").read_text())
+        config["n_ctx"] = gpt2.config.n_positions
+        write_atomically(folder / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+        share_like(folder.glob("*.safetensors"), folder / "config.json")
+        save_tokenizer(folder, gpt2.config.n_positions)
+
+    _write_folder(out, write)
     return gpt2
 
 
 def save_ours(model, out: str | Path) -> None:
-    """Write our model (e.g. from GPT2ReproForCausalLM.from_gpt2) as a checkpoint folder with the GPT-2 tokenizer."""
-    model.save_pretrained(out)
-    share_like(Path(out).glob("*.safetensors"), Path(out) / "config.json")
-    save_tokenizer(out, model.config.n_positions)
+    """Write our model (e.g. from GPT2ReproForCausalLM.from_gpt2) into `out` (new or empty) as a checkpoint folder
+    with the GPT-2 tokenizer."""
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        share_like(folder.glob("*.safetensors"), folder / "config.json")
+        save_tokenizer(folder, model.config.n_positions)
+
+    _write_folder(out, write)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,7 +132,16 @@ def base_model(name: str | None) -> dict | None:
     return {"name": name, "hub_id": None if Path(source).is_dir() else source}
 
 
-def _read_config(source: str) -> dict:
+def cache_only(source: str) -> bool:
+    """Whether the Hub repo `source` is to be read from the local cache alone: the Hub does not answer its one short
+    call (a refusal, no such repo or gated, is a ConversionError at once). False for a local folder."""
+    if Path(source).is_dir():
+        return False
+    return not hub_answers(source, lambda why: ConversionError(f"cannot read the Hub repo {source}: {why}"))
+
+
+def _read_config(source: str, local_only: bool | None = None) -> dict:
+    """The config.json of a folder or Hub repo; `local_only`: cache_only(source), where the caller has asked it."""
     if Path(source).is_dir():
         path = Path(source) / "config.json"
         if not path.is_file():
@@ -100,8 +149,9 @@ def _read_config(source: str) -> dict:
     else:
         from huggingface_hub import hf_hub_download
 
+        local_only = cache_only(source) if local_only is None else local_only
         try:
-            path = hf_hub_download(source, "config.json")
+            path = hf_hub_download(source, "config.json", local_files_only=local_only)
         except Exception as e:  # offline with no cached copy, no such repo, no permission
             raise ConversionError(f"cannot read the config.json of the Hub repo {source} "
                                   f"({first_line(e, with_type=True)}); online, check the id; offline (HF_HUB_OFFLINE=1), "
@@ -137,16 +187,19 @@ def load_pretrained(name: str):
     dtype they were saved in); the lm_head stays tied to wte."""
     from modeling_gpt2repro import GPT2ReproForCausalLM
 
+    from transformers import GPT2LMHeadModel
+
     source = weights_source(name)
+    local_only = cache_only(source)
     try:
-        if _read_config(source).get("model_type") == "gpt2repro":
-            model = GPT2ReproForCausalLM.from_pretrained(source)
+        if _read_config(source, local_only).get("model_type") == "gpt2repro":
+            model = GPT2ReproForCausalLM.from_pretrained(source, local_files_only=local_only)
         else:
-            model = GPT2ReproForCausalLM.from_gpt2(source)
+            model = GPT2ReproForCausalLM.from_gpt2(GPT2LMHeadModel.from_pretrained(source, local_files_only=local_only))
     except (OSError, ValueError) as e:
         raise ConversionError(f"cannot load the weights of {source} ({first_line(e)})") from None
     return model.float()
 
 
-__all__ = ["ConversionError", "OPENAI_GPT2", "base_model", "export_gpt2", "load_checkpoint_model", "load_pretrained",
-           "pretrained_config", "save_ours", "weights_source"]
+__all__ = ["ConversionError", "OPENAI_GPT2", "base_model", "cache_only", "check_output", "export_gpt2",
+           "load_checkpoint_model", "load_pretrained", "pretrained_config", "save_ours", "weights_source"]

@@ -7,6 +7,9 @@ huggingface_hub is imported inside the functions: prepare_data.py, which imports
 
 from gpt2repro.errors import UsageError, UserError, first_line
 
+# What a push puts on the Hub: both formats (native on main, ours on model_card.GPT2REPRO_BRANCH), or only one, on
+# main. Here rather than in model_card so that settings offers the choice without importing the upload's libraries.
+HUB_FORMATS = ("both", "native", "gpt2repro")
 HUB_TIMEOUT = 10  # seconds for the one metadata call that decides whether the Hub is reachable
 
 
@@ -35,6 +38,27 @@ def repo_info(repo_id: str, repo_type: str = "model", revision: str | None = Non
 
     return HfApi().repo_info(repo_id, repo_type=repo_type, revision=revision, files_metadata=files_metadata,
                              timeout=HUB_TIMEOUT)
+
+
+def hub_answers(repo_id: str, refusal, repo_type: str = "model") -> bool:
+    """Whether the Hub answers about `repo_id`, asked in one short call: huggingface_hub's download retries would make
+    a machine that cannot reach it wait most of a minute. False (offline mode, or no answer, with a note on stderr):
+    read the local cache only. A refusal (no such repo, gated) raises refusal(reason), a UserError, at once."""
+    import sys
+
+    import huggingface_hub.constants
+
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        repo_info(repo_id, repo_type)
+    except Exception as e:
+        if unreachable(e):
+            print(f"note: the Hugging Face Hub does not answer ({failure_reason(e, repo_type)}); reading {repo_id} "
+                  "from the local cache", file=sys.stderr)
+            return False
+        raise refusal(failure_reason(e, repo_type)) from None
+    return True
 
 
 def unreachable(error: Exception) -> bool:

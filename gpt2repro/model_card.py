@@ -23,7 +23,7 @@ from gpt2repro.checkpoints import RunDir
 from gpt2repro.errors import UserError, first_line
 from gpt2repro.export import export_gpt2
 from gpt2repro.hellaswag import HELLASWAG_ITEMS, HELLASWAG_METRICS
-from gpt2repro.hub import check_repo_id
+from gpt2repro.hub import HUB_FORMATS, check_repo_id
 from gpt2repro.report import (
     GPT2_124M_REFERENCE,
     SAMPLE_PROMPT,
@@ -46,8 +46,6 @@ UPLOAD_PATTERNS = (
 )
 FROM_SCRATCH_TAG = "pretrained-from-scratch"
 TAGS = ["gpt2", "gpt2repro", "causal-lm", FROM_SCRATCH_TAG]
-# What a push puts on the Hub: both formats (native on main, ours on GPT2REPRO_BRANCH), or only one, on main.
-HUB_FORMATS = ("both", "native", "gpt2repro")
 GPT2REPRO_BRANCH = "gpt2repro"
 # Files a push replaces wholesale: those of an earlier push that this one does not write are deleted (the model code
 # of a gpt2repro push left on a main branch that now holds the native model, the shards of another size).
@@ -315,12 +313,17 @@ def card_files(report: dict, repo_id: str | None = None, run_dir: Path | None = 
 def write_model_card(folder: Path, report: dict, repo_id: str | None = None, run_dir: Path | None = None) -> None:
     """folder/README.md, with run_dir's curves.png, report.md and report.json copied beside it; the context length
     from the folder's config.json where the report does not give it."""
-    if not report.get("context_length"):
-        try:
-            report = dict(report, context_length=json.loads((Path(folder) / "config.json").read_text())["n_positions"])
-        except (OSError, ValueError, KeyError):
-            pass
-    write_files(folder, card_files(report, repo_id, run_dir))
+    write_files(folder, card_files(with_context_length(report, folder), repo_id, run_dir))
+
+
+def with_context_length(report: dict, folder: Path) -> dict:
+    """`report` with the context length of the checkpoint in `folder` (its config.json) where it does not give one."""
+    if report.get("context_length"):
+        return report
+    try:
+        return dict(report, context_length=json.loads((Path(folder) / "config.json").read_text())["n_positions"])
+    except (OSError, ValueError, KeyError):
+        return report
 
 
 
@@ -382,6 +385,9 @@ def upload_card(card: ModelCard, repo_id: str) -> None:
 def files_to_upload(folder: Path) -> list[str]:
     """The top-level files of a checkpoint folder that its users need, sorted."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise PublishError(f"{folder}: no such directory; push a checkpoint folder that train.py wrote "
+                           f"(RUN_DIR/{RunDir.FINAL} or a {RunDir.CHECKPOINT_PREFIX}* folder)")
     names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     chosen = [n for n in names if any(fnmatch.fnmatchcase(n, pattern) for pattern in UPLOAD_PATTERNS)]
     if "config.json" not in chosen or not any(n.endswith(".safetensors") for n in chosen):
@@ -436,12 +442,8 @@ def _card_for(folder: Path, repo_id: str, layout: HubLayout) -> dict[str, str]:
     except (OSError, ValueError):
         readme = folder / "README.md"
         return {"README.md": readme.read_text()} if readme.is_file() else {}
-    report = dict(report, curves=RunDir.CURVES if (folder / RunDir.CURVES).is_file() else None)
-    if not report.get("context_length"):
-        try:
-            report["context_length"] = json.loads((folder / "config.json").read_text())["n_positions"]
-        except (OSError, ValueError, KeyError):
-            pass
+    report = dict(with_context_length(report, folder), curves=RunDir.CURVES if (folder / RunDir.CURVES).is_file()
+                  else None)
     return {"README.md": str(build_model_card(report, repo_id, layout))}
 
 
@@ -467,6 +469,13 @@ def push_to_hub(folder: Path, repo_id: str, private: bool = False, hub_format: s
     check_repo_id(repo_id, "repo", PublishError)
     folder = Path(folder)
     ours = {name: folder / name for name in files_to_upload(folder) if name != "README.md"}
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        model_type = None
+    if model_type != "gpt2repro":  # a push of --hub-format gpt2repro exports nothing that would refuse it
+        raise PublishError(f"{folder} holds a {model_type!r} model, not a gpt2repro checkpoint; push a folder that "
+                           f"train.py wrote (RUN_DIR/{RunDir.FINAL} or a {RunDir.CHECKPOINT_PREFIX}* folder)")
     native, gpt2repro = hub_format in ("both", "native"), hub_format in ("both", "gpt2repro")
     branch = GPT2REPRO_BRANCH if native and gpt2repro else None
     extras = {name: folder / name for name in (RunDir.CURVES, RunDir.REPORT_MD, RunDir.REPORT_JSON) if name in ours}

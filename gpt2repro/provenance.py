@@ -42,9 +42,11 @@ def library_versions() -> dict:
     return versions
 
 
-def lock_state(lock: Path = LOCK_FILE) -> dict | None:
-    """The dependency lock the code ships (requirements.lock): its sha256, and which locked packages are installed
-    at another version (a hand-made environment); None without the file (an installed package)."""
+def lock_state(lock: Path | None = None) -> dict | None:
+    """The dependency lock the code ships (requirements.lock, LOCK_FILE where `lock` is None, read when called): its
+    sha256, and which locked packages are installed at another version (a hand-made environment); None without the
+    file (an installed package)."""
+    lock = Path(lock) if lock is not None else LOCK_FILE
     try:
         text = lock.read_bytes()
     except OSError:

@@ -20,8 +20,8 @@ from configuration_gpt2repro import GPT2ReproConfig
 from gpt2repro.attention import ATTENTION_CHOICES
 from gpt2repro.document_sources import DEFAULT_DATA_DIR, data_dir_for
 from gpt2repro.errors import UserError, first_line
+from gpt2repro.hub import HUB_FORMATS
 from gpt2repro.micro_batch import MicroBatch
-from gpt2repro.model_card import HUB_FORMATS
 from gpt2repro.token_shards import check_shards, check_tokenizer
 from gpt2repro.validation import resolve_val_tokens
 

@@ -194,6 +194,30 @@ def hub(tmp_path, monkeypatch):
     return stand_in_hub.StandInHub(tmp_path / "hub").install(monkeypatch.setattr)
 
 
+@pytest.fixture
+def unreachable_hub(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE unset on a machine without network, with an empty Hub cache: every request huggingface_hub
+    makes goes through this client, fails as a refused connection would, and is recorded in the returned list (a
+    count, not a time, shows that no download retries happened)."""
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub.utils import _http
+
+    requests = []
+
+    def no_network(request):
+        # huggingface_hub's once-a-day fetch of its user-agent registry is no call of ours, and not retried
+        if not request.url.path.endswith("/api/agent-harnesses"):
+            requests.append(request)
+        raise httpx2.ConnectError("[Errno 101] Network is unreachable", request=request)
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(no_network)))
+    yield requests
+    huggingface_hub.set_client_factory(_http.default_client_factory)
+
+
 # ---- host syncs: a training step reads nothing back from the device unless it logs ----
 
 READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")

@@ -17,7 +17,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import eval_hellaswag as ev
 from modeling_gpt2repro import GPT2ReproForCausalLM
-from gpt2repro import hellaswag
+from gpt2repro import hellaswag, hub
 from gpt2repro import validation
 from gpt2repro.token_shards import write_shard
 from gpt2repro.tokenizer import load_tokenizer
@@ -357,29 +357,13 @@ def test_hub_id_offline_is_a_one_line_error_that_says_how_to_work_offline():
 
 
 
-def test_a_hub_id_where_the_hub_does_not_answer_fails_after_one_short_call(monkeypatch, tmp_path):
-    # HF_HUB_OFFLINE unset on a machine without network: one metadata call with the short timeout decides, not the
-    # download retries of most of a minute (counted here, not timed: every call goes through this client)
-    import httpx2
-    import huggingface_hub
-    from huggingface_hub.utils import _http
-
+def test_a_hub_id_where_the_hub_does_not_answer_fails_after_one_short_call(unreachable_hub):
+    # one metadata call with the short timeout decides, not the download retries of most of a minute
     from gpt2repro.hub import HUB_TIMEOUT
 
-    requests = []
-
-    def no_network(request):
-        requests.append(request)
-        raise httpx2.ConnectError("[Errno 101] Network is unreachable", request=request)
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(no_network)))
-    try:
-        with pytest.raises(ev.ModelLoadError) as error:
-            ev.load_model("openai-community/gpt2", "cpu", torch.float32)
-    finally:
-        huggingface_hub.set_client_factory(_http.default_client_factory)
+    requests = unreachable_hub
+    with pytest.raises(ev.ModelLoadError) as error:
+        ev.load_model("openai-community/gpt2", "cpu", torch.float32)
     assert len(requests) == 1, [str(r.url) for r in requests]
     assert requests[0].extensions["timeout"]["connect"] == HUB_TIMEOUT
     message = str(error.value)
@@ -395,7 +379,7 @@ def test_a_model_that_is_neither_a_directory_nor_a_repo_id_is_named_without_a_hu
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(ev, "repo_info", lambda *a, **k: pytest.fail("asked the Hub"))
+    monkeypatch.setattr(hub, "repo_info", lambda *a, **k: pytest.fail("asked the Hub"))
     with pytest.raises(ev.ModelLoadError, match=re.escape(f"cannot load model {name!r}: {expected}")):
         ev.load_model(name, "cpu", torch.float32)
 

@@ -85,7 +85,8 @@ def test_reports_record_the_locks_hash_and_what_is_installed_otherwise(tmp_path,
     state = provenance.lock_state(lock)
     assert state["sha256"] == hashlib.sha256(lock.read_bytes()).hexdigest()
     assert state["not_as_locked"] == [f"numpy {importlib.metadata.version('numpy')} (locked 0.0.1)"]
-    monkeypatch.setattr(provenance, "LOCK_FILE", LOCK)
-    assert provenance.provenance()["lock"]["sha256"] == hashlib.sha256(LOCK.read_bytes()).hexdigest()
+    monkeypatch.setattr(provenance, "LOCK_FILE", lock)  # provenance() reads the lock LOCK_FILE names when called
+    assert hashlib.sha256(lock.read_bytes()).hexdigest() != hashlib.sha256(LOCK.read_bytes()).hexdigest()
+    assert provenance.provenance()["lock"]["sha256"] == state["sha256"]
     md = reporting.render_markdown({"lock": state})
     assert f"requirements.lock sha256 `{state['sha256'][:16]}`; installed otherwise: numpy" in md

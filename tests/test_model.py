@@ -5,6 +5,7 @@ import math
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -309,6 +310,69 @@ def test_converting_in_the_wrong_direction_says_which_direction_in_one_line(tiny
         assert message.startswith(f"error: {tmp_path / source} is already") and "\n" not in message, message
         assert expected in message and "convert_gpt2.py " in message
         assert not (tmp_path / "out").exists()
+
+
+def test_a_conversion_never_writes_into_its_source_nor_a_folder_that_holds_a_model(tiny_config, tmp_path):
+    import convert_gpt2
+
+    from gpt2repro.export import save_ours
+
+    save_ours(GPT2ReproForCausalLM(tiny_config), tmp_path / "ours")
+    random_gpt2().save_pretrained(tmp_path / "gpt2")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ours").iterdir()}
+    for direction, source, out, expected in [
+        ("to-gpt2", "ours", "ours", "is the source folder"),
+        ("to-gpt2", "ours", "gpt2", "holds a model"),
+        ("from-gpt2", "gpt2", "gpt2", "is the source folder"),
+        ("from-gpt2", "gpt2", "ours", "holds a model"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            convert_gpt2.main([direction, str(tmp_path / source), str(tmp_path / out)])
+        message = str(exit_info.value)
+        assert message.startswith(f"error: OUT {tmp_path / out} {expected}") and "\n" not in message, message
+        assert "choose an empty or new folder" in message
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ours").iterdir()} == before
+
+
+def test_an_export_that_fails_midway_leaves_no_folder_and_one_into_an_empty_folder_fills_it(tiny_config, tmp_path,
+                                                                                           monkeypatch):
+    from gpt2repro import export
+
+    export.save_ours(GPT2ReproForCausalLM(tiny_config), tmp_path / "ours")
+
+    def interrupted(folder, *args):
+        raise KeyboardInterrupt  # after the weights, before the tokenizer
+
+    with monkeypatch.context() as m:
+        m.setattr(export, "save_tokenizer", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            export.export_gpt2(tmp_path / "ours", tmp_path / "plain")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ours"]  # neither plain/ nor a temp folder
+    (tmp_path / "plain").mkdir()
+    export.export_gpt2(tmp_path / "ours", tmp_path / "plain")
+    assert (tmp_path / "plain" / "tokenizer.json").is_file()
+
+
+def test_an_unreachable_hub_costs_one_short_call_then_the_cache_answers(unreachable_hub, tiny_config):
+    # convert_gpt2's direction check and --init-from's config read ask the Hub once with the short timeout, then read
+    # the local cache: never huggingface_hub's download retries (counted here, not timed)
+    import huggingface_hub
+
+    import convert_gpt2
+    from gpt2repro.export import pretrained_config
+    from gpt2repro.hub import HUB_TIMEOUT
+
+    snapshot = Path(huggingface_hub.constants.HF_HUB_CACHE) / "models--someone--gpt2-like"
+    (snapshot / "refs").mkdir(parents=True)
+    (snapshot / "refs" / "main").write_text("0" * 40)
+    random_gpt2().config.save_pretrained(snapshot / "snapshots" / ("0" * 40))
+    assert convert_gpt2.check_direction("from-gpt2", "someone/gpt2-like") is True  # True: read the cache alone
+    assert len(unreachable_hub) == 1 and unreachable_hub[0].extensions["timeout"]["connect"] == HUB_TIMEOUT
+    assert pretrained_config("someone/gpt2-like").n_embd == 64
+    assert len(unreachable_hub) == 2
+    with pytest.raises(SystemExit, match="already a GPT-2 checkpoint"):  # the cached config decides the direction
+        convert_gpt2.main(["to-gpt2", "someone/gpt2-like", "out"])
+    assert len(unreachable_hub) == 3, [str(r.url) for r in unreachable_hub]
 
 
 # ---- checkpoints load anywhere ----

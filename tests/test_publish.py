@@ -311,6 +311,28 @@ def test_a_folder_without_weights_is_refused_before_the_hub(tmp_path, monkeypatc
     assert hub.repos == [] and hub.commits == []
 
 
+def test_a_missing_folder_is_refused_in_one_line_before_the_hub(tmp_path, monkeypatch):
+    hub = FakeHub(monkeypatch)
+    with pytest.raises(model_card.PublishError) as error:
+        model_card.push_to_hub(tmp_path / "DOES_NOT_EXIST", "someone/x")
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'DOES_NOT_EXIST'}: no such directory; push a checkpoint folder")
+    assert "\n" not in message and hub.repos == [] and hub.commits == []
+
+
+@pytest.mark.parametrize("hub_format", ["both", "gpt2repro"])
+def test_a_plain_gpt2_folder_is_refused_in_one_line_before_the_hub(tmp_path, monkeypatch, hub_format):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hub = FakeHub(monkeypatch)
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, n_positions=16)).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(model_card.PublishError) as error:
+        model_card.push_to_hub(tmp_path / "gpt2", "someone/x", hub_format=hub_format)
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'gpt2'} holds a 'gpt2' model, not a gpt2repro checkpoint")
+    assert "\n" not in message and hub.repos == [] and hub.commits == []
+
+
 def test_push_offline_is_one_line_naming_a_retry_without_training_state(checkpoint):
     # conftest sets HF_HUB_OFFLINE=1: the Hub is unreachable, as on a machine without internet
     with pytest.raises(model_card.PublishError) as error:
