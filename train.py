@@ -320,7 +320,7 @@ def training(argv, held: contextlib.ExitStack):
     model.set_attn_implementation(attention)
     if notice and accelerator.is_main_process:
         print(notice, flush=True)
-    optimizer = make_optimizer(model, s, device)
+    optimizer = make_optimizer(model, s)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)  # uncompiled: evaluation, sampling, saving
     compile_model = s.compile if s.compile is not None else device.type == "cuda"
