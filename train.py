@@ -29,10 +29,12 @@ from gpt2repro.checkpoints import (
     RunDir,
     SaveSchedule,
     any_rank,
+    checkpoint_optimizer,
     complete_checkpoints,
     continue_command,
     discard_after,
     disk_space_problem,
+    extend_command,
     find_resume_checkpoint,
     load_checkpoint,
     prune_checkpoints,
@@ -45,9 +47,9 @@ from gpt2repro.export import load_pretrained, weights_source
 from gpt2repro.hellaswag import HellaSwagDataError, load_hellaswag, score_hellaswag
 from gpt2repro.launch import LostProcessError, lost_a_process, make_accelerator, restart_count
 from gpt2repro.model_card import PublishError, card_files, check_push_access, push_to_hub
-from gpt2repro.optim import check_optimizer, learning_rate, make_optimizer, set_learning_rates
+from gpt2repro.optim import check_optimizer, learning_rate, make_optimizer, set_learning_rates, stable_until
 from gpt2repro.report import SAMPLE_PROMPT, write_report
-from gpt2repro.run_log import RunLog, RunState
+from gpt2repro.run_log import RunLog, RunState, train_command
 from gpt2repro.settings import Settings, SettingsError, check_settings, parse_settings
 from gpt2repro.token_shards import ShardedTokenLoader
 from gpt2repro.tokenizer import load_tokenizer
@@ -63,10 +65,20 @@ class DivergedError(UserError, RuntimeError):
 # before the first step
 
 
+def flat_phase_end(s: Settings) -> int | None:
+    """The step a WSD run always saves at and never prunes: the end of its flat phase, the one checkpoint a longer
+    run continues from (its final/ has cooled down; README, "The schedule"). None without a flat phase to end."""
+    step = stable_until(s)
+    return step if s.lr_schedule == "wsd" and 0 < step < s.max_steps else None
+
+
 def check_disk_space(s: Settings, model, accelerator) -> None:
     """Warn (refuse, with --require-disk) when the run directory's filesystem cannot hold the run's checkpoints."""
     saves = (s.max_steps - 1) // s.save_every if s.save_every else int(s.save_every_minutes > 0)  # none at the end
-    periodic = min(s.keep_checkpoints, saves) if s.keep_checkpoints else saves  # --keep-checkpoints 0 keeps all
+    flat = flat_phase_end(s)
+    saves += bool(flat and not (s.save_every and flat % s.save_every == 0))
+    kept = s.keep_checkpoints + bool(flat)  # the flat phase's end is kept besides --keep-checkpoints
+    periodic = min(kept, saves) if s.keep_checkpoints else saves  # --keep-checkpoints 0 keeps all
     n_params = sum(p.numel() for p in model.parameters())
     problem = disk_space_problem(Path(s.run_dir), n_params, periodic)
     if problem and s.require_disk:
@@ -240,17 +252,43 @@ def resume_candidates(s: Settings) -> list[Path]:
     return own or find_resume_checkpoint(s.resume, s.run_dir)
 
 
-def finished_run(s: Settings, candidates: list[Path]) -> str | None:
+def finished_run(s: Settings, candidates: list[Path], argv=None, processes: int = 1) -> str | None:
     """What to say when the checkpoint to resume from is this run's own final one at --max-steps: the run is done,
-    and resuming would re-save it, re-measure it and rewrite its report."""
+    and resuming would re-save it, re-measure it and rewrite its report. How to train it longer: a cosine run
+    resumes with a larger --max-steps; a WSD run's final/ has cooled down, so the longer run starts from the end of
+    its flat phase, in a new run directory (this one keeps the finished run)."""
     run_dir = RunDir(s.run_dir)
     if not candidates or candidates[0] != run_dir.final:
         return None
     if read_trainer_state(run_dir.final).get("step", -1) < s.max_steps:
         return None
-    return (f"{s.run_dir} is finished: {run_dir.final} holds step {read_trainer_state(run_dir.final)['step']} of "
+    done = (f"{s.run_dir} is finished: {run_dir.final} holds step {read_trainer_state(run_dir.final)['step']} of "
             f"--max-steps {s.max_steps}; nothing to do, no file changed.\nreport: {run_dir.report_md} | curves: "
-            f"{run_dir.curves}\nto train longer, raise --max-steps; to start afresh, use another --run-dir")
+            f"{run_dir.curves}\n")
+    if (flat := flat_phase_end(s)) is None:
+        return done + "to train longer, raise --max-steps; to start afresh, use another --run-dir"
+    flat_checkpoint = run_dir.checkpoint(flat)
+    if flat_checkpoint not in complete_checkpoints(s.run_dir, include_final=False):
+        return done + (f"its flat phase's last checkpoint ({flat_checkpoint}) is gone, and final/ has cooled down: "
+                       "to train longer, start afresh in another --run-dir with a larger --max-steps")
+    longer = 2 * s.max_steps
+    command = extend_command(train_command(argv), flat_checkpoint, Path(f"{s.run_dir}-{longer}"), longer, processes)
+    return done + (f"to train longer (final/ has cooled down), continue from the end of its flat phase, "
+                   f"{flat_checkpoint}, into a new --run-dir with any larger --max-steps:\n  {command}")
+
+
+def check_resume_optimizer(s: Settings, candidates: list[Path]) -> None:
+    """Refuse, in one line, to resume a checkpoint trained with the other --optimizer (its state has other groups:
+    every load would fail). The newest readable candidate is the one resume() loads, or falls back from."""
+    for checkpoint in candidates:
+        try:
+            trained = checkpoint_optimizer(checkpoint)
+        except CheckpointError:
+            continue  # unreadable: resume() falls back past it and says so
+        if trained != s.optimizer:
+            raise SettingsError(f"{checkpoint} was trained with --optimizer {trained}; pass --optimizer {trained} to "
+                                "continue it")
+        return
 
 
 def resume(accelerator, model, optimizer, candidates: list[Path], loader, run_dir: Path, print0) -> RunState:
@@ -281,7 +319,7 @@ def save(accelerator, model, tokenizer, path: Path, state: RunState, loader, log
     """A checkpoint, with the run's report (rewritten at each save) and the model card made from it: the facts
     go to the report, the report to the card, and the card and report files to the checkpoint writer."""
     trainer_state = {**dataclasses.asdict(state), "train_loader": loader.state_dict(),
-                     "world_size": accelerator.num_processes}
+                     "world_size": accelerator.num_processes, "optimizer": log.settings.optimizer}
     files = None
     if accelerator.is_main_process:
         facts = log.facts(state)
@@ -309,8 +347,9 @@ def training(argv, held: contextlib.ExitStack):
     model_config, batch, val_tokens = check_settings(s, world)
     check_optimizer(s, accelerator.distributed_type)
     checkpoints = resume_candidates(s)
-    if finished := finished_run(s, checkpoints):
+    if finished := finished_run(s, checkpoints, argv, world):
         return accelerator.print(finished)  # a rerun of a finished run (make demo twice) changes nothing
+    check_resume_optimizer(s, checkpoints)
     check_push(s, accelerator, accelerator.print)  # seconds now, not after hours of training
     held.enter_context(hold_run_dir(s, accelerator))  # before the first write into it: resume may remove a branch
 
@@ -320,7 +359,7 @@ def training(argv, held: contextlib.ExitStack):
     model.set_attn_implementation(attention)
     if notice and accelerator.is_main_process:
         print(notice, flush=True)
-    optimizer = make_optimizer(model, s, device)
+    optimizer = make_optimizer(model, s)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)  # uncompiled: evaluation, sampling, saving
     compile_model = s.compile if s.compile is not None else device.type == "cuda"
@@ -334,7 +373,8 @@ def training(argv, held: contextlib.ExitStack):
     batch.resume_at(state.micro_batch_size, loader)
     hellaswag_items = load_hellaswag_items(s, accelerator, log.print)
     log.start(state, raw_model, model_config, batch, compile_model)
-    saves = SaveSchedule(s.save_every, s.save_every_minutes)  # --save-every-minutes counts from here
+    flat = flat_phase_end(s)
+    saves = SaveSchedule(s.save_every, s.save_every_minutes, (flat,) if flat else ())  # minutes count from here
 
     # =========================================== the loop ===========================================
     train_model.train()
@@ -367,7 +407,7 @@ def training(argv, held: contextlib.ExitStack):
                     raise DivergedError(f"{state.bad_steps} non-finite steps in a row at step {state.step}: training "
                                         "diverged; lower --lr or resume from an earlier checkpoint")
             else:  # stops and time-based saves wait for the next step that logs, as ranks must agree on them
-                stop_now, save_now = False, bool(s.save_every and state.step % s.save_every == 0)
+                stop_now, save_now = False, saves.at_step(state.step)
             if not stop_now and (done or (s.eval_every and state.step % s.eval_every == 0)):  # a stop saves first
                 state.last_eval = evaluate(accelerator, raw_model, tokenizer, s, val_tokens, hellaswag_items)
                 samples = generate_samples(accelerator, raw_model, tokenizer, s, state.step)
@@ -376,7 +416,8 @@ def training(argv, held: contextlib.ExitStack):
                 save(accelerator, model, tokenizer, log.run_dir.checkpoint(state.step), state, loader, log)
                 saves.saved()
                 if accelerator.is_main_process:
-                    prune_checkpoints(log.run_dir.path, s.keep_checkpoints)
+                    spare = log.run_dir.checkpoint(flat) if flat else None
+                    prune_checkpoints(log.run_dir.path, s.keep_checkpoints, spare)
             if stop_now:
                 log.print(f"stop requested: saved {log.run_dir.checkpoint(state.step)}; continue: --resume auto")
                 break

@@ -97,6 +97,18 @@ class RunDir:
         return sorted(self.path.glob(f"{self.CHECKPOINT_PREFIX}*"))
 
 
+def checkpoint_optimizer(checkpoint: Path) -> str:
+    """The --optimizer `checkpoint` was trained with: its trainer state's record; for a checkpoint saved before that
+    record, its run report's settings; adamw for one saved before --optimizer existed (every one was AdamW's)."""
+    state = read_trainer_state(checkpoint)
+    if "optimizer" in state:
+        return state["optimizer"]
+    try:
+        return json.loads((Path(checkpoint) / RunDir.REPORT_JSON).read_text())["settings"].get("optimizer", "adamw")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "adamw"
+
+
 def checkpoint_path(run_dir: Path, step: int) -> Path:
     return RunDir(run_dir).checkpoint(step)
 
@@ -111,16 +123,21 @@ def read_trainer_state(checkpoint: Path) -> dict:
 
 
 class SaveSchedule:
-    """When a run saves: every `every_steps` steps, and once `every_minutes` passed since the last save (bounds the
-    work a crash can lose); 0 turns either off."""
+    """When a run saves: every `every_steps` steps, at each step of `also_at` (a WSD run's end of its flat phase),
+    and once `every_minutes` passed since the last save (bounds the work a crash can lose); 0 turns either off.
+    The steps' part depends on the step alone, so every rank agrees on it without a word; the time's part must be
+    agreed on (train.py reads it back with the step's losses)."""
 
-    def __init__(self, every_steps: int, every_minutes: float):
-        self.every_steps, self.every_minutes = every_steps, every_minutes
+    def __init__(self, every_steps: int, every_minutes: float, also_at: tuple[int, ...] = ()):
+        self.every_steps, self.every_minutes, self.also_at = every_steps, every_minutes, set(also_at)
         self.last_save = time.perf_counter()
+
+    def at_step(self, step: int) -> bool:
+        return bool(self.every_steps and step % self.every_steps == 0) or step in self.also_at
 
     def due(self, step: int) -> bool:
         by_time = self.every_minutes and time.perf_counter() - self.last_save >= 60 * self.every_minutes
-        return bool(self.every_steps and step % self.every_steps == 0) or bool(by_time)
+        return self.at_step(step) or bool(by_time)
 
     def saved(self) -> None:
         self.last_save = time.perf_counter()
@@ -208,16 +225,33 @@ def after_a_full_disk(run_dir: Path, resume_with: str) -> str:
 
 def continue_command(argv: list[str], processes: int = 1) -> str:
     """The command line that continues a run from its newest complete checkpoint: its own, with --resume auto."""
+    return _command(_without(argv, ("--resume",)), processes, "--resume", "auto")
+
+
+def extend_command(argv: list[str], checkpoint: Path, run_dir: Path, max_steps: int, processes: int = 1) -> str:
+    """The command line that trains a run longer from `checkpoint`: its own, resumed from it into `run_dir` (a new
+    one: the run it came from stays as it is) with --max-steps `max_steps`."""
+    args = _without(argv, ("--resume", "--run-dir", "--max-steps"))
+    return _command(args, processes, "--resume", str(checkpoint), "--run-dir", str(run_dir), "--max-steps",
+                    str(max_steps))
+
+
+def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """`argv` less `options` and their values (given as `--name value` or `--name=value`)."""
     args, skip = [], False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--resume":
+        elif arg in options:
             skip = True
-        elif not arg.startswith("--resume="):
+        elif not arg.startswith(tuple(f"{option}=" for option in options)):
             args.append(arg)
+    return args
+
+
+def _command(args: list[str], processes: int, *more: str) -> str:
     launcher = "accelerate launch <the same options>" if processes > 1 else "python"
-    return f"{launcher} {shlex.join([*args, '--resume', 'auto'])}"
+    return f"{launcher} {shlex.join([*args, *more])}"
 
 
 def file_digests(folder: Path) -> dict[str, str]:
@@ -353,9 +387,10 @@ def discard_after(run_dir: Path, step: int) -> list[Path]:
     return later
 
 
-def prune_checkpoints(run_dir: Path, keep: int) -> None:
-    """Keep the newest `keep` periodic checkpoints (final is never pruned)."""
-    periodic = complete_checkpoints(run_dir, include_final=False)
+def prune_checkpoints(run_dir: Path, keep: int, spare: Path | None = None) -> None:
+    """Keep the newest `keep` periodic checkpoints (final is never pruned), and `spare` besides (a WSD run's last
+    checkpoint of its flat phase: the one a longer run continues from)."""
+    periodic = [p for p in complete_checkpoints(run_dir, include_final=False) if p != spare]
     for old in periodic[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -454,7 +489,7 @@ def load_other_layout(accelerator, checkpoint: Path, model, optimizer) -> None:
 
 __all__ = [
     "STATE_FILE", "CheckpointError", "CheckpointSaveError", "DiskSpaceError", "RunDir", "SaveSchedule",
-    "checkpoint_bytes", "checkpoint_path", "complete_checkpoints", "continue_command", "discard_after",
-    "disk_space_problem", "file_digests", "find_resume_checkpoint", "load_checkpoint", "prune_checkpoints",
-    "read_trainer_state", "save_checkpoint", "verify_checkpoint",
+    "checkpoint_bytes", "checkpoint_optimizer", "checkpoint_path", "complete_checkpoints", "continue_command",
+    "discard_after", "disk_space_problem", "extend_command", "file_digests", "find_resume_checkpoint",
+    "load_checkpoint", "prune_checkpoints", "read_trainer_state", "save_checkpoint", "verify_checkpoint",
 ]

@@ -39,6 +39,8 @@ MUON_ADJUST_LR = "match_rms_adamw"
 # c_attn holds q, k and v for all heads as one (3 x n_embd, n_embd) matrix: orthogonalized as three n_embd-square
 # matrices (the anchors' choice), or as one. README says why.
 MUON_QKV_SPLIT = 3
+# Adam's epsilon, for every AdamW group (build-nanogpt's)
+ADAM_EPS = 1e-8
 
 
 # ----------------------------------------------------------------------------------------------
@@ -93,20 +95,20 @@ def check_optimizer(s: Settings, distributed_type) -> None:
         )
 
 
-def make_optimizer(model, s: Settings, device=None, *, qkv_split: int = MUON_QKV_SPLIT,
+def make_optimizer(model, s: Settings, *, qkv_split: int = MUON_QKV_SPLIT,
                    adjust_lr_fn: str = MUON_ADJUST_LR) -> torch.optim.Optimizer:
     """The optimizer --optimizer names, built on the unwrapped model (before accelerator.prepare). The keywords are
     the Muon choices README measured (benchmarks/bench_recipe.py varies them)."""
     if s.optimizer == "muon":
         groups = param_groups(model, s, qkv_split, adjust_lr_fn)
-        return MuonAdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2), eps=1e-8)
+        return MuonAdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2), eps=ADAM_EPS)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": s.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     # fused on every device: its `found_inf` lets train_step skip a non-finite update without reading the device
-    return torch.optim.AdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2), eps=1e-8, fused=True)
+    return torch.optim.AdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2), eps=ADAM_EPS, fused=True)
 
 
 def param_groups(model, s: Settings, qkv_split: int = MUON_QKV_SPLIT, adjust_lr_fn: str = MUON_ADJUST_LR) -> list[dict]:
@@ -140,7 +142,7 @@ class MuonAdamW(torch.optim.AdamW):
     counts stay bit-identical, and nothing is read back to the host. torch's Muon has no such path.
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.95), eps=1e-8):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.95), eps=ADAM_EPS):
         super().__init__(params, lr=lr, betas=betas, eps=eps, fused=True)
         for group in self.param_groups:
             group.setdefault("muon", False)
@@ -208,10 +210,6 @@ class MuonAdamW(torch.optim.AdamW):
                 param.add_(update, alpha=-adjusted_lr)
 
 
-# ----------------------------------------------------------------------------------------------
-# measurement (benchmarks/gpu_check)
-
-
-__all__ = ["MUON_ADJUST_LR", "MUON_QKV_SPLIT", "MuonAdamW", "check_optimizer", "cooldown_steps",
+__all__ = ["ADAM_EPS", "MUON_ADJUST_LR", "MUON_QKV_SPLIT", "MuonAdamW", "check_optimizer", "cooldown_steps",
            "learning_rate", "make_optimizer", "param_groups",
            "set_learning_rates", "stable_until"]

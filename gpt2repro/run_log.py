@@ -76,13 +76,18 @@ class LogWriteError(UserError, RuntimeError):
     the newest intact checkpoint and the command that continues from it."""
 
 
+def train_command(argv=None) -> list[str]:
+    """The training's command line as the run records it (report, continue commands): train.py and its arguments."""
+    return ["train.py", *(sys.argv[1:] if argv is None else argv)]
+
+
 class RunLog:
     """Where a run reports as it goes: the console, metrics.jsonl and the Accelerate trackers; and the facts of the
     run that its report states (report.py draws the curves and writes the report)."""
 
     def __init__(self, accelerator, s: Settings, preset: str, argv=None):
         self.accelerator, self.settings, self.preset, self.run_dir = accelerator, s, preset, RunDir(s.run_dir)
-        self.command = ["train.py", *(sys.argv[1:] if argv is None else argv)]
+        self.command = train_command(argv)
         self.write_settings()
         if not getattr(threading.excepthook, "quiet_tracker_thread", False):
             threading.excepthook = quiet_tracker_thread(threading.excepthook)

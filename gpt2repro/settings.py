@@ -58,7 +58,7 @@ class Settings:
     sample_tokens: int = 32  # tokens of each sample printed at an evaluation; 0 = no samples
     save_every: int = 0  # steps between checkpoints; 0 = only the final checkpoint
     save_every_minutes: float = 0.0  # also save once this much time passed since the last save: bounds lost work
-    keep_checkpoints: int = 2  # periodic checkpoints kept (final/ is always kept); 0 = keep all
+    keep_checkpoints: int = 2  # periodic checkpoints kept (final/, and wsd's flat phase's end, always); 0 = all
     require_disk: bool = False  # refuse to start when the run directory's disk cannot hold the checkpoints
     resume: str = ""  # auto (newest complete checkpoint of --run-dir) | a checkpoint dir; torch elastic restarts: auto
     push_to_hub: str = ""  # a Hub repo id for the final checkpoint
@@ -88,11 +88,11 @@ PRESETS = {
     "gpt2-124m-40b": {**GPT2_124M, "max_steps": 76_292},  # four epochs of the 10B sample, as llm.c's longer runs
     "gpt2-124m-fineweb": {**GPT2_124M, "data_dir": str(data_dir_for("fineweb-10b"))},  # vs llm.c's FineWeb val target
     # the same data, batch and model, Muon + WSD: modded-nanogpt record #4's rates and trapezoid, in 6,500 steps
-    # (README, "Muon, and a plan for GPT-2 in a third of the steps": why 6,500; it awaits a GPU run). The checkpoint
-    # at the end of the flat phase (step 4,550), kept with all others, is where a longer run continues from.
+    # (README, "Muon, and a plan for GPT-2 in a third of the steps": why 6,500; it awaits a GPU run). Like every WSD
+    # run it also saves at the end of its flat phase and keeps that checkpoint: a longer run continues from there.
     "gpt2-124m-muon": {**GPT2_124M, "optimizer": "muon", "lr": 3.6e-3, "muon_lr": 3.6e-3, "weight_decay": 0.0,
                        "lr_schedule": "wsd", "cooldown_frac": 0.3, "min_lr_ratio": 0.0, "warmup_steps": 250,
-                       "max_steps": 6_500, "save_every": 4_550, "keep_checkpoints": 0},
+                       "max_steps": 6_500},
     "gpt2-350m": {**GPT2_124M, "model": "gpt2-350m", "micro_batch_size": 32, "lr": 3e-4},  # GPT-3 paper's 350M lr
 }
 

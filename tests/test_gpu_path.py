@@ -291,7 +291,7 @@ s = train.Settings(data_dir={data!r}, seq_len=32, mixed_precision="no", log_with
                    optimizer="adamw")  # FSDP's optimizer
 accelerator = train.make_accelerator(s)  # FSDP2 over gloo when launched with the FSDP config
 model = train.GPT2ReproForCausalLM(train.check_settings(s, accelerator.num_processes)[0])
-model, _ = accelerator.prepare(model, train.make_optimizer(model, s, accelerator.device))
+model, _ = accelerator.prepare(model, train.make_optimizer(model, s))
 forwards, forward = [0], GPT2ReproModel.forward
 def counted(self, *args, **kwargs):
     forwards[0] += 1

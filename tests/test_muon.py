@@ -198,6 +198,45 @@ def test_a_finished_wsd_run_extended_from_its_last_flat_checkpoint_ends_as_a_run
     assert logged(tmp_path / "extended", "loss") == logged(tmp_path / "long", "loss")[4:]
 
 
+def test_a_wsd_run_keeps_the_end_of_its_flat_phase_whatever_save_every_and_names_it_when_finished(
+        data_dir, tmp_path, capsys):
+    from gpt2repro.settings import SettingsError
+
+    run_dir = tmp_path / "run"
+    wsd = common(data_dir, "--lr-schedule", "wsd", "--cooldown-frac", 0.5, "--warmup-steps", 1, "--max-steps", 4,
+                 "--run-dir", run_dir)
+    run_in_process(*wsd, "--save-every", 3, "--keep-checkpoints", 1)  # flat until 2; 3 is the newest periodic one
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-000002", "checkpoint-000003"]
+    capsys.readouterr()
+    run_in_process(*wsd, "--save-every", 3, "--keep-checkpoints", 1, "--resume", "auto")
+    out = capsys.readouterr().out
+    flat = run_dir / "checkpoint-000002"
+    assert f"{run_dir} is finished" in out and "raise --max-steps" not in out  # final/ has cooled down
+    command = out.split("\n  ")[-1].split()
+    at = {option: command[command.index(option) + 1] for option in ("--resume", "--run-dir", "--max-steps")}
+    assert at == {"--resume": str(flat), "--run-dir": f"{run_dir}-8", "--max-steps": "8"}
+    assert command.count("--max-steps") == command.count("--run-dir") == 1 and "auto" not in command
+    # a checkpoint records its optimizer: resuming it with the other one is refused in one line, before loading
+    with pytest.raises(SettingsError, match=f"^{flat} was trained with --optimizer muon; pass --optimizer muon"):
+        run_in_process(*wsd, "--run-dir", tmp_path / "other", "--resume", flat, "--optimizer", "adamw")
+
+
+def test_a_checkpoint_from_before_muon_is_refused_under_muon_in_one_line(data_dir, tmp_path):
+    """Checkpoints saved before the trainer state recorded the optimizer: their report's settings tell, and without
+    --optimizer in those (saved before it existed) the checkpoint is AdamW's."""
+    from gpt2repro.checkpoints import STATE_FILE, checkpoint_optimizer
+    from gpt2repro.settings import SettingsError
+
+    old = tmp_path / "checkpoint-000010"
+    (old / STATE_FILE).parent.mkdir(parents=True)
+    (old / STATE_FILE).write_text(json.dumps({"step": 10}))
+    assert checkpoint_optimizer(old) == "adamw"
+    with pytest.raises(SettingsError, match=f"^{old} was trained with --optimizer adamw; pass --optimizer adamw to "):
+        run_in_process("--data-dir", data_dir, "--run-dir", tmp_path / "run", "--max-steps", 20, "--resume", old)
+    (old / "report.json").write_text(json.dumps({"settings": {"optimizer": "muon"}}))
+    assert checkpoint_optimizer(old) == "muon"
+
+
 @pytest.mark.slow
 def test_muon_on_two_processes_matches_one_and_resumes_on_either(data_dir, tmp_path):
     args = common(data_dir, "--max-steps", 4)

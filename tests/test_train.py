@@ -37,7 +37,7 @@ def test_weight_decay_only_on_matrices_and_embeddings():
     from modeling_gpt2repro import GPT2ReproForCausalLM
 
     model = GPT2ReproForCausalLM(GPT2ReproConfig(n_layer=2, n_head=2, n_embd=32, n_positions=32))
-    decay, no_decay = make_optimizer(model, Settings(optimizer="adamw"), torch.device("cpu")).param_groups
+    decay, no_decay = make_optimizer(model, Settings(optimizer="adamw")).param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert {names[id(p)] for p in decay["params"]} == {n for n, p in model.named_parameters() if p.dim() >= 2}

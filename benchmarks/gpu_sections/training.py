@@ -103,7 +103,7 @@ def time_training(side, reference, batch, args, profile) -> dict:
     model = optimizer = forward = None
     try:
         model = build(reference).to(device).train()
-        optimizer = make_optimizer(model, recipe_124m(), device)
+        optimizer = make_optimizer(model, recipe_124m())
         forward = compiled(model, args.compile)
         input_ids = random_tokens(batch, profile.seq, device)
         targets = F.pad(input_ids[:, 1:], (0, 1), value=-100)  # labels=input_ids, pre-shifted (build-nanogpt)
