@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -26,30 +25,24 @@ from gpt2repro.attention import choose_attention
 from gpt2repro.checkpoints import (
     CheckpointError,
     DiskSpaceError,
-    RunDir,
     SaveSchedule,
     any_rank,
-    checkpoint_optimizer,
-    complete_checkpoints,
     continue_command,
     discard_after,
     disk_space_problem,
-    extend_command,
-    find_resume_checkpoint,
     load_checkpoint,
     prune_checkpoints,
-    read_trainer_state,
     save_checkpoint,
 )
-from gpt2repro.dir_lock import DirectoryInUseError, exclusive
 from gpt2repro.errors import UserError, cli, first_line
 from gpt2repro.export import load_pretrained, weights_source
 from gpt2repro.hellaswag import HellaSwagDataError, load_hellaswag, score_hellaswag
-from gpt2repro.launch import LostProcessError, lost_a_process, make_accelerator, restart_count
+from gpt2repro.launch import LostProcessError, lost_a_process, make_accelerator
 from gpt2repro.model_card import PublishError, card_files, check_push_access, push_to_hub
-from gpt2repro.optim import check_optimizer, learning_rate, make_optimizer, set_learning_rates, stable_until
+from gpt2repro.optim import check_optimizer, flat_phase_end, learning_rate, make_optimizer, set_learning_rates
 from gpt2repro.report import SAMPLE_PROMPT, write_report
-from gpt2repro.run_log import RunLog, RunState, train_command
+from gpt2repro.resume import check_resume_optimizer, finished_run, hold_run_dir, resume_candidates
+from gpt2repro.run_log import RunLog, RunState
 from gpt2repro.settings import Settings, SettingsError, check_settings, parse_settings
 from gpt2repro.token_shards import ShardedTokenLoader
 from gpt2repro.tokenizer import load_tokenizer
@@ -63,13 +56,6 @@ class DivergedError(UserError, RuntimeError):
 
 # ----------------------------------------------------------------------------------------------
 # before the first step
-
-
-def flat_phase_end(s: Settings) -> int | None:
-    """The step a WSD run always saves at and never prunes: the end of its flat phase, the one checkpoint a longer
-    run continues from (its final/ has cooled down; README, "The schedule"). None without a flat phase to end."""
-    step = stable_until(s)
-    return step if s.lr_schedule == "wsd" and 0 < step < s.max_steps else None
 
 
 def check_disk_space(s: Settings, model, accelerator) -> None:
@@ -215,80 +201,6 @@ def check_push(s: Settings, accelerator, print0) -> None:
             problem = e
     if any_rank(accelerator, problem is not None)[0]:
         raise problem or PublishError(f"--push-to-hub {s.push_to_hub}: refused on the main process (see its error)")
-
-
-# A torch elastic restart may start on another node before the replaced process's lock is released there (a lost
-# node's lock on a network filesystem lasts until its lease runs out): it waits this long before refusing.
-RESTART_LOCK_WAIT_SECONDS = 120
-
-
-@contextlib.contextmanager
-def hold_run_dir(s: Settings, accelerator) -> Iterator[None]:
-    """One training at a time in a run directory: the main process holds its lock (gpt2repro/dir_lock.py) until the
-    run ends, however it ends; if it cannot, every rank stops with the main process's line."""
-    restarted = restart_count() > 0
-    with contextlib.ExitStack() as held:
-        problem = None
-        if accelerator.is_main_process:
-            try:
-                held.enter_context(exclusive(s.run_dir, "--run-dir", "use another --run-dir",
-                                             wait=RESTART_LOCK_WAIT_SECONDS if restarted else 0))
-            except DirectoryInUseError as e:
-                problem = e
-        if any_rank(accelerator, problem is not None)[0]:
-            raise problem or DirectoryInUseError(f"--run-dir {s.run_dir}: in use (see the main process's error)")
-        yield
-
-
-def resume_candidates(s: Settings) -> list[Path]:
-    """The checkpoints to resume from, newest first. A group that torch elastic restarted after losing a rank
-    continues from the run's own newest checkpoint (else from where its first start did); a fresh run never mixes
-    into another run's directory."""
-    restarted = restart_count() > 0
-    own = find_resume_checkpoint("auto", s.run_dir) if restarted else []
-    if not s.resume and not restarted and complete_checkpoints(s.run_dir):
-        raise SettingsError(f"--run-dir {s.run_dir} holds another run's checkpoints; continue it with --resume auto, "
-                            "or choose another --run-dir")
-    return own or find_resume_checkpoint(s.resume, s.run_dir)
-
-
-def finished_run(s: Settings, candidates: list[Path], argv=None, processes: int = 1) -> str | None:
-    """What to say when the checkpoint to resume from is this run's own final one at --max-steps: the run is done,
-    and resuming would re-save it, re-measure it and rewrite its report. How to train it longer: a cosine run
-    resumes with a larger --max-steps; a WSD run's final/ has cooled down, so the longer run starts from the end of
-    its flat phase, in a new run directory (this one keeps the finished run)."""
-    run_dir = RunDir(s.run_dir)
-    if not candidates or candidates[0] != run_dir.final:
-        return None
-    if read_trainer_state(run_dir.final).get("step", -1) < s.max_steps:
-        return None
-    done = (f"{s.run_dir} is finished: {run_dir.final} holds step {read_trainer_state(run_dir.final)['step']} of "
-            f"--max-steps {s.max_steps}; nothing to do, no file changed.\nreport: {run_dir.report_md} | curves: "
-            f"{run_dir.curves}\n")
-    if (flat := flat_phase_end(s)) is None:
-        return done + "to train longer, raise --max-steps; to start afresh, use another --run-dir"
-    flat_checkpoint = run_dir.checkpoint(flat)
-    if flat_checkpoint not in complete_checkpoints(s.run_dir, include_final=False):
-        return done + (f"its flat phase's last checkpoint ({flat_checkpoint}) is gone, and final/ has cooled down: "
-                       "to train longer, start afresh in another --run-dir with a larger --max-steps")
-    longer = 2 * s.max_steps
-    command = extend_command(train_command(argv), flat_checkpoint, Path(f"{s.run_dir}-{longer}"), longer, processes)
-    return done + (f"to train longer (final/ has cooled down), continue from the end of its flat phase, "
-                   f"{flat_checkpoint}, into a new --run-dir with any larger --max-steps:\n  {command}")
-
-
-def check_resume_optimizer(s: Settings, candidates: list[Path]) -> None:
-    """Refuse, in one line, to resume a checkpoint trained with the other --optimizer (its state has other groups:
-    every load would fail). The newest readable candidate is the one resume() loads, or falls back from."""
-    for checkpoint in candidates:
-        try:
-            trained = checkpoint_optimizer(checkpoint)
-        except CheckpointError:
-            continue  # unreadable: resume() falls back past it and says so
-        if trained != s.optimizer:
-            raise SettingsError(f"{checkpoint} was trained with --optimizer {trained}; pass --optimizer {trained} to "
-                                "continue it")
-        return
 
 
 def resume(accelerator, model, optimizer, candidates: list[Path], loader, run_dir: Path, print0) -> RunState:

@@ -73,6 +73,13 @@ def learning_rate(step: int, s: Settings) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (s.lr - min_lr)
 
 
+def flat_phase_end(s: Settings) -> int | None:
+    """The step a WSD run always saves at and never prunes: the end of its flat phase, the one checkpoint a longer
+    run continues from (its final/ has cooled down; README, "The schedule"). None without a flat phase to end."""
+    step = stable_until(s)
+    return step if s.lr_schedule == "wsd" and 0 < step < s.max_steps else None
+
+
 def set_learning_rates(optimizer, lr: float, s: Settings) -> None:
     """Every group's learning rate for --lr's scheduled value `lr`: the AdamW groups take it, Muon's groups the same
     fraction of --muon-lr."""
@@ -212,4 +219,4 @@ class MuonAdamW(torch.optim.AdamW):
 
 __all__ = ["ADAM_EPS", "MUON_ADJUST_LR", "MUON_QKV_SPLIT", "MuonAdamW", "check_optimizer", "cooldown_steps",
            "learning_rate", "make_optimizer", "param_groups",
-           "set_learning_rates", "stable_until"]
+           "set_learning_rates", "stable_until", "flat_phase_end"]

@@ -80,3 +80,8 @@ def test_the_published_gpt2_figures_are_written_only_in_the_report_module():
         if path.name != "report.py":  # code, docstrings and comments alike: prose reads the figures from there
             found = [figure for figure in spellings if figure in path.read_text()]
             assert not found, f"{path.relative_to(REPO)} restates {found}; read them from GPT2_124M_REFERENCE"
+
+
+@pytest.mark.parametrize("path", [p for p in LIBRARY if p.name != "__init__.py"], ids=lambda path: path.name)
+def test_every_library_module_has_its_row_in_the_readme_layout_table(path):
+    assert f"| `gpt2repro/{path.name}` |" in (REPO / "README.md").read_text()
