@@ -49,17 +49,21 @@ class ModelLoadError(UserError, ValueError):
 
 def hub_answers(name: str) -> bool:
     """Whether the Hub answers about the model `name`, asked in one short call: the downloads' retries would make a
-    machine that cannot reach it wait most of a minute. A refusal (no such repo, gated) is its one line at once."""
+    machine that cannot reach it wait most of a minute. A refusal (no such repo, gated) is its one line at once; any
+    other failure (no answer, a server error, rate limiting, an expired token) leaves the local cache to serve it."""
+    from huggingface_hub.errors import RepositoryNotFoundError  # GatedRepoError is one
+
     if huggingface_hub.constants.HF_HUB_OFFLINE:
         return False
     try:
         repo_info(name)
-    except Exception as e:
-        if unreachable(e):
-            print(f"note: the Hugging Face Hub does not answer ({failure_reason(e)}); loading {name} from the local "
-                  "cache", file=sys.stderr)
-            return False
+    except RepositoryNotFoundError as e:
         raise ModelLoadError(f"cannot load model {name!r}: {failure_reason(e)}") from None
+    except Exception as e:
+        answer = "does not answer" if unreachable(e) else "answered with an error"
+        print(f"note: the Hugging Face Hub {answer} ({failure_reason(e)}); loading {name} from the local cache",
+              file=sys.stderr)
+        return False
     return True
 
 
