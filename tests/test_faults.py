@@ -1,5 +1,6 @@
 """Faults a long run meets: a full disk, out-of-memory, a damaged shard, a checkpoint changed on disk, bad numbers."""
 
+import fcntl
 import json
 import os
 import resource
@@ -332,6 +333,60 @@ def test_a_lock_held_only_by_the_orphans_of_a_dead_command_is_set_aside_and_a_li
     assert str(refused.value).startswith(f"--out {tmp_path} is in use by ")
     assert f"(pid {os.getpid()} on {socket.gethostname()}, since " in str(refused.value)
     assert not (tmp_path / LOCK_NAME).exists()  # released: nothing left behind
+
+
+def test_two_processes_that_find_the_same_stale_lock_never_both_hold_the_directory(tmp_path, monkeypatch):
+    # B checks that the stale file is still there and, before its unlink, A sets the same file aside and takes a
+    # new one: B's unlink must not remove A's new lock (the interleaving forced, not waited for by the clock)
+    import threading
+
+    from gpt2repro import dir_lock
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    orphan = os.open(tmp_path / LOCK_NAME, os.O_RDWR)  # as a dead command's forked child, keeping its lock
+    fcntl.flock(orphan, fcntl.LOCK_EX)
+    a_stopped, a_done, results = threading.Event(), threading.Event(), {}  # A blocked or finished; finished
+    still_there, flock, checks = dir_lock._still_there, fcntl.flock, []
+
+    def blocking_flock(fd, operation):
+        if not operation & fcntl.LOCK_NB and threading.current_thread().name == "A":
+            a_stopped.set()  # A waits for a lock B holds: it can go no further until B goes on
+        return flock(fd, operation)
+
+    def acquire(name):
+        try:
+            results[name] = dir_lock.acquire(tmp_path, "--out", "choose another --out")
+        except dir_lock.DirectoryInUseError as e:
+            results[name] = e
+        finally:
+            if name == "A":
+                a_done.set()
+                a_stopped.set()
+
+    def b_pauses_after_its_check(fd, path):
+        there = still_there(fd, path)
+        if threading.current_thread().name == "B" and not checks:
+            checks.append(there)
+            threading.Thread(target=acquire, args=("A",), name="A").start()
+            assert a_stopped.wait(60)
+        return there
+
+    monkeypatch.setattr(dir_lock, "_still_there", b_pauses_after_its_check)
+    monkeypatch.setattr(dir_lock.fcntl, "flock", blocking_flock)
+    try:
+        b = threading.Thread(target=acquire, args=("B",), name="B")
+        b.start()
+        b.join(120)
+        assert a_done.wait(120) and checks == [True]
+    finally:
+        os.close(orphan)
+    held = [name for name, result in results.items() if isinstance(result, int)]
+    assert len(held) == 1, results  # the other one is refused: the directory is in use
+    refused = results["A" if held == ["B"] else "B"]
+    assert isinstance(refused, dir_lock.DirectoryInUseError)
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    dir_lock.release(results[held[0]], tmp_path)
 
 
 def holding(directory, process) -> dict:
