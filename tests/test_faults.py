@@ -118,6 +118,39 @@ def test_a_full_disk_while_logging_ends_in_one_line_and_the_resume_is_exact(data
 
 
 @pytest.mark.slow
+def test_a_full_disk_while_writing_the_report_at_a_save_ends_in_one_line_and_the_resume_is_exact(data_dir, tmp_path,
+                                                                                             monkeypatch):
+    common = ["--data-dir", data_dir, "--max-steps", 4, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ,
+              "--save-every", 1, "--keep-checkpoints", 3]
+    run_in_process(*common, "--run-dir", tmp_path / "whole")
+
+    write_report, reports = train.write_report, []
+
+    def third_report_on_a_full_disk(run_dir, facts):  # as `ulimit -f`: no file can grow
+        reports.append(facts["steps"])
+        if len(reports) != 3:
+            return write_report(run_dir, facts)
+        limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, limits[1]))
+        try:
+            return write_report(run_dir, facts)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+
+    monkeypatch.setattr(train, "write_report", third_report_on_a_full_disk)
+    run = tmp_path / "run"
+    message = run_for_error(*common, "--run-dir", run)
+    assert message.startswith(f"error: could not write the run's logs in {run} (")
+    assert f"the newest intact checkpoint is {run / 'checkpoint-000002'}" in message
+    assert message.endswith("--resume auto") and "continue with: python train.py" in message
+
+    monkeypatch.setattr(train, "write_report", write_report)
+    run_in_process(*shlex.split(message.split("continue with: python train.py ")[1])[len(TINY):])
+    assert_same_weights(tmp_path / "whole" / "final", run / "final")
+    assert logged(run, "loss") == logged(tmp_path / "whole", "loss")
+
+
+@pytest.mark.slow
 def test_the_startup_space_check_warns_and_require_disk_refuses(data_dir, tmp_path, monkeypatch, capsys):
     real = shutil.disk_usage
     monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda path: real(path)._replace(free=100 * 2**20))
