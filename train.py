@@ -232,10 +232,9 @@ def save(accelerator, model, tokenizer, path: Path, state: RunState, loader, log
     go to the report, the report to the card, and the card and report files to the checkpoint writer."""
     trainer_state = {**dataclasses.asdict(state), "train_loader": loader.state_dict(),
                      "world_size": accelerator.num_processes, "optimizer": log.settings.optimizer}
+    report = log.on_main_for_all(lambda: write_report(log.run_dir.path, log.facts(state)))  # every rank meets here
     files = None
     if accelerator.is_main_process:
-        facts = log.facts(state)
-        report = write_report(log.run_dir.path, facts)
         context = accelerator.unwrap_model(model).config.n_positions  # the card states it
         files = card_files(dict(report, context_length=context), log.settings.push_to_hub or None, log.run_dir.path)
     resume_with = continue_command(log.command, accelerator.num_processes)

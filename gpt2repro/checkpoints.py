@@ -67,6 +67,7 @@ class RunDir:
         checkpoint-NNNNNN/  periodic checkpoints; final/ the last one
         eval_results.json   eval_hellaswag.py --output of the final checkpoint (scripts/reproduce_gpt2.py)
         .gpt2repro.lock     while a training writes here: who it is (dir_lock.py; gone when it ends)
+        .gpt2repro.lock.guard  made when a crashed run's lock was set aside; stays (dir_lock.py)
     """
 
     SETTINGS = "settings.yaml"

@@ -5,10 +5,13 @@ when) and what to do.
 The lock is the OS's: fcntl.flock on LOCK_NAME in the directory, held for the command's life. It goes with its
 process, so a run that crashed or was killed leaves nothing that blocks the next one, and a torch elastic restart
 takes it again once the agent has stopped the old process. The file is never replaced while held (a rename would
-make a new file that a second process could lock), so the holder's details are written into it in place; a
-lock file whose recorded process is gone from this host is stale (forked children of a killed command can keep
-its lock) and is set aside for a new one. Acquirers check, once locked, that the path still names the file they
-locked, so setting a file aside never lets two holders in. Light: no torch (prepare_data.py imports it).
+make a new file that a second process could lock), so the holder's details are written into it in place, once:
+a lock file that holds details is never locked for a second holder. One whose holder is gone (unheld after a
+crash, or held only by forked children of a killed command, which keep its lock) is set aside (unlinked) for a
+new one. Setting aside is a check that the path still names the file found, then its unlink: two processes that
+found the same file must not both do it (the second would unlink the first's new lock), so both steps happen under
+GUARD_NAME's lock, a file never unlinked, made the first time a lock is set aside. Light: no torch
+(prepare_data.py imports it).
 """
 
 import contextlib
@@ -25,6 +28,7 @@ from pathlib import Path
 from gpt2repro.errors import UserError
 
 LOCK_NAME = ".gpt2repro.lock"
+GUARD_NAME = ".gpt2repro.lock.guard"
 POLL_SECONDS = 0.2
 
 
@@ -59,6 +63,20 @@ def _still_there(fd: int, path: Path) -> bool:
         return False
 
 
+def _set_aside(fd: int, path: Path) -> None:
+    """Unlink `path` if it still names the file open as `fd`, under the guard's lock (see the module's docstring)."""
+    try:
+        guard = os.open(path.with_name(GUARD_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:  # the directory is gone: so is the file
+        return
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if _still_there(fd, path):
+            os.unlink(path)
+    finally:
+        os.close(guard)
+
+
 def _describe(holder: dict) -> str:
     if not holder:
         return "another process"
@@ -88,8 +106,8 @@ def acquire(directory: Path, flag: str, instead: str, wait: float = 0.0) -> int 
         except BlockingIOError:
             holder = _holder(fd)
             stale = _gone_from_this_host(holder)
-            if stale and _still_there(fd, path):
-                os.unlink(path)  # the next turn of the loop makes and locks a new file
+            if stale:
+                _set_aside(fd, path)  # the next turn of the loop makes and locks a new file
             os.close(fd)
             if not stale and time.monotonic() >= deadline:
                 raise DirectoryInUseError(
@@ -103,7 +121,13 @@ def acquire(directory: Path, flag: str, instead: str, wait: float = 0.0) -> int 
             print(f"warning: cannot lock {directory} ({e.strerror}): a second process writing into it would not be "
                   "refused", file=sys.stderr, flush=True)
             return None
-        if not _still_there(fd, path):  # set aside by another process between our open and our lock
+        if os.fstat(fd).st_size:  # a crashed holder's file, which another process may be setting aside too
+            _set_aside(fd, path)
+            os.close(fd)
+            continue
+        # A file without details was never held: nobody sets it aside, so only its holder's release (an unlink
+        # before unlocking) can have taken it from the path between our open and our lock.
+        if not _still_there(fd, path):
             os.close(fd)
             continue
         holder = {"command": Path(sys.argv[0]).name or "python", "pid": os.getpid(), "host": socket.gethostname(),

@@ -42,22 +42,25 @@ def repo_info(repo_id: str, repo_type: str = "model", revision: str | None = Non
 
 def hub_answers(repo_id: str, refusal, repo_type: str = "model") -> bool:
     """Whether the Hub answers about `repo_id`, asked in one short call: huggingface_hub's download retries would make
-    a machine that cannot reach it wait most of a minute. False (offline mode, or no answer, with a note on stderr):
-    read the local cache only. A refusal (no such repo, gated) raises refusal(reason), a UserError, at once."""
+    a machine that cannot reach it wait most of a minute. False (offline mode; no answer, a server error, rate
+    limiting or an expired token, with a note on stderr): read the local cache only. A refusal (no such repo, gated)
+    raises refusal(reason), a UserError, at once."""
     import sys
 
     import huggingface_hub.constants
+    from huggingface_hub.errors import RepositoryNotFoundError  # GatedRepoError is one
 
     if huggingface_hub.constants.HF_HUB_OFFLINE:
         return False
     try:
         repo_info(repo_id, repo_type)
-    except Exception as e:
-        if unreachable(e):
-            print(f"note: the Hugging Face Hub does not answer ({failure_reason(e, repo_type)}); reading {repo_id} "
-                  "from the local cache", file=sys.stderr)
-            return False
+    except RepositoryNotFoundError as e:
         raise refusal(failure_reason(e, repo_type)) from None
+    except Exception as e:
+        answer = "does not answer" if unreachable(e) else "answered with an error"
+        print(f"note: the Hugging Face Hub {answer} ({failure_reason(e, repo_type)}); reading {repo_id} from the "
+              "local cache", file=sys.stderr)
+        return False
     return True
 
 

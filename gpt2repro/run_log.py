@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from gpt2repro.checkpoints import RunDir, after_a_full_disk, continue_command
+from gpt2repro.checkpoints import RunDir, after_a_full_disk, any_rank, continue_command
 from gpt2repro.errors import UserError, first_line
 from gpt2repro.fileio import write_atomically
 from gpt2repro.micro_batch import MicroBatch
@@ -107,12 +107,29 @@ class RunLog:
             raise LogWriteError(f"could not write the run's logs in {self.run_dir.path} ({first_line(e)}): "
                                 f"{after_a_full_disk(self.run_dir.path, resume_with)}") from None
 
+    def on_main_for_all(self, write, *args):
+        """`write(*args)` on the main process (None elsewhere), at a point every rank reaches: a write of the logs
+        that fails there ends every rank with its line, not only the main process while the others wait for it in
+        their next collective."""
+        failure = result = None
+        if self.accelerator.is_main_process:
+            try:
+                with self.writing():
+                    result = write(*args)
+            except LogWriteError as e:
+                failure = e
+        if any_rank(self.accelerator, failure is not None)[0]:
+            resume_with = continue_command(self.command, self.accelerator.num_processes)
+            raise failure or LogWriteError(
+                f"could not write the run's logs in {self.run_dir.path} (on the main process, see its error): "
+                f"{after_a_full_disk(self.run_dir.path, resume_with)}")
+        return result
+
     def write_settings(self) -> None:
+        settings = yaml.safe_dump({"preset": self.preset, **dataclasses.asdict(self.settings)}, sort_keys=False)
         if self.accelerator.is_main_process:
             self.run_dir.path.mkdir(parents=True, exist_ok=True)
-            settings = yaml.safe_dump({"preset": self.preset, **dataclasses.asdict(self.settings)}, sort_keys=False)
-            with self.writing():
-                write_atomically(self.run_dir.settings, settings)
+        self.on_main_for_all(write_atomically, self.run_dir.settings, settings)  # every rank reaches this point
 
     def start(self, state: RunState, model, model_config, batch: MicroBatch, compiled: bool) -> None:
         """Note what the run is (for the banner, MFU and the report), print the banner, start the clocks (elapsed
@@ -131,10 +148,12 @@ class RunLog:
             f"{world} processes x {batch.accumulation} accumulation | {s.max_steps} steps | peak FLOP/s: "
             f"{self.peak_source}"
         )
-        if self.accelerator.is_main_process and self.run_dir.metrics.exists():
-            kept = [row for row in read_metrics(self.run_dir.metrics) if row["step"] <= state.step]
-            with self.writing():
+        def keep_until(step):
+            if self.run_dir.metrics.exists():
+                kept = [row for row in read_metrics(self.run_dir.metrics) if row["step"] <= step]
                 write_atomically(self.run_dir.metrics, "".join(json.dumps(row) + "\n" for row in kept))
+
+        self.on_main_for_all(keep_until, state.step)
         self.started = time.perf_counter()
         self.first_step, self.total_before = state.step, state.total_seconds
 
@@ -191,10 +210,9 @@ class RunLog:
         self.print(" | ".join([f"eval {step:5d}/{self.settings.max_steps}", *values]))
         for text in samples:
             self.print(f"  sample: {text!r}")
-        if self.accelerator.is_main_process:
-            reference = val_loss_reference(describe_data(self.settings.data_dir))
-            with self.writing():
-                plot_curves(read_metrics(self.run_dir.metrics), self.run_dir.curves, reference)
+        main = self.accelerator.is_main_process
+        reference = val_loss_reference(describe_data(self.settings.data_dir)) if main else None
+        self.on_main_for_all(lambda: plot_curves(read_metrics(self.run_dir.metrics), self.run_dir.curves, reference))
 
     def finish(self) -> None:
         """Close the trackers (their last buffered writes happen here)."""

@@ -386,6 +386,34 @@ def test_every_launch_command_in_the_readme_table_has_a_batch_its_processes_divi
         check_optimizer(s, strategies[strategy])  # Muon (the tiny preset's) is refused under FSDP
 
 
+def test_near_its_time_limit_the_slurm_script_stops_the_step_which_saves_then_requeues_the_job(tmp_path):
+    # Slurm requeues no job that reached its time limit: the script must. srun and scontrol stand in as scripts that
+    # note what they are asked; srun's tasks save on SIGTERM (train.py's StopRequest), as the step's end shows.
+    sbatch = (REPO / "scripts" / "slurm_multinode.sbatch").read_text()
+    notice = re.search(r"^#SBATCH --signal=B:USR1@(\d+)$", sbatch, re.M)
+    assert notice and int(notice[1]) >= 90 + 30  # SHUTDOWN_SECONDS for the save, and time to requeue
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/usr/bin/env bash\ntrap \'echo "step: SIGTERM, saved" >> "$LOG"; exit 143\' TERM\n'
+                                  'echo "step: started" >> "$LOG"\nwhile true; do sleep 0.05; done\n')
+    (bin_dir / "scontrol").write_text('#!/usr/bin/env bash\nif [[ $1 == show ]]; then echo node0; exit; fi\n'
+                                      'echo "scontrol $*" >> "$LOG"\n')
+    for stub in bin_dir.iterdir():
+        stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LOG": str(log), "SLURM_JOB_ID": "42",
+           "SLURM_JOB_NODELIST": "node[0-1]"}
+    job = subprocess.Popen(["bash", str(REPO / "scripts" / "slurm_multinode.sbatch")], env=env, cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: log.exists() and "step: started" in log.read_text(), job)
+        job.send_signal(signal.SIGUSR1)  # Slurm's --signal=B:USR1, 120 s before the limit
+        stdout, stderr = job.communicate(timeout=60)
+    finally:
+        stop_all(job)
+    assert log.read_text().splitlines() == ["step: started", "step: SIGTERM, saved", "scontrol requeue 42"], stderr
+    assert "time limit near: saving, then requeueing job 42" in stdout
+
+
 def test_the_slurm_script_starts_on_every_node_the_elastic_launch_the_readme_documents():
     readme = (REPO / "README.md").read_text()
     sbatch = (REPO / "scripts" / "slurm_multinode.sbatch").read_text()
@@ -395,6 +423,7 @@ def test_the_slurm_script_starts_on_every_node_the_elastic_launch_the_readme_doc
     # a lost node leaves the job allocated (--no-kill) and its step running; one torch elastic agent per node
     assert {"--no-kill", "--ntasks-per-node=1", "--requeue"} <= set(re.findall(r"^#SBATCH (\S+)", sbatch, re.M))
     srun = next(line for line in re.sub(r"\\\n\s*", " ", sbatch).splitlines() if line.startswith("srun "))
+    srun = srun.removesuffix(" &")  # in the background: the script waits for it, and traps the time limit meanwhile
     documented = re.search(r"`(srun [^`]+)`", readme)[1]
     assert shlex.split(srun) == shlex.split(documented)
     assert {"--no-kill", "--kill-on-bad-exit=0"} <= set(shlex.split(srun))

@@ -370,6 +370,66 @@ def test_a_hub_id_where_the_hub_does_not_answer_fails_after_one_short_call(unrea
     assert message.startswith("cannot load model 'openai-community/gpt2'") and "\n" not in message
 
 
+@pytest.mark.parametrize("status, headers, body", [
+    (503, {}, "Service Unavailable"),
+    (429, {}, "Too Many Requests"),
+    (401, {"X-Error-Message": "Invalid credentials in Authorization header"}, "expired token"),
+])
+def test_a_hub_error_that_is_not_a_refusal_leaves_the_cached_copy_to_serve_the_model(monkeypatch, tmp_path, gpt2,
+                                                                                   tokenizer, status, headers, body):
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub.utils import _http
+
+    commit = "0" * 40  # the cache's layout: refs/main names the snapshot the files are in
+    cache = tmp_path / "cache"
+    snapshot = cache / "models--someone--tiny" / "snapshots" / commit
+    gpt2.save_pretrained(snapshot)
+    tokenizer.save_pretrained(snapshot)
+    (cache / "models--someone--tiny" / "refs").mkdir()
+    (cache / "models--someone--tiny" / "refs" / "main").write_text(commit)
+    requests = []
+
+    def failing_hub(request):
+        if not request.url.path.endswith("/api/agent-harnesses"):  # huggingface_hub's own, once a day (conftest)
+            requests.append(request)
+        return httpx2.Response(status, headers=headers, text=body, request=request)
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(failing_hub)))
+    try:
+        model, _ = ev.load_model("someone/tiny", "cpu", torch.float32)
+    finally:
+        huggingface_hub.set_client_factory(_http.default_client_factory)
+    assert len(requests) == 1, [str(r.url) for r in requests]  # the one metadata call; the cache serves the rest
+    assert torch.equal(model.lm_head.weight, gpt2.lm_head.weight)
+
+
+def test_a_hub_refusal_is_its_one_line_after_one_call(monkeypatch):
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub.utils import _http
+
+    requests = []
+
+    def no_such_repo(request):
+        if not request.url.path.endswith("/api/agent-harnesses"):  # huggingface_hub's own, once a day (conftest)
+            requests.append(request)
+        return httpx2.Response(404, headers={"X-Error-Code": "RepoNotFound"}, request=request)
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(no_such_repo)))
+    try:
+        with pytest.raises(ev.ModelLoadError) as error:
+            ev.load_model("someone/tiny", "cpu", torch.float32)
+    finally:
+        huggingface_hub.set_client_factory(_http.default_client_factory)
+    assert len(requests) == 1
+    assert str(error.value) == ("cannot load model 'someone/tiny': no such model repository, or it is private (log in: "
+                                "hf auth login)")
+
+
 @pytest.mark.parametrize("name, expected", [
     ("runs/x/finl", "no such local directory, and not a Hub repo id (Repo id must be in the form"),
     ("not a repo id!!", "no such local directory, and not a Hub repo id (Repo id must use alphanumeric"),

@@ -1,5 +1,6 @@
 """Faults a long run meets: a full disk, out-of-memory, a damaged shard, a checkpoint changed on disk, bad numbers."""
 
+import fcntl
 import json
 import os
 import resource
@@ -21,7 +22,7 @@ import prepare_data
 import train
 from gpt2repro import checkpoints
 from gpt2repro.checkpoints import STATE_FILE, find_resume_checkpoint
-from gpt2repro.dir_lock import LOCK_NAME
+from gpt2repro.dir_lock import GUARD_NAME, LOCK_NAME
 from gpt2repro.token_shards import write_shard
 
 
@@ -111,6 +112,39 @@ def test_a_full_disk_while_logging_ends_in_one_line_and_the_resume_is_exact(data
         assert not (run / "metrics.jsonl").read_text().endswith("\n")  # the torn row the resume drops
 
     monkeypatch.setattr(RunLog, "metrics", log_metrics)
+    run_in_process(*shlex.split(message.split("continue with: python train.py ")[1])[len(TINY):])
+    assert_same_weights(tmp_path / "whole" / "final", run / "final")
+    assert logged(run, "loss") == logged(tmp_path / "whole", "loss")
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_writing_the_report_at_a_save_ends_in_one_line_and_the_resume_is_exact(data_dir, tmp_path,
+                                                                                             monkeypatch):
+    common = ["--data-dir", data_dir, "--max-steps", 4, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ,
+              "--save-every", 1, "--keep-checkpoints", 3]
+    run_in_process(*common, "--run-dir", tmp_path / "whole")
+
+    write_report, reports = train.write_report, []
+
+    def third_report_on_a_full_disk(run_dir, facts):  # as `ulimit -f`: no file can grow
+        reports.append(facts["steps"])
+        if len(reports) != 3:
+            return write_report(run_dir, facts)
+        limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, limits[1]))
+        try:
+            return write_report(run_dir, facts)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+
+    monkeypatch.setattr(train, "write_report", third_report_on_a_full_disk)
+    run = tmp_path / "run"
+    message = run_for_error(*common, "--run-dir", run)
+    assert message.startswith(f"error: could not write the run's logs in {run} (")
+    assert f"the newest intact checkpoint is {run / 'checkpoint-000002'}" in message
+    assert message.endswith("--resume auto") and "continue with: python train.py" in message
+
+    monkeypatch.setattr(train, "write_report", write_report)
     run_in_process(*shlex.split(message.split("continue with: python train.py ")[1])[len(TINY):])
     assert_same_weights(tmp_path / "whole" / "final", run / "final")
     assert logged(run, "loss") == logged(tmp_path / "whole", "loss")
@@ -334,6 +368,60 @@ def test_a_lock_held_only_by_the_orphans_of_a_dead_command_is_set_aside_and_a_li
     assert not (tmp_path / LOCK_NAME).exists()  # released: nothing left behind
 
 
+def test_two_processes_that_find_the_same_stale_lock_never_both_hold_the_directory(tmp_path, monkeypatch):
+    # B checks that the stale file is still there and, before its unlink, A sets the same file aside and takes a
+    # new one: B's unlink must not remove A's new lock (the interleaving forced, not waited for by the clock)
+    import threading
+
+    from gpt2repro import dir_lock
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    orphan = os.open(tmp_path / LOCK_NAME, os.O_RDWR)  # as a dead command's forked child, keeping its lock
+    fcntl.flock(orphan, fcntl.LOCK_EX)
+    a_stopped, a_done, results = threading.Event(), threading.Event(), {}  # A blocked or finished; finished
+    still_there, flock, checks = dir_lock._still_there, fcntl.flock, []
+
+    def blocking_flock(fd, operation):
+        if not operation & fcntl.LOCK_NB and threading.current_thread().name == "A":
+            a_stopped.set()  # A waits for a lock B holds: it can go no further until B goes on
+        return flock(fd, operation)
+
+    def acquire(name):
+        try:
+            results[name] = dir_lock.acquire(tmp_path, "--out", "choose another --out")
+        except dir_lock.DirectoryInUseError as e:
+            results[name] = e
+        finally:
+            if name == "A":
+                a_done.set()
+                a_stopped.set()
+
+    def b_pauses_after_its_check(fd, path):
+        there = still_there(fd, path)
+        if threading.current_thread().name == "B" and not checks:
+            checks.append(there)
+            threading.Thread(target=acquire, args=("A",), name="A").start()
+            assert a_stopped.wait(60)
+        return there
+
+    monkeypatch.setattr(dir_lock, "_still_there", b_pauses_after_its_check)
+    monkeypatch.setattr(dir_lock.fcntl, "flock", blocking_flock)
+    try:
+        b = threading.Thread(target=acquire, args=("B",), name="B")
+        b.start()
+        b.join(120)
+        assert a_done.wait(120) and checks == [True]
+    finally:
+        os.close(orphan)
+    held = [name for name, result in results.items() if isinstance(result, int)]
+    assert len(held) == 1, results  # the other one is refused: the directory is in use
+    refused = results["A" if held == ["B"] else "B"]
+    assert isinstance(refused, dir_lock.DirectoryInUseError)
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    dir_lock.release(results[held[0]], tmp_path)
+
+
 def holding(directory, process) -> dict:
     """Once `process` holds `directory`'s lock: who the lock file says holds it."""
     lock, deadline = directory / LOCK_NAME, time.time() + 300
@@ -408,6 +496,7 @@ def test_a_second_preparation_into_one_out_is_refused_and_a_killed_ones_lock_blo
     prepare_data.main(list(map(str, args)))  # resumes what the killed one left
     prepare_data.main(list(map(str, [*args[:2], tmp_path / "whole", *args[3:]])))
     out, whole = tmp_path / "out", tmp_path / "whole"
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in whole.iterdir())
+    # the killed one's lock was set aside under the guard's lock, whose file stays (dir_lock.py)
+    assert sorted(p.name for p in out.iterdir()) == sorted([GUARD_NAME, *(p.name for p in whole.iterdir())])
     for shard in whole.glob("*.bin"):
         assert (out / shard.name).read_bytes() == shard.read_bytes()
