@@ -1,5 +1,6 @@
 """Faults a long run meets: a full disk, out-of-memory, a damaged shard, a checkpoint changed on disk, bad numbers."""
 
+import contextlib
 import fcntl
 import json
 import os
@@ -41,6 +42,17 @@ def run_for_error(*args) -> str:
 # ---- a full disk ----
 
 
+@contextlib.contextmanager
+def files_limited_to(size: int):
+    """`ulimit -f` in this process for the block: a write past `size` bytes fails with EFBIG, as on a full disk."""
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, limits[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+
+
 @pytest.mark.slow
 def test_a_full_disk_save_names_the_intact_checkpoint_removes_the_temp_folder_and_resumes_bit_identical(
     data_dir, tmp_path, monkeypatch
@@ -55,12 +67,8 @@ def test_a_full_disk_save_names_the_intact_checkpoint_removes_the_temp_folder_an
         saves.append(args[2])
         if len(saves) != 2:
             return save_checkpoint(*args, **kwargs)
-        limits = resource.getrlimit(resource.RLIMIT_FSIZE)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (40 * 2**20, limits[1]))  # the tiny optimizer state is ~58 MB
-        try:
+        with files_limited_to(40 * 2**20):  # the tiny optimizer state is ~58 MB
             return save_checkpoint(*args, **kwargs)
-        finally:
-            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
 
     monkeypatch.setattr(train, "save_checkpoint", second_save_on_a_full_disk)
     run = tmp_path / "run"
@@ -95,12 +103,8 @@ def test_a_full_disk_while_logging_ends_in_one_line_and_the_resume_is_exact(data
             return log_metrics(self, step, values)
         # metrics.jsonl: a torn row; tensorboard: its event file cannot grow at all (the tracker writes first)
         room = 20 if log_with == "none" else 0
-        limits = resource.getrlimit(resource.RLIMIT_FSIZE)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (self.run_dir.metrics.stat().st_size + room, limits[1]))
-        try:
+        with files_limited_to(self.run_dir.metrics.stat().st_size + room):
             return log_metrics(self, step, values)
-        finally:
-            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
 
     monkeypatch.setattr(RunLog, "metrics", third_row_on_a_full_disk)
     run = tmp_path / "run"
@@ -130,12 +134,8 @@ def test_a_full_disk_while_writing_the_report_at_a_save_ends_in_one_line_and_the
         reports.append(facts["steps"])
         if len(reports) != 3:
             return write_report(run_dir, facts)
-        limits = resource.getrlimit(resource.RLIMIT_FSIZE)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (0, limits[1]))
-        try:
+        with files_limited_to(0):
             return write_report(run_dir, facts)
-        finally:
-            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
 
     monkeypatch.setattr(train, "write_report", third_report_on_a_full_disk)
     run = tmp_path / "run"
