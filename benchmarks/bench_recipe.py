@@ -22,6 +22,7 @@ curve), with the median over seeds and the spread. One torch thread per run; --j
 
 import argparse
 import datetime
+import io
 import json
 import multiprocessing as mp
 import os
@@ -39,6 +40,7 @@ import torch  # noqa: E402
 
 from configuration_gpt2repro import GPT2ReproConfig  # noqa: E402
 from gpt2repro.document_sources import DEFAULT_DATA_DIR  # noqa: E402
+from gpt2repro.fileio import write_atomically  # noqa: E402
 from gpt2repro.optim import (  # noqa: E402
     MUON_ADJUST_LR,
     MUON_QKV_SPLIT,
@@ -161,8 +163,10 @@ def plot(results: dict, path: Path, target: float) -> None:
     ax.set_title("CPU proxy (6x128 GPT-2, tiny-Shakespeare): AdamW vs Muon")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
+    write_atomically(path, image.getvalue())
 
 
 def main():
@@ -221,7 +225,7 @@ def main():
         results["muon"] = best + run_all(
             [dict(shared, optimizer="muon", lr=adamw_lr, muon_lr=muon_lr, seed=s) for s in seeds], args.jobs)
 
-    (out / "bench_recipe.json").write_text(json.dumps(results, indent=1))
+    write_atomically(out / "bench_recipe.json", json.dumps(results, indent=1))
     print("\nbest val loss per seed, median [min, max]:")
     for name, runs in results.items():
         bests = [min(r["val"]) for r in runs]
