@@ -74,20 +74,32 @@ def device_peak_flops(device, dtype=torch.bfloat16) -> tuple[float, str]:
     return flops, f"measured {str(dtype).removeprefix('torch.')} matmul probe on {where}: {flops / scale:.0f} {unit}"
 
 
+# On a CPU the probe's matmul doubles from 512 wide until one takes this long (or reaches the cap): enough work for
+# every core's tiles on a large server, and no seconds spent at the start of every train.py run on a small machine.
+CPU_PROBE_SECONDS, CPU_PROBE_MAX = 0.005, 4096
+
+
 def _matmul_probe(device, dtype, repeats=10) -> float:
-    """Best of several square matmuls: large enough to be compute-bound, small enough to take a second."""
-    n = 8192 if device.type == "cuda" else 2048
+    """Best of several square matmuls, large enough to be compute-bound: 8192 wide on a GPU, sized on a CPU."""
+    n = 8192 if device.type == "cuda" else 512
+    while device.type != "cuda" and n < CPU_PROBE_MAX and _matmul_seconds(device, dtype, n) < CPU_PROBE_SECONDS:
+        n *= 2
+    return 2 * n**3 / _matmul_seconds(device, dtype, n, repeats)
+
+
+def _matmul_seconds(device, dtype, n: int, repeats: int = 1) -> float:
+    """The fastest of `repeats` n x n matmuls, after two that warm up the kernels."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     best = float("inf")
-    for i in range(repeats + 2):  # the first two warm up the kernels
+    for i in range(repeats + 2):
         _sync(device)
         start = time.perf_counter()
         torch.mm(a, b)
         _sync(device)
         if i >= 2:
             best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+    return best
 
 
 def device_name(device) -> str:

@@ -8,6 +8,7 @@ import torch
 
 from configuration_gpt2repro import GPT2ReproConfig
 from modeling_gpt2repro import GPT2ReproForCausalLM
+from gpt2repro import throughput
 from gpt2repro.throughput import device_peak_flops, flops_per_token, mfu
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,6 +34,20 @@ def test_mfu_and_cpu_peak():
     peak, source = device_peak_flops("cpu", torch.float32)
     assert peak > 1e9 and "measured float32 matmul probe on cpu" in source
     assert mfu(1000.0, 2e9, 4e12) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("flops, widths", [(1e11, [512, 1024, 1024]), (1e14, [512, 1024, 2048, 4096])])
+def test_the_cpu_probe_grows_its_matmul_until_it_is_compute_bound_and_no_further(monkeypatch, flops, widths):
+    # a 2-core machine stops at 1024 wide (a second saved at every train.py start); a large server reaches the cap
+    sized = []
+
+    def seconds(device, dtype, n, repeats=1):
+        sized.append(n)
+        return 2 * n**3 / flops
+
+    monkeypatch.setattr(throughput, "_matmul_seconds", seconds)
+    assert throughput._matmul_probe(torch.device("cpu"), torch.float32) == pytest.approx(flops)
+    assert sized == widths
 
 
 def _small_pages_from_glibc():
