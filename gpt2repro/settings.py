@@ -160,9 +160,9 @@ def settings_parser(description: str = "") -> argparse.ArgumentParser:
     parser.add_argument("--preset", default="tiny", type=str.lower, choices=sorted(PRESETS),
                         help="named settings to start from (default: tiny)")
     parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings (overrides the preset)")
-    groups = {}
+    groups, helps = {}, settings_help()  # once: it reads the source of Settings
     for f in dataclasses.fields(Settings):
-        heading, comment = settings_help()[f.name]
+        heading, comment = helps[f.name]
         group = groups.get(heading) or groups.setdefault(heading, parser.add_argument_group(heading))
         flag, text = "--" + f.name.replace("_", "-"), f"{comment} ({default_help(f.name)})".replace("%", "%%")
         if f.type in (bool, bool | None):
