@@ -226,22 +226,17 @@ def fill_final_eval(report: dict, run_dir: Path) -> None:
 
 def plot_curves(rows: list[dict], path: Path, val_reference: dict | None) -> None:
     """curves_figure of metrics rows, written to `path` as a PNG."""
-    import matplotlib.pyplot as plt
-
     fig = curves_figure(rows, val_reference)
     image = io.BytesIO()
     fig.savefig(image, format="png", dpi=100, bbox_inches="tight")  # tight: the legends below the panels too
-    plt.close(fig)
     write_atomically(path, image.getvalue())
 
 
 def curves_figure(rows: list[dict], val_reference: dict | None):
     """Loss, bits-per-byte and (when evaluated) HellaSwag panels over one step axis, each with the published figures
     it compares with (both HellaSwag conventions); legends below the panels, never over the curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a Figure of its own, not pyplot's: no global figure list to close, no GUI backend chosen, less to import
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     def plot(ax, key, style, label, **kwargs):  # only what was logged: no empty legend entries
@@ -253,7 +248,8 @@ def curves_figure(rows: list[dict], val_reference: dict | None):
     acc_norms = [m for m in HELLASWAG_METRICS if m.kind == "acc_norm"]
     hella = any(m.name in r for r in rows for m in acc_norms)
     # one shared step axis: a single evaluation is a point at its step of the run, not alone on a 1-step axis
-    fig, axes = plt.subplots(1, 3 if hella else 2, figsize=(16 if hella else 11, 4.5), sharex=True)
+    fig = Figure(figsize=(16 if hella else 11, 4.5))
+    axes = fig.subplots(1, 3 if hella else 2, sharex=True)
     ax_loss, ax_bpb = axes[:2]
     plot(ax_loss, "loss", "-", "train loss", alpha=0.6)
     plot(ax_loss, "val_loss", "o-", "val loss")

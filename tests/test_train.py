@@ -428,25 +428,23 @@ def rows_of_a_run(evaluations, hellaswag):
 
 
 def test_curves_have_no_empty_hellaswag_panel_integer_steps_and_legends_off_the_data():
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     from gpt2repro import report
 
     fig = report.curves_figure(rows_of_a_run([3], hellaswag=False), None)
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
+    canvas = FigureCanvasAgg(fig)  # the canvas savefig draws the PNG with
+    canvas.draw()
+    renderer = canvas.get_renderer()
     assert [ax.get_title() for ax in fig.axes] == ["loss", "validation bits per byte"]
     for ax in fig.axes:
         ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
         assert all(float(t).is_integer() for t in ticks), ticks
         assert ax.get_xlim()[0] <= 0 and ax.get_xlim()[1] >= 3  # one evaluation sits on the run's step axis
         assert not ax.get_legend().get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
-    plt.close(fig)
 
 
 def test_curves_with_hellaswag_draw_both_conventions_and_both_gpt2_references():
-    import matplotlib.pyplot as plt
-
     from gpt2repro import report
 
     fig = report.curves_figure(rows_of_a_run([2, 4], hellaswag=True), None)
@@ -457,7 +455,6 @@ def test_curves_with_hellaswag_draw_both_conventions_and_both_gpt2_references():
                       "OpenAI GPT-2 124M (lm-eval)"]
     levels = sorted(line.get_ydata()[0] for line in ax.get_lines() if "OpenAI" in line.get_label())
     assert levels == [0.2955, 0.3114]
-    plt.close(fig)
 
 
 # ---- --init-from: training on from any GPT-2 ----
