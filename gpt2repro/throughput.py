@@ -76,7 +76,7 @@ def device_peak_flops(device, dtype=torch.bfloat16) -> tuple[float, str]:
 
 # On a CPU the probe's matmul doubles from 512 wide until one takes this long (or reaches the cap): enough work for
 # every core's tiles on a large server, and no seconds spent at the start of every train.py run on a small machine.
-CPU_PROBE_SECONDS, CPU_PROBE_MAX = 0.005, 4096
+CPU_PROBE_SECONDS, CPU_PROBE_MAX = 0.002, 4096
 
 
 def _matmul_probe(device, dtype, repeats=10) -> float:

@@ -272,8 +272,8 @@ def test_a_lost_node_leaves_the_run_on_the_other_which_ends_as_a_switch_to_one_p
 @pytest.mark.slow
 def test_a_node_that_joins_is_taken_in_at_a_save_and_the_run_goes_on_with_both(data_dir, tmp_path):
     # 16 micro-steps a step on one process: slow enough for the second node to start while the first trains alone
-    # (it joins within the first few steps; the steps after it are trained twice, by both nodes and the reference)
-    steps = 10
+    # (it joins within the first few; the steps after the join are trained twice, by both nodes and the reference)
+    steps = 12
     layout = ["--max-steps", steps, "--total-batch-tokens", 16 * 4 * SEQ, "--micro-batch-size", 4]
     train = train_argv("--data-dir", data_dir, "--run-dir", tmp_path / "run", *layout, "--resume", "auto")
     port = free_port()

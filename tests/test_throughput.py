@@ -36,18 +36,21 @@ def test_mfu_and_cpu_peak():
     assert mfu(1000.0, 2e9, 4e12) == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("flops, widths", [(1e11, [512, 1024, 1024]), (1e14, [512, 1024, 2048, 4096])])
-def test_the_cpu_probe_grows_its_matmul_until_it_is_compute_bound_and_no_further(monkeypatch, flops, widths):
-    # a 2-core machine stops at 1024 wide (a second saved at every train.py start); a large server reaches the cap
-    sized = []
+@pytest.mark.parametrize("device, flops, sized", [
+    ("cpu", 2e11, [(512, 1), (1024, 1), (1024, 10)]),  # a small machine stops where one matmul takes 2 ms
+    ("cpu", 1e14, [(512, 1), (1024, 1), (2048, 1), (4096, 10)]),  # a large server grows to the cap
+    ("cuda", 1e14, [(8192, 10)]),  # a GPU gets its size at once
+])
+def test_the_peak_probe_grows_a_cpu_matmul_until_it_is_compute_bound_and_no_further(monkeypatch, device, flops, sized):
+    calls = []
 
     def seconds(device, dtype, n, repeats=1):
-        sized.append(n)
+        calls.append((n, repeats))
         return 2 * n**3 / flops
 
     monkeypatch.setattr(throughput, "_matmul_seconds", seconds)
-    assert throughput._matmul_probe(torch.device("cpu"), torch.float32) == pytest.approx(flops)
-    assert sized == widths
+    assert throughput._matmul_probe(torch.device(device), torch.float32) == pytest.approx(flops)
+    assert calls == sized
 
 
 def _small_pages_from_glibc():
