@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,14 +54,34 @@ def files_limited_to(size: int):
         resource.setrlimit(resource.RLIMIT_FSIZE, limits)
 
 
+FULL_DISK_RUN = ["--max-steps", 4, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ, "--save-every", 1,
+                 "--keep-checkpoints", 3]
+
+
+def a_run_on_a_full_disk(data_dir, tmp_path, monkeypatch, owner, name, failing, *options) -> tuple[str, Path]:
+    """The reference run (tmp_path/whole), then the same run (tmp_path/run) with `owner.name` replaced by `failing`,
+    a write that meets a full disk: its one line, which must name the command that continues, and its directory."""
+    common = ["--data-dir", data_dir, *FULL_DISK_RUN, *options]
+    run_in_process(*common, "--run-dir", tmp_path / "whole")
+    run = tmp_path / "run"
+    with monkeypatch.context() as patched:
+        patched.setattr(owner, name, failing)
+        message = run_for_error(*common, "--run-dir", run)
+    assert message.endswith("--resume auto") and "continue with: python train.py" in message
+    return message, run
+
+
+def continue_as_told(message: str, tmp_path) -> None:
+    """Run the command the line names: the run must end as the reference did, in its weights and every loss."""
+    run_in_process(*shlex.split(message.split("continue with: python train.py ")[1])[len(TINY):])
+    assert_same_weights(tmp_path / "whole" / "final", tmp_path / "run" / "final")
+    assert logged(tmp_path / "run", "loss") == logged(tmp_path / "whole", "loss")
+
+
 @pytest.mark.slow
 def test_a_full_disk_save_names_the_intact_checkpoint_removes_the_temp_folder_and_resumes_bit_identical(
     data_dir, tmp_path, monkeypatch
 ):
-    common = ["--data-dir", data_dir, "--max-steps", 4, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ,
-              "--save-every", 1, "--keep-checkpoints", 3]
-    run_in_process(*common, "--run-dir", tmp_path / "whole")
-
     save_checkpoint, saves = train.save_checkpoint, []
 
     def second_save_on_a_full_disk(*args, **kwargs):  # as `ulimit -f`: writes past 40 MB fail with EFBIG
@@ -70,18 +91,12 @@ def test_a_full_disk_save_names_the_intact_checkpoint_removes_the_temp_folder_an
         with files_limited_to(40 * 2**20):  # the tiny optimizer state is ~58 MB
             return save_checkpoint(*args, **kwargs)
 
-    monkeypatch.setattr(train, "save_checkpoint", second_save_on_a_full_disk)
-    run = tmp_path / "run"
-    message = run_for_error(*common, "--run-dir", run)
+    message, run = a_run_on_a_full_disk(data_dir, tmp_path, monkeypatch, train, "save_checkpoint",
+                                        second_save_on_a_full_disk)
     assert message.startswith(f"error: could not write checkpoint {run / 'checkpoint-000002'} (")
     assert f"the newest intact checkpoint is {run / 'checkpoint-000001'}" in message
-    assert message.endswith("--resume auto") and "continue with: python train.py" in message
     assert not list(run.glob(".tmp-*")) and [p.name for p in run.glob("checkpoint-*")] == ["checkpoint-000001"]
-
-    monkeypatch.setattr(train, "save_checkpoint", save_checkpoint)
-    run_in_process(*shlex.split(message.split("continue with: python train.py ")[1])[len(TINY):])
-    assert_same_weights(tmp_path / "whole" / "final", run / "final")
-    assert logged(run, "loss") == logged(tmp_path / "whole", "loss")
+    continue_as_told(message, tmp_path)
 
 
 @pytest.mark.slow
@@ -90,10 +105,6 @@ def test_a_full_disk_save_names_the_intact_checkpoint_removes_the_temp_folder_an
 def test_a_full_disk_while_logging_ends_in_one_line_and_the_resume_is_exact(data_dir, tmp_path, monkeypatch,
                                                                             log_with):
     from gpt2repro.run_log import RunLog
-
-    common = ["--data-dir", data_dir, "--max-steps", 4, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ,
-              "--save-every", 1, "--keep-checkpoints", 3, "--log-with", log_with]
-    run_in_process(*common, "--run-dir", tmp_path / "whole")
 
     log_metrics, rows = RunLog.metrics, []
 
@@ -106,28 +117,18 @@ def test_a_full_disk_while_logging_ends_in_one_line_and_the_resume_is_exact(data
         with files_limited_to(self.run_dir.metrics.stat().st_size + room):
             return log_metrics(self, step, values)
 
-    monkeypatch.setattr(RunLog, "metrics", third_row_on_a_full_disk)
-    run = tmp_path / "run"
-    message = run_for_error(*common, "--run-dir", run)
+    message, run = a_run_on_a_full_disk(data_dir, tmp_path, monkeypatch, RunLog, "metrics", third_row_on_a_full_disk,
+                                        "--log-with", log_with)
     assert message.startswith(f"error: could not write the run's logs in {run} (")
     assert f"the newest intact checkpoint is {run / 'checkpoint-000002'}" in message
-    assert message.endswith("--resume auto") and "continue with: python train.py" in message
     if log_with == "none":
         assert not (run / "metrics.jsonl").read_text().endswith("\n")  # the torn row the resume drops
-
-    monkeypatch.setattr(RunLog, "metrics", log_metrics)
-    run_in_process(*shlex.split(message.split("continue with: python train.py ")[1])[len(TINY):])
-    assert_same_weights(tmp_path / "whole" / "final", run / "final")
-    assert logged(run, "loss") == logged(tmp_path / "whole", "loss")
+    continue_as_told(message, tmp_path)
 
 
 @pytest.mark.slow
 def test_a_full_disk_while_writing_the_report_at_a_save_ends_in_one_line_and_the_resume_is_exact(data_dir, tmp_path,
                                                                                              monkeypatch):
-    common = ["--data-dir", data_dir, "--max-steps", 4, "--micro-batch-size", 4, "--total-batch-tokens", 4 * SEQ,
-              "--save-every", 1, "--keep-checkpoints", 3]
-    run_in_process(*common, "--run-dir", tmp_path / "whole")
-
     write_report, reports = train.write_report, []
 
     def third_report_on_a_full_disk(run_dir, facts):  # as `ulimit -f`: no file can grow
@@ -137,17 +138,11 @@ def test_a_full_disk_while_writing_the_report_at_a_save_ends_in_one_line_and_the
         with files_limited_to(0):
             return write_report(run_dir, facts)
 
-    monkeypatch.setattr(train, "write_report", third_report_on_a_full_disk)
-    run = tmp_path / "run"
-    message = run_for_error(*common, "--run-dir", run)
+    message, run = a_run_on_a_full_disk(data_dir, tmp_path, monkeypatch, train, "write_report",
+                                        third_report_on_a_full_disk)
     assert message.startswith(f"error: could not write the run's logs in {run} (")
     assert f"the newest intact checkpoint is {run / 'checkpoint-000002'}" in message
-    assert message.endswith("--resume auto") and "continue with: python train.py" in message
-
-    monkeypatch.setattr(train, "write_report", write_report)
-    run_in_process(*shlex.split(message.split("continue with: python train.py ")[1])[len(TINY):])
-    assert_same_weights(tmp_path / "whole" / "final", run / "final")
-    assert logged(run, "loss") == logged(tmp_path / "whole", "loss")
+    continue_as_told(message, tmp_path)
 
 
 @pytest.mark.slow
