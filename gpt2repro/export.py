@@ -33,20 +33,27 @@ class ConversionError(UserError, ValueError):
     """A model that cannot be converted or loaded: the message says which and why."""
 
 
+# where a gpt2repro checkpoint comes from, as the errors that ask for one say it
+WRITTEN_BY_TRAIN = f"a folder that train.py wrote (RUN_DIR/{RunDir.FINAL} or a {RunDir.CHECKPOINT_PREFIX}* folder)"
+
+
+def check_ours(folder: Path, error: type[UserError], what_to_do: str) -> None:
+    """Refuse, with `error` and one line ending in `what_to_do`, a folder that is not a gpt2repro checkpoint."""
+    try:
+        model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError) as e:
+        raise error(f"{folder}: no readable config.json ({type(e).__name__}); give {WRITTEN_BY_TRAIN}") from None
+    if model_type != "gpt2repro":
+        raise error(f"{folder} holds a {model_type!r} model, not a gpt2repro checkpoint; {what_to_do}")
+
+
 def load_checkpoint_model(folder: str | Path):
     """Our model from a checkpoint folder (train.py's final/ or checkpoint-*, or convert_gpt2.py from-gpt2)."""
     from modeling_gpt2repro import GPT2ReproForCausalLM
 
     folder = Path(folder)
-    try:
-        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError) as e:
-        raise ConversionError(f"{folder}: no readable config.json ({type(e).__name__}); give a checkpoint folder "
-                              f"that train.py wrote (RUN_DIR/{RunDir.FINAL} or a {RunDir.CHECKPOINT_PREFIX}* folder)"
-                              ) from None
-    if model_type != "gpt2repro":
-        raise ConversionError(f"{folder} holds a {model_type!r} model, not a gpt2repro checkpoint; give a folder that "
-                              "train.py wrote (a GPT-2 folder converts the other way: convert_gpt2.py from-gpt2)")
+    check_ours(folder, ConversionError, "give a folder that train.py wrote (a GPT-2 folder converts the other way: "
+               "convert_gpt2.py from-gpt2)")
     try:
         return GPT2ReproForCausalLM.from_pretrained(folder)
     except (OSError, ValueError) as e:
@@ -201,5 +208,5 @@ def load_pretrained(name: str):
     return model.float()
 
 
-__all__ = ["ConversionError", "OPENAI_GPT2", "base_model", "cache_only", "check_output", "export_gpt2",
+__all__ = ["ConversionError", "OPENAI_GPT2", "base_model", "cache_only", "check_output", "check_ours", "export_gpt2",
            "load_checkpoint_model", "load_pretrained", "pretrained_config", "save_ours", "weights_source"]

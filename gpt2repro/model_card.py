@@ -21,7 +21,7 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, EvalResul
 
 from gpt2repro.checkpoints import RunDir
 from gpt2repro.errors import UserError, first_line
-from gpt2repro.export import export_gpt2
+from gpt2repro.export import WRITTEN_BY_TRAIN, check_ours, export_gpt2
 from gpt2repro.hellaswag import HELLASWAG_ITEMS, HELLASWAG_METRICS
 from gpt2repro.hub import HUB_FORMATS, check_repo_id
 from gpt2repro.report import (
@@ -386,8 +386,7 @@ def files_to_upload(folder: Path) -> list[str]:
     """The top-level files of a checkpoint folder that its users need, sorted."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise PublishError(f"{folder}: no such directory; push a checkpoint folder that train.py wrote "
-                           f"(RUN_DIR/{RunDir.FINAL} or a {RunDir.CHECKPOINT_PREFIX}* folder)")
+        raise PublishError(f"{folder}: no such directory; push {WRITTEN_BY_TRAIN}")
     names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     chosen = [n for n in names if any(fnmatch.fnmatchcase(n, pattern) for pattern in UPLOAD_PATTERNS)]
     if "config.json" not in chosen or not any(n.endswith(".safetensors") for n in chosen):
@@ -469,13 +468,8 @@ def push_to_hub(folder: Path, repo_id: str, private: bool = False, hub_format: s
     check_repo_id(repo_id, "repo", PublishError)
     folder = Path(folder)
     ours = {name: folder / name for name in files_to_upload(folder) if name != "README.md"}
-    try:
-        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError):
-        model_type = None
-    if model_type != "gpt2repro":  # a push of --hub-format gpt2repro exports nothing that would refuse it
-        raise PublishError(f"{folder} holds a {model_type!r} model, not a gpt2repro checkpoint; push a folder that "
-                           f"train.py wrote (RUN_DIR/{RunDir.FINAL} or a {RunDir.CHECKPOINT_PREFIX}* folder)")
+    # a push of --hub-format gpt2repro exports nothing that would refuse another folder
+    check_ours(folder, PublishError, f"push {WRITTEN_BY_TRAIN}")
     native, gpt2repro = hub_format in ("both", "native"), hub_format in ("both", "gpt2repro")
     branch = GPT2REPRO_BRANCH if native and gpt2repro else None
     extras = {name: folder / name for name in (RunDir.CURVES, RunDir.REPORT_MD, RunDir.REPORT_JSON) if name in ours}

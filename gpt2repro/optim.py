@@ -109,11 +109,7 @@ def make_optimizer(model, s: Settings, *, qkv_split: int = MUON_QKV_SPLIT,
     if s.optimizer == "muon":
         groups = param_groups(model, s, qkv_split, adjust_lr_fn)
         return MuonAdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2), eps=ADAM_EPS)
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": s.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+    groups = decay_groups([p for p in model.parameters() if p.requires_grad], s)
     # fused on every device: its `found_inf` lets train_step skip a non-finite update without reading the device
     return torch.optim.AdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2), eps=ADAM_EPS, fused=True)
 
@@ -129,11 +125,15 @@ def param_groups(model, s: Settings, qkv_split: int = MUON_QKV_SPLIT, adjust_lr_
     muon = dict(muon=True, lr=s.muon_lr, weight_decay=s.weight_decay, adjust_lr_fn=adjust_lr_fn)
     taken = {id(p) for p in c_attn + matrices}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]  # the tied wte/lm_head once
+    return [{**muon, "params": matrices, "split": 1}, {**muon, "params": c_attn, "split": qkv_split},
+            *decay_groups(rest, s)]
+
+
+def decay_groups(params: list, s: Settings) -> list[dict]:
+    """AdamW's two groups: weight decay on matrices and embeddings (>=2-D), never on biases and LayerNorms."""
     return [
-        {**muon, "params": matrices, "split": 1},
-        {**muon, "params": c_attn, "split": qkv_split},
-        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": s.weight_decay},
-        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": s.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
 
 

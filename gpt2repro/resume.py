@@ -66,9 +66,10 @@ def finished_run(s: Settings, candidates: list[Path], argv=None, processes: int 
     run_dir = RunDir(s.run_dir)
     if not candidates or candidates[0] != run_dir.final:
         return None
-    if read_trainer_state(run_dir.final).get("step", -1) < s.max_steps:
+    step = read_trainer_state(run_dir.final).get("step", -1)
+    if step < s.max_steps:
         return None
-    done = (f"{s.run_dir} is finished: {run_dir.final} holds step {read_trainer_state(run_dir.final)['step']} of "
+    done = (f"{s.run_dir} is finished: {run_dir.final} holds step {step} of "
             f"--max-steps {s.max_steps}; nothing to do, no file changed.\nreport: {run_dir.report_md} | curves: "
             f"{run_dir.curves}\n")
     if (flat := flat_phase_end(s)) is None:

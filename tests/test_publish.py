@@ -316,7 +316,7 @@ def test_a_missing_folder_is_refused_in_one_line_before_the_hub(tmp_path, monkey
     with pytest.raises(model_card.PublishError) as error:
         model_card.push_to_hub(tmp_path / "DOES_NOT_EXIST", "someone/x")
     message = str(error.value)
-    assert message.startswith(f"{tmp_path / 'DOES_NOT_EXIST'}: no such directory; push a checkpoint folder")
+    assert message.startswith(f"{tmp_path / 'DOES_NOT_EXIST'}: no such directory; push a folder that train.py wrote")
     assert "\n" not in message and hub.repos == [] and hub.commits == []
 
 
