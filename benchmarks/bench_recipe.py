@@ -31,7 +31,7 @@ import time
 import types
 from pathlib import Path
 
-from _common import REPO  # noqa: F401  (first: puts the repository on sys.path)
+from _common import REPO, describe_machine  # noqa: F401  (first: puts the repository on sys.path)
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -200,7 +200,9 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lookup = dense_ids(args.data_dir)
-    np.save(out / "lookup.npy", lookup)
+    saved = io.BytesIO()
+    np.save(saved, lookup)
+    write_atomically(out / "lookup.npy", saved.getvalue())  # the workers read it
     shared = dict(args={k: v for k, v in vars(args).items() if k not in ("adamw_lrs", "muon_lrs")},
                   lookup=str(out / "lookup.npy"), vocab=int(lookup.max()) + 1)
     print(f"machine: {device_name('cpu')}, torch {torch.__version__}, 1 thread per run, {args.jobs} at once, "
@@ -225,7 +227,7 @@ def main():
         results["muon"] = best + run_all(
             [dict(shared, optimizer="muon", lr=adamw_lr, muon_lr=muon_lr, seed=s) for s in seeds], args.jobs)
 
-    write_atomically(out / "bench_recipe.json", json.dumps(results, indent=1))
+    write_atomically(out / "bench_recipe.json", json.dumps({**results, "machine": describe_machine("cpu")}, indent=1))
     print("\nbest val loss per seed, median [min, max]:")
     for name, runs in results.items():
         bests = [min(r["val"]) for r in runs]

@@ -245,8 +245,8 @@ def from_user(path: str) -> str:
     return str(absolute.relative_to(ROOT)) if absolute.is_relative_to(ROOT) else str(absolute)
 
 
-# What a plan assumes: the model FLOP utilization of llm.c's GPT-2 (124M) steps on 8xH100 (reference recipe, README
-# "Cost"), on the GPUs here, or on H100s where there are none (or torch does not know their bf16 peak).
+# What a plan assumes, an assumption until a GPU run of ours measures it (benchmarks/gpu_check.py, section train):
+# this model FLOP utilization, on the GPUs here, or on H100s where there are none (or torch does not know their peak).
 PLAN_MFU = 0.40
 PLAN_GPU = "NVIDIA H100 80GB HBM3"
 # The recipe a faster preset is compared with.

@@ -253,18 +253,31 @@ def test_cpu_smoke_run_exits_0_and_reports_every_section(tmp_path):
     assert results.read_text() == before  # --no-append
 
 
-def test_the_muon_section_times_the_optimizer_step_apart_from_the_accumulated_forward_and_backward():
-    from types import SimpleNamespace
+def test_the_muon_section_times_the_optimizer_step_apart_from_the_accumulated_forward_and_backward(monkeypatch):
+    from _common import random_tokens
 
     from gpt2repro.optim import make_optimizer
     from gpu_sections import muon
 
     model = muon.GPT2ReproForCausalLM(muon.model_config(gpu_sections.PROFILES["cpu"]))
     optimizer = make_optimizer(model, muon.settings("muon"))
-    batches = [torch.randint(0, 50257, (2, 17))] * 2
-    measured = muon.step_share(model, optimizer, batches, SimpleNamespace(device="cpu", precision="fp32", compile="off"), 1, 2)
-    assert measured["forward_backward_s"] > 0 and measured["optimizer_s"] > 0
-    assert measured["share"] == pytest.approx(measured["optimizer_s"] / (measured["forward_backward_s"]
-                                                                         + measured["optimizer_s"]))
+    before = model.transformer.h[0].mlp.c_fc.weight.clone()
+    events, windows = [], []  # what ran inside each timed window
+    forward, step, timed = model.forward, optimizer.step, muon.timed
+    monkeypatch.setattr(model, "forward", lambda *a, **k: events.append("forward") or forward(*a, **k))
+    monkeypatch.setattr(optimizer, "step", lambda *a, **k: events.append("step") or step(*a, **k))
+
+    def recorded(fn, device):
+        start = len(events)
+        result = timed(fn, device=device)
+        windows.append(events[start:])
+        return result
+
+    monkeypatch.setattr(muon, "timed", recorded)
+    batches = [random_tokens(2, 17, "cpu")] * 2  # one optimizer step of 2 accumulated micro-batches
+    measured = muon.step_share(model, optimizer, batches, cpu_args("muon"), 1, 2)
+    assert windows == [["forward", "forward"], ["step"]] * 3  # 1 warm-up and 2 timed steps, each part apart
+    assert measured["forward_backward_s"] > 0 and measured["optimizer_s"] > 0 and 0 < measured["share"] < 1
+    assert float(optimizer.found_inf) == 0  # timed as train.py steps it: with the non-finite gate, which let it step
+    assert not torch.equal(model.transformer.h[0].mlp.c_fc.weight, before)
     assert muon.settings("muon").total_batch_tokens // muon.GPUS_OF_THE_RECIPE == 4 * 16 * 1024  # 4 micro-steps
-    assert float(optimizer.found_inf) == 0  # timed as train.py steps it: with the non-finite gate

@@ -135,12 +135,11 @@ def test_muon_updates_the_blocks_matrices_and_adamw_everything_else_once(model):
 def test_muon_lr_follows_the_same_schedule_as_lr(model):
     s = muon_settings(warmup_steps=2, max_steps=10)
     optimizer = make_optimizer(model, s)
-    for step in (0, 5, 9):
-        lr = learning_rate(step, s)
-        set_learning_rates(optimizer, lr, s)
+    # half-way through the warmup, then at the peak: --lr 3e-3 for AdamW's groups, --muon-lr 2e-2 for Muon's
+    for step, adamw_lr, muon_lr in ((0, 1.5e-3, 1e-2), (1, 3e-3, 2e-2)):
+        set_learning_rates(optimizer, learning_rate(step, s), s)
         for group in optimizer.param_groups:
-            expected = lr * s.muon_lr / s.lr if group["muon"] else lr
-            assert group["lr"] == pytest.approx(expected)
+            assert group["lr"] == pytest.approx(muon_lr if group["muon"] else adamw_lr)
 
 
 # ---- the schedule ----
@@ -320,7 +319,13 @@ def test_the_report_and_card_say_which_optimizer_and_schedule_trained_the_model(
     from gpt2repro.report import optimizer_line
     from gpt2repro.settings import PRESETS
 
-    muon = optimizer_line({**vars(Settings()), **PRESETS["gpt2-124m-muon"]})
+    from gpt2repro.model_card import card_body
+    from gpt2repro.report import render_markdown
+
+    settings = {**vars(Settings()), **PRESETS["gpt2-124m-muon"]}
+    muon = optimizer_line(settings)
+    assert f"- optimizer: {muon}" in render_markdown({"settings": settings})
+    assert f"- optimizer: {muon}" in card_body({"settings": settings})
     assert muon.startswith("Muon on the blocks' matrices (peak lr 0.0036), AdamW on the embeddings")
     assert "250 warmup steps, then flat, then linear over the last 30% of the steps (WSD) to 0.0" in muon
     assert optimizer_line({"lr": 6e-4, "warmup_steps": 715, "min_lr_ratio": 0.1}) == (
